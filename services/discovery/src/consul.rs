@@ -1,0 +1,153 @@
+//! Where the local Consul agent is and how to authenticate to it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Command-line flags (each with Consul's own environment variable) that locate the agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsulArgs {
+    /// Address of the local Consul agent's HTTP API.
+    #[arg(long = "consul-http-addr", env = "CONSUL_HTTP_ADDR", default_value = "http://127.0.0.1:8500")]
+    pub http_addr: String,
+
+    /// ACL token sent to Consul as X-Consul-Token. Never logged.
+    #[arg(long = "consul-http-token", env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the ACL token; used when no token is given directly.
+    #[arg(long = "consul-http-token-file", env = "CONSUL_HTTP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A Consul ACL token. Its `Debug` and `Display` never show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The secret itself, for the one place that puts it in a header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Validated agent location and credentials.
+#[derive(Debug, Clone)]
+pub struct ConsulSettings {
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8500`.
+    pub address: String,
+    /// ACL token, if any.
+    pub token: Option<Token>,
+}
+
+/// Why the Consul settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulSettingsError {
+    #[error("CONSUL_HTTP_ADDR {0:?}: only http:// addresses are supported (no TLS client is built in)")]
+    UnsupportedScheme(String),
+    #[error("CONSUL_HTTP_ADDR is empty")]
+    EmptyAddress,
+    #[error("cannot read CONSUL_HTTP_TOKEN_FILE {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ConsulSettings {
+    /// Normalises the address the way Consul's own CLI does (a bare `host:port` means http) and
+    /// reads the token file when no token was given directly.
+    pub fn from_args(args: &ConsulArgs) -> Result<Self, ConsulSettingsError> {
+        let raw = args.http_addr.trim().trim_end_matches('/');
+        if raw.is_empty() {
+            return Err(ConsulSettingsError::EmptyAddress);
+        }
+        let address = match raw.split_once("://") {
+            None => format!("http://{raw}"),
+            Some(("http", _)) => raw.to_owned(),
+            Some(_) => return Err(ConsulSettingsError::UnsupportedScheme(raw.to_owned())),
+        };
+        let token = match (&args.token, &args.token_file) {
+            (Some(token), _) if !token.trim().is_empty() => Some(Token(token.trim().to_owned())),
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConsulSettingsError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(text.trim().to_owned()).filter(|t| !t.is_empty()).map(Token)
+            }
+            _ => None,
+        };
+        Ok(ConsulSettings { address, token })
+    }
+
+    /// Settings for an agent at `address` with no token, as tests and tools use them.
+    pub fn local(address: impl Into<String>) -> Self {
+        let args = ConsulArgs {
+            http_addr: address.into(),
+            token: None,
+            token_file: None,
+        };
+        Self::from_args(&args).expect("an http address without a token file is always valid")
+    }
+
+    /// The configuration rs-consul needs for the same agent.
+    pub(crate) fn rs_consul_config(&self) -> rs_consul::Config {
+        rs_consul::Config {
+            address: self.address.clone(),
+            token: self.token.as_ref().map(|t| t.expose().to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(addr: &str) -> ConsulArgs {
+        ConsulArgs {
+            http_addr: addr.into(),
+            token: None,
+            token_file: None,
+        }
+    }
+
+    #[test]
+    fn a_bare_host_and_port_means_http() {
+        let settings = ConsulSettings::from_args(&args("127.0.0.1:8500")).unwrap();
+        assert_eq!(settings.address, "http://127.0.0.1:8500");
+    }
+
+    #[test]
+    fn https_is_refused_with_a_clear_message() {
+        let err = ConsulSettings::from_args(&args("https://consul:8501")).unwrap_err();
+        assert!(err.to_string().contains("only http://"), "{err}");
+    }
+
+    #[test]
+    fn the_token_file_is_read_and_trimmed_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("token-test-{}", std::process::id()));
+        std::fs::write(&dir, "s3cr3t\n").unwrap();
+        let mut a = args("http://127.0.0.1:8500/");
+        a.token_file = Some(dir.clone());
+        let settings = ConsulSettings::from_args(&a).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(settings.address, "http://127.0.0.1:8500");
+        assert_eq!(settings.token.as_ref().unwrap().expose(), "s3cr3t");
+        assert!(!format!("{settings:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_missing_token_file_is_an_error_naming_it() {
+        let mut a = args("http://127.0.0.1:8500");
+        a.token_file = Some("/nonexistent/token".into());
+        let err = ConsulSettings::from_args(&a).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/token"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! Everything a gradebook service needs to live in a Consul-managed system, so that each service
+//! crate holds only its own domain.
+//!
+//! # Layout
+//! - [`consul`]: where the local agent is and how to authenticate to it (flags and `CONSUL_HTTP_*`).
+//! - [`agent`]: a small typed client for the agent API (register, deregister, watch our own entry).
+//! - [`registration`]: keeps one instance registered for as long as it serves, re-registering when
+//!   the agent forgets it.
+//! - [`watch`]: one blocking-query loop per dependency, publishing its set of passing providers.
+//! - [`pool`]: spreads requests over a watched set, fails over on dead instances, fails fast on none.
+//! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
+//! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
+//! - [`telemetry`]: installs the `tracing` subscriber.
+
+pub mod agent;
+pub mod consul;
+pub mod http;
+pub mod pool;
+pub mod registration;
+pub mod runtime;
+pub mod telemetry;
+pub mod watch;
+
+mod backoff;
+
+pub use consul::{ConsulArgs, ConsulSettings};
+pub use pool::{PoolError, ProviderPool};
+pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
+pub use watch::{Provider, ProviderSet, ProviderWatch, WatchStatus};

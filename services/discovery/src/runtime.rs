@@ -1,0 +1,269 @@
+//! The life of a service instance: bind, register once the listener is bound, serve with warp,
+//! and on shutdown deregister first (so watchers stop sending new work), then drain in-flight
+//! requests, then return so `main` can exit 0.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use warp::Filter;
+use warp::reply::Response;
+
+use crate::agent::{AgentClient, HttpCheck, Registration};
+use crate::consul::ConsulSettings;
+use crate::http::handle_rejection;
+use crate::pool::ProviderPool;
+use crate::registration::RegistrationKeeper;
+use crate::watch::ProviderWatch;
+
+/// How often the agent probes `/health`, and how long a probe may take.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consul's minimum: an instance critical this long is removed from the catalogue.
+const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
+/// How long in-flight requests get to finish after deregistration.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// Timeout for calls to another service, so a hung instance never hangs its callers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a service is and where it listens: everything needed to start and register it.
+#[derive(Debug, Clone)]
+pub struct ServiceDefinition {
+    /// Consul service name, e.g. `log`.
+    pub name: &'static str,
+    /// Published in the registration's meta as `version`.
+    pub version: &'static str,
+    /// Consul tags, usable in DNS as `TAG.NAME.service.consul`.
+    pub tags: Vec<String>,
+    /// Address to bind; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `host:port` other parties (the Consul agent, other services) use to reach us; defaults to
+    /// the bound address.
+    pub advertise: Option<String>,
+    pub consul: ConsulSettings,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--advertise {0:?} is not HOST:PORT with a port from 1 to 65535")]
+    Advertise(String),
+    #[error("--listen {0} is a wildcard address: give --advertise HOST:PORT so Consul can reach this instance")]
+    AdvertiseRequired(SocketAddr),
+}
+
+/// A service whose listener is bound, ready to register and serve.
+pub struct Service {
+    definition: ServiceDefinition,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    advertised_host: String,
+    advertised_port: u16,
+    http: reqwest::Client,
+}
+
+/// The body of `GET /health`.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    service: &'static str,
+    version: &'static str,
+}
+
+impl Service {
+    /// Binds the listener and works out the advertised address; nothing is registered yet.
+    pub async fn bind(definition: ServiceDefinition) -> Result<Service, StartError> {
+        let listener = TcpListener::bind(definition.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: definition.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            address: definition.listen,
+            source,
+        })?;
+        let (advertised_host, advertised_port) = match &definition.advertise {
+            Some(advertise) => parse_host_port(advertise)?,
+            None if local_addr.ip().is_unspecified() => {
+                return Err(StartError::AdvertiseRequired(definition.listen));
+            }
+            None => (local_addr.ip().to_string(), local_addr.port()),
+        };
+        Ok(Service {
+            definition,
+            listener,
+            local_addr,
+            advertised_host,
+            advertised_port,
+            http: http_client(),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Unique per instance and stable across its restarts: name, advertised host and port.
+    pub fn instance_id(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.definition.name, self.advertised_host, self.advertised_port
+        )
+    }
+
+    /// A watch on another service's passing instances, through the same agent.
+    pub fn watch(&self, service: &str) -> ProviderWatch {
+        ProviderWatch::spawn(&self.definition.consul, service)
+    }
+
+    /// A pool of connections to another service, over a watch of its instances. All pools of a
+    /// service share one HTTP client, so keep-alive connections are reused across requests.
+    pub fn pool(&self, service: &str) -> ProviderPool {
+        ProviderPool::new(self.watch(service), self.http.clone())
+    }
+
+    /// The registration this instance sends to the agent.
+    fn registration(&self) -> Registration {
+        let address = match self.advertised_host.contains(':') {
+            true => format!("[{}]:{}", self.advertised_host, self.advertised_port),
+            false => format!("{}:{}", self.advertised_host, self.advertised_port),
+        };
+        Registration {
+            id: self.instance_id(),
+            name: self.definition.name.to_owned(),
+            tags: self.definition.tags.clone(),
+            address: self.advertised_host.clone(),
+            port: self.advertised_port,
+            meta: BTreeMap::from([("version".to_owned(), self.definition.version.to_owned())]),
+            check: HttpCheck {
+                name: format!("{} HTTP /health", self.definition.name),
+                http: format!("http://{address}/health"),
+                interval: CHECK_INTERVAL,
+                timeout: CHECK_TIMEOUT,
+                deregister_critical_service_after: DEREGISTER_CRITICAL_AFTER,
+                status: "passing",
+            },
+        }
+    }
+
+    /// Registers, serves `routes` (plus `GET /health` and the shared error mapping) until
+    /// `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
+    pub async fn run<F>(self, routes: F, shutdown: impl Future<Output = ()> + Send)
+    where
+        F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+    {
+        let name = self.definition.name;
+        let health_body = Health {
+            status: "ok",
+            service: name,
+            version: self.definition.version,
+        };
+        let health_json = serde_json::to_vec(&health_body).expect("serializable");
+        let health = warp::path("health")
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || {
+                warp::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(warp::hyper::body::Bytes::from(health_json.clone()).into())
+                    .expect("static response")
+            });
+        let app = health
+            .or(routes)
+            .unify()
+            .recover(handle_rejection)
+            .unify()
+            .with(warp::log::custom(log_request));
+        let keeper = RegistrationKeeper::spawn(AgentClient::new(self.definition.consul.clone()), self.registration());
+
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            warp::serve(app)
+                .incoming(self.listener)
+                .graceful(async {
+                    let _ = drained.await;
+                })
+                .run(),
+        );
+        info!(service = name, listen = %self.local_addr, "serving");
+
+        shutdown.await;
+        info!(service = name, "shutting down: deregistering, then draining in-flight requests");
+        keeper.deregister().await;
+        let _ = drain.send(());
+        match tokio::time::timeout(DRAIN_LIMIT, server).await {
+            Ok(_) => info!(service = name, "drained; bye"),
+            Err(_) => warn!(service = name, "connections still open after {DRAIN_LIMIT:?}; closing them"),
+        }
+    }
+}
+
+/// One debug line per request: cheap when filtered out, there when asked for with RUST_LOG.
+fn log_request(info: warp::log::Info<'_>) {
+    tracing::debug!(
+        method = %info.method(),
+        path = info.path(),
+        status = info.status().as_u16(),
+        micros = info.elapsed().as_micros() as u64,
+        "request"
+    );
+}
+
+/// The client every outgoing call uses: pooled keep-alive connections, no proxy, bounded time.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("a plain HTTP client without TLS always builds")
+}
+
+fn parse_host_port(text: &str) -> Result<(String, u16), StartError> {
+    let invalid = || StartError::Advertise(text.to_owned());
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(invalid());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Resolves on SIGINT or SIGTERM: the shutdown future `main` passes to [`Service::run`].
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = terminate.recv() => info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_takes_host_and_port() {
+        assert_eq!(parse_host_port("grading:6000").unwrap(), ("grading".into(), 6000));
+        assert_eq!(parse_host_port("[::1]:6000").unwrap(), ("::1".into(), 6000));
+        assert!(parse_host_port("grading").is_err());
+        assert!(parse_host_port("grading:0").is_err());
+        assert!(parse_host_port(":6000").is_err());
+        assert!(parse_host_port("grading:99999").is_err());
+    }
+}
