@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::Rejection;
+use warp::{Filter, Rejection};
 
 /// The body of every error answer: `{"error": "..."}`.
 #[derive(Debug, Serialize)]
@@ -17,6 +17,26 @@ pub struct ErrorBody<'a> {
 /// An error answer with a JSON body naming the problem.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     warp::reply::with_status(warp::reply::json(&ErrorBody { error: message }), status).into_response()
+}
+
+/// A request body over the limit; answered 413 with the limit in the message.
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// Limits the body to `limit` bytes, rejecting with [`BodyTooLarge`] so the answer can say what
+/// the limit is (warp's own rejection does not carry it).
+pub fn body_limit(limit: u64) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::body::content_length_limit(limit).or_else(move |rejection: Rejection| async move {
+        if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+            Err(warp::reject::custom(BodyTooLarge { limit }))
+        } else {
+            Err(rejection)
+        }
+    })
 }
 
 /// Turns a handler's result into a response: `Ok` as it is, `Err` through its own mapping.
@@ -35,6 +55,11 @@ pub fn respond<T: Reply, E: Into<Response>>(result: Result<T, E>) -> Response {
 pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such resource".to_owned())
+    } else if let Some(too_large) = rejection.find::<BodyTooLarge>() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than the limit of {} bytes", too_large.limit),
+        )
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         (StatusCode::PAYLOAD_TOO_LARGE, "request body too large".to_owned())
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
@@ -70,13 +95,12 @@ fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warp::Filter;
 
     fn api() -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
         let create = warp::path("things")
             .and(warp::path::end())
             .and(warp::post())
-            .and(warp::body::content_length_limit(16))
+            .and(body_limit(16))
             .and(warp::body::json())
             .map(|v: serde_json::Value| warp::reply::json(&v).into_response());
         let list = warp::path("things")
@@ -105,7 +129,9 @@ mod tests {
             .body("[1,2,3,4,5,6,7,8,9,10,11]")
             .reply(&api())
             .await;
-        assert_eq!(error_of(huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, message) = error_of(huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(message.contains("16 bytes"), "{message}");
 
         let malformed = warp::test::request()
             .method("POST")

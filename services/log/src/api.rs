@@ -1,0 +1,151 @@
+//! The HTTP API: `POST /log` (a text/plain message, or a JSON batch) and `GET /log`.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use discovery::http::{body_limit, respond};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::error::ApiError;
+use crate::record::{NewRecord, Record};
+use crate::store::LogStore;
+
+/// Largest request body accepted, text or JSON.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Most records in one JSON batch.
+pub const MAX_BATCH_RECORDS: usize = 1000;
+/// `GET /log` answers with this many records unless `limit` says otherwise, and never more than
+/// the store keeps in memory.
+pub const DEFAULT_READ_LIMIT: usize = 100;
+pub const MAX_READ_LIMIT: usize = 10_000;
+
+/// The JSON batch form, as the services' log shipping sends it.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub records: Vec<NewRecord>,
+}
+
+/// Query of the text form: who is logging, at which level.
+#[derive(Debug, Deserialize)]
+struct TextQuery {
+    service: Option<String>,
+    level: Option<String>,
+}
+
+/// Query of `GET /log`.
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    service: Option<String>,
+    limit: Option<String>,
+}
+
+/// The answer to a successful POST.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stored {
+    pub stored: usize,
+}
+
+/// All routes of the log API.
+pub fn routes(store: LogStore) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let with_store = warp::any().map(move || store.clone());
+    let post = warp::path("log")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(body_limit(MAX_BODY_BYTES))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::query::<TextQuery>())
+        .and(warp::body::bytes())
+        .and(with_store.clone())
+        .then(|content_type: Option<String>, query: TextQuery, body: Bytes, store: LogStore| async move {
+            respond(post_log(content_type, query, body, store).await)
+        });
+    let get = warp::path("log")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::query::<ReadQuery>())
+        .and(with_store)
+        .map(|query: ReadQuery, store: LogStore| respond(read_log(query, &store)));
+    post.or(get).unify()
+}
+
+#[tracing::instrument(skip_all, fields(bytes = body.len()))]
+async fn post_log(
+    content_type: Option<String>,
+    query: TextQuery,
+    body: Bytes,
+    store: LogStore,
+) -> Result<impl warp::Reply, ApiError> {
+    let now = SystemTime::now();
+    let is_json = content_type
+        .as_deref()
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let records = if is_json {
+        parse_batch(&body, now)?
+    } else {
+        vec![parse_text(query, &body, now)?]
+    };
+    let stored = records.len();
+    store.append(records).await?;
+    Ok(warp::reply::with_status(warp::reply::json(&Stored { stored }), StatusCode::CREATED))
+}
+
+/// A batch is all or nothing: one invalid record rejects it, naming the record and the field.
+fn parse_batch(body: &[u8], now: SystemTime) -> Result<Vec<Record>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::EmptyBody);
+    }
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if batch.records.is_empty() || batch.records.len() > MAX_BATCH_RECORDS {
+        return Err(ApiError::BatchSize {
+            got: batch.records.len(),
+            max: MAX_BATCH_RECORDS,
+        });
+    }
+    batch
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| {
+            record
+                .validate(now)
+                .map_err(|source| ApiError::InvalidRecord { index, source })
+        })
+        .collect()
+}
+
+/// The course's form: the whole body is one message (`curl -d 'hello' localhost:4000/log`).
+fn parse_text(query: TextQuery, body: &[u8], now: SystemTime) -> Result<Record, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::NotUtf8)?;
+    // A trailing newline is how files and shells end text, not part of the message.
+    let message = text.strip_suffix('\n').unwrap_or(text);
+    let message = message.strip_suffix('\r').unwrap_or(message);
+    if message.is_empty() {
+        return Err(ApiError::EmptyBody);
+    }
+    NewRecord {
+        time: None,
+        service: query.service.unwrap_or_else(|| "anonymous".to_owned()),
+        level: query.level,
+        message: message.to_owned(),
+        trace_id: None,
+    }
+    .validate(now)
+    .map_err(ApiError::InvalidText)
+}
+
+fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply, ApiError> {
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_READ_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_READ_LIMIT).contains(n))
+            .ok_or(ApiError::Limit { max: MAX_READ_LIMIT })?,
+    };
+    let service = query.service.as_deref().filter(|s| !s.is_empty());
+    Ok(warp::reply::json(&store.recent(service, limit)))
+}

@@ -1,0 +1,62 @@
+//! Every way a log request can fail, and the one place that maps them to HTTP.
+
+use discovery::http::json_error;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::record::InvalidRecord;
+use crate::store::StoreError;
+
+/// What went wrong, in terms the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("empty body: send the log message as the request body")]
+    EmptyBody,
+    #[error("the body is not valid UTF-8")]
+    NotUtf8,
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    #[error("records[{index}].{source}")]
+    InvalidRecord { index: usize, source: InvalidRecord },
+    #[error("{0}")]
+    InvalidText(InvalidRecord),
+    #[error("records: a batch holds 1 to {max} records, this one has {got}")]
+    BatchSize { got: usize, max: usize },
+    #[error("limit: must be a whole number from 1 to {max}")]
+    Limit { max: usize },
+    #[error("disk full: the records were not stored")]
+    DiskFull,
+    #[error("storage unavailable: the records were not stored ({0})")]
+    Storage(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::EmptyBody | ApiError::NotUtf8 | ApiError::InvalidJson(_) | ApiError::Limit { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BatchSize { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        tracing::error!("{err}");
+        match err {
+            StoreError::Write(io) if io.raw_os_error() == Some(28) => ApiError::DiskFull,
+            StoreError::Write(io) => ApiError::Storage(io.kind().to_string()),
+            other => ApiError::Storage(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(err: ApiError) -> Response {
+        json_error(err.status(), &err.to_string())
+    }
+}

@@ -1,0 +1,77 @@
+//! The log service: accepts log records from the other gradebook services (and from anyone with
+//! `curl`) and keeps them durably in an append-only JSON-lines file.
+//!
+//! # Layout
+//! - [`record`]: the record type and the validation applied to what clients send.
+//! - [`store`]: the durable, group-committing file store.
+//! - [`api`]: the HTTP routes; [`error`] maps every failure to a status in one place.
+//! - [`config`]: flags and environment variables.
+//! - [`App`]: build (open the store, bind) then run (register, serve, deregister, drain).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod record;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use discovery::{ConsulSettings, Service, ServiceDefinition};
+
+use crate::config::Config;
+use crate::store::LogStore;
+
+/// Consul service name.
+pub const SERVICE_NAME: &str = "log";
+/// How many recent records `GET /log` can serve from memory.
+const RECENT_CAPACITY: usize = api::MAX_READ_LIMIT;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Consul(#[from] discovery::consul::ConsulSettingsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Service(#[from] discovery::StartError),
+}
+
+/// A log service with its store open and its listener bound.
+pub struct App {
+    service: Service,
+    store: LogStore,
+}
+
+impl App {
+    /// Opens the store (off the async workers: it reads the whole file) and binds the listener.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let consul = ConsulSettings::from_args(&config.consul)?;
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir, RECENT_CAPACITY))
+            .await
+            .expect("opening the store does not panic")?;
+        tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
+        let service = Service::bind(ServiceDefinition {
+            name: SERVICE_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            tags: vec!["http".to_owned(), "store".to_owned()],
+            listen: config.listen,
+            advertise: config.advertise,
+            consul,
+        })
+        .await?;
+        Ok(App { service, store })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.service.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then deregisters and drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        self.service.run(api::routes(self.store), shutdown).await;
+    }
+}

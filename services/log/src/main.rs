@@ -1,0 +1,21 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use log_service::App;
+use log_service::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    discovery::telemetry::init();
+    let config = Config::parse();
+    match App::build(config).await {
+        Ok(app) => {
+            app.run(discovery::shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("log-service cannot start: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

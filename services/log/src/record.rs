@@ -1,0 +1,415 @@
+//! Log records: the stored form ([`Record`]) and the untrusted form clients send ([`NewRecord`]).
+//!
+//! Everything a client sends goes through [`NewRecord::validate`], so a [`Record`] in the store
+//! always satisfies the rules below.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted `message`, in bytes of UTF-8 (64 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Longest accepted `service` name, in characters.
+pub const MAX_SERVICE_CHARS: usize = 100;
+
+/// Longest accepted `trace_id`, in characters.
+pub const MAX_TRACE_ID_CHARS: usize = 100;
+
+/// How much of a rejected value an error message repeats back, so a huge bad field does not
+/// produce a huge error response.
+const MAX_ECHO_CHARS: usize = 64;
+
+/// One stored log record. Serialized as one JSON object per line; serde_json escapes newlines and
+/// control characters, so one record is always one line whatever the message holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// When the event happened: RFC 3339 UTC with milliseconds, e.g. `2026-11-21T16:05:03.123Z`.
+    pub time: String,
+    /// The service that logged it: 1 to 100 characters of `[A-Za-z0-9._-]`.
+    pub service: String,
+    /// Severity.
+    pub level: Level,
+    /// The log message: non-empty, at most [`MAX_MESSAGE_BYTES`]; may contain any characters.
+    pub message: String,
+    /// Correlates records of one request across services; at most 100 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Severity of a record, ordered from least (`Trace`) to most severe (`Error`).
+/// Serialized lowercase (`"trace"` … `"error"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the service recovered from.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl Level {
+    /// The lowercase name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A level name that is none of trace, debug, info, warn (or warning) and error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown level {0:?}")]
+pub struct ParseLevelError(String);
+
+impl FromStr for Level {
+    type Err = ParseLevelError;
+
+    /// Accepts the names in any case, and `warning` as well as `warn` since many loggers use it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let level = match s.to_ascii_lowercase().as_str() {
+            "trace" => Level::Trace,
+            "debug" => Level::Debug,
+            "info" => Level::Info,
+            "warn" | "warning" => Level::Warn,
+            "error" => Level::Error,
+            _ => return Err(ParseLevelError(echo(s))),
+        };
+        Ok(level)
+    }
+}
+
+/// A record as a client sends it, not yet trusted. Unknown fields are rejected so a misspelt field
+/// (`"mesage"`) is an error rather than silently dropped.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecord {
+    /// RFC 3339 time of the event; the receiving time is used when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Name of the sending service.
+    pub service: String,
+    /// Level name; `info` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// The log message.
+    pub message: String,
+    /// Optional trace id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Why a [`NewRecord`] was rejected. The message names the field, then the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRecord {
+    /// `message` is empty.
+    #[error("message: must not be empty")]
+    EmptyMessage,
+    /// `message` is longer than [`MAX_MESSAGE_BYTES`].
+    #[error("message: longer than {} bytes", MAX_MESSAGE_BYTES)]
+    MessageTooLong,
+    /// `service` is empty.
+    #[error("service: must not be empty")]
+    EmptyService,
+    /// `service` is longer than [`MAX_SERVICE_CHARS`].
+    #[error("service: longer than {} characters", MAX_SERVICE_CHARS)]
+    ServiceTooLong,
+    /// `service` holds a character outside `[A-Za-z0-9._-]`.
+    #[error("service: only letters, digits, '.', '_' and '-' are allowed")]
+    ServiceCharacters,
+    /// `level` is not a known level name.
+    #[error("level: {0}")]
+    Level(#[from] ParseLevelError),
+    /// `time` is not an RFC 3339 timestamp (the value is repeated, shortened if long).
+    #[error("time: {0:?} is not an RFC 3339 timestamp such as \"2026-11-21T16:05:03.123Z\"")]
+    Time(String),
+    /// `trace_id` is longer than [`MAX_TRACE_ID_CHARS`].
+    #[error("trace_id: longer than {} characters", MAX_TRACE_ID_CHARS)]
+    TraceIdTooLong,
+}
+
+impl NewRecord {
+    /// Checks every rule and turns the record into its stored form; `now` becomes the time when
+    /// the client gave none. A given time is re-formatted to the canonical UTC-millisecond form.
+    /// An empty `trace_id` is treated as absent.
+    pub fn validate(self, now: SystemTime) -> Result<Record, InvalidRecord> {
+        if self.message.is_empty() {
+            return Err(InvalidRecord::EmptyMessage);
+        }
+        if self.message.len() > MAX_MESSAGE_BYTES {
+            return Err(InvalidRecord::MessageTooLong);
+        }
+        validate_service(&self.service)?;
+        let level = match self.level {
+            Some(name) => name.parse()?,
+            None => Level::Info,
+        };
+        let time = match self.time {
+            Some(text) => humantime::parse_rfc3339_weak(&text)
+                .map_err(|_| InvalidRecord::Time(echo(&text)))?,
+            None => now,
+        };
+        let trace_id = self.trace_id.filter(|id| !id.is_empty());
+        if trace_id
+            .as_ref()
+            .is_some_and(|id| id.chars().count() > MAX_TRACE_ID_CHARS)
+        {
+            return Err(InvalidRecord::TraceIdTooLong);
+        }
+        Ok(Record {
+            time: humantime::format_rfc3339_millis(time).to_string(),
+            service: self.service,
+            level,
+            message: self.message,
+            trace_id,
+        })
+    }
+}
+
+/// Service names end up in URLs, file names and log lines, so they are kept to a safe alphabet.
+fn validate_service(service: &str) -> Result<(), InvalidRecord> {
+    if service.is_empty() {
+        return Err(InvalidRecord::EmptyService);
+    }
+    if !service
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(InvalidRecord::ServiceCharacters);
+    }
+    // Checked after the alphabet, so the length below is in ASCII characters, i.e. bytes.
+    if service.len() > MAX_SERVICE_CHARS {
+        return Err(InvalidRecord::ServiceTooLong);
+    }
+    Ok(())
+}
+
+/// The start of a client-supplied value, for repeating it in an error message.
+fn echo(value: &str) -> String {
+    match value.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn now() -> SystemTime {
+        // 2026-11-21T16:05:03.123Z
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_277_103_123)
+    }
+
+    fn new(message: &str) -> NewRecord {
+        NewRecord {
+            time: None,
+            service: "grades".into(),
+            level: None,
+            message: message.into(),
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let record = new("hello").validate(now()).unwrap();
+        assert_eq!(
+            record,
+            Record {
+                time: "2026-11-21T16:05:03.123Z".into(),
+                service: "grades".into(),
+                level: Level::Info,
+                message: "hello".into(),
+                trace_id: None,
+            }
+        );
+    }
+
+    #[test]
+    fn message_must_not_be_empty() {
+        let err = new("").validate(now()).unwrap_err();
+        assert_eq!(err, InvalidRecord::EmptyMessage);
+        assert_eq!(err.to_string(), "message: must not be empty");
+    }
+
+    #[test]
+    fn message_up_to_64_kib_is_accepted() {
+        let exact = "a".repeat(MAX_MESSAGE_BYTES);
+        assert!(new(&exact).validate(now()).is_ok());
+        let err = new(&format!("{exact}a")).validate(now()).unwrap_err();
+        assert_eq!(err, InvalidRecord::MessageTooLong);
+        assert_eq!(err.to_string(), "message: longer than 65536 bytes");
+    }
+
+    #[test]
+    fn message_limit_counts_bytes_not_characters() {
+        // 'é' is two bytes: 32769 of them are 65538 bytes.
+        let err = new(&"é".repeat(MAX_MESSAGE_BYTES / 2 + 1))
+            .validate(now())
+            .unwrap_err();
+        assert_eq!(err, InvalidRecord::MessageTooLong);
+    }
+
+    #[test]
+    fn service_rules() {
+        let with_service = |service: &str| NewRecord {
+            service: service.into(),
+            ..new("m")
+        };
+        assert!(with_service("Grades.api_v2-x").validate(now()).is_ok());
+        assert!(
+            with_service(&"s".repeat(MAX_SERVICE_CHARS))
+                .validate(now())
+                .is_ok()
+        );
+        assert_eq!(
+            with_service("").validate(now()).unwrap_err(),
+            InvalidRecord::EmptyService
+        );
+        assert_eq!(
+            with_service(&"s".repeat(MAX_SERVICE_CHARS + 1))
+                .validate(now())
+                .unwrap_err(),
+            InvalidRecord::ServiceTooLong
+        );
+        for bad in ["a b", "a/b", "grädes", "a\nb", "x:y"] {
+            let err = with_service(bad).validate(now()).unwrap_err();
+            assert_eq!(err, InvalidRecord::ServiceCharacters, "{bad:?}");
+            assert_eq!(
+                err.to_string(),
+                "service: only letters, digits, '.', '_' and '-' are allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn level_parses_case_insensitively_and_accepts_warning() {
+        let cases = [
+            ("trace", Level::Trace),
+            ("DEBUG", Level::Debug),
+            ("Info", Level::Info),
+            ("warn", Level::Warn),
+            ("WARNING", Level::Warn),
+            ("error", Level::Error),
+        ];
+        for (name, level) in cases {
+            assert_eq!(name.parse::<Level>(), Ok(level));
+            let record = NewRecord {
+                level: Some(name.into()),
+                ..new("m")
+            };
+            assert_eq!(record.validate(now()).unwrap().level, level);
+        }
+    }
+
+    #[test]
+    fn unknown_level_is_rejected() {
+        let record = NewRecord {
+            level: Some("loud".into()),
+            ..new("m")
+        };
+        let err = record.validate(now()).unwrap_err();
+        assert_eq!(err.to_string(), "level: unknown level \"loud\"");
+    }
+
+    #[test]
+    fn level_serializes_lowercase() {
+        let json = serde_json::to_string(&[Level::Trace, Level::Warn, Level::Error]).unwrap();
+        assert_eq!(json, r#"["trace","warn","error"]"#);
+        assert_eq!(Level::Warn.to_string(), "warn");
+        assert!(Level::Error > Level::Warn && Level::Trace < Level::Debug);
+    }
+
+    #[test]
+    fn given_time_is_canonicalised() {
+        let cases = [
+            ("2026-11-21T16:05:03Z", "2026-11-21T16:05:03.000Z"),
+            ("2026-11-21T16:05:03.123456789Z", "2026-11-21T16:05:03.123Z"),
+            ("2026-11-21 16:05:03.5", "2026-11-21T16:05:03.500Z"),
+        ];
+        for (given, stored) in cases {
+            let record = NewRecord {
+                time: Some(given.into()),
+                ..new("m")
+            };
+            assert_eq!(record.validate(now()).unwrap().time, stored, "{given}");
+        }
+    }
+
+    #[test]
+    fn bad_time_is_rejected_and_echoed_shortened() {
+        let record = NewRecord {
+            time: Some("yesterday".into()),
+            ..new("m")
+        };
+        let err = record.validate(now()).unwrap_err();
+        assert_eq!(err, InvalidRecord::Time("yesterday".into()));
+        assert!(err.to_string().starts_with("time: \"yesterday\" is not"));
+
+        let long = NewRecord {
+            time: Some("x".repeat(10_000)),
+            ..new("m")
+        };
+        let err = long.validate(now()).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn trace_id_rules() {
+        let with_trace = |id: &str| NewRecord {
+            trace_id: Some(id.into()),
+            ..new("m")
+        };
+        let ok = with_trace(&"t".repeat(MAX_TRACE_ID_CHARS));
+        assert_eq!(
+            ok.validate(now()).unwrap().trace_id.as_deref(),
+            Some("t".repeat(MAX_TRACE_ID_CHARS).as_str())
+        );
+        assert_eq!(
+            with_trace(&"t".repeat(MAX_TRACE_ID_CHARS + 1))
+                .validate(now())
+                .unwrap_err(),
+            InvalidRecord::TraceIdTooLong
+        );
+        assert_eq!(with_trace("").validate(now()).unwrap().trace_id, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<NewRecord>(r#"{"service":"s","mesage":"m"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesage"), "{err}");
+    }
+
+    #[test]
+    fn record_json_omits_absent_trace_id_and_round_trips() {
+        let record = new("hi").validate(now()).unwrap();
+        let line = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            line,
+            r#"{"time":"2026-11-21T16:05:03.123Z","service":"grades","level":"info","message":"hi"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+    }
+}

@@ -1,0 +1,900 @@
+//! The durable, append-only record store.
+//!
+//! All writes go through one dedicated thread that batches whatever requests are waiting into one
+//! write and one fsync (group commit): a burst of concurrent appends costs a handful of fsyncs, not
+//! one each, and no blocking file I/O ever runs on a tokio worker thread.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread;
+
+use tokio::sync::oneshot;
+
+use crate::record::Record;
+
+/// Name of the records file inside the store directory.
+const FILE_NAME: &str = "records.jsonl";
+
+/// A group stops taking queued requests once it holds this much serialized data, so one huge
+/// burst cannot make a single write (and the memory behind it) unbounded.
+const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
+
+/// Takes the exclusive lock that lives as long as the file handle (the writer thread's). A
+/// store closed just now in this process may still be finishing its last write, hence a short wait.
+fn lock_exclusively(file: &File, path: &Path) -> Result<(), StoreError> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: path.to_owned() });
+            }
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Open { path: path.to_owned(), source });
+            }
+        }
+    }
+}
+
+/// Why the store could not open, read or write its file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory or file could not be created, opened or read.
+    #[error("log store at {path}: {source}")]
+    Open {
+        /// The records file (or directory) concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A line before the last one is not a record: the file was damaged or edited, and guessing
+    /// which records to keep would lose data silently.
+    #[error("log store: line {line} of {path} is not a record")]
+    Corrupt {
+        /// The records file.
+        path: PathBuf,
+        /// 1-based line number of the first bad line.
+        line: u64,
+    },
+    /// The records were not made durable; none of them is in the file. The io::Error is the
+    /// original one (e.g. `raw_os_error() == Some(28)` for a full disk).
+    #[error("could not write log records durably: {0}")]
+    Write(io::Error),
+    /// Another process holds the store: two writers would interleave their records and each
+    /// serve only its own.
+    #[error("log store at {path} is in use by another process (give each instance its own --data-dir)")]
+    Locked {
+        /// The records file.
+        path: PathBuf,
+    },
+    /// The writer thread is gone (it only stops on a panic while a store handle is alive).
+    #[error("the log store has shut down")]
+    Closed,
+}
+
+/// The durable, append-only record store: one JSON-lines file `records.jsonl` in its directory.
+///
+/// Cheap to clone; all clones share one file and one writer thread, which ends once every clone
+/// has been dropped.
+#[derive(Clone)]
+pub struct LogStore {
+    requests: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+/// State read by request handlers and updated by the writer thread.
+struct Shared {
+    recent: Mutex<VecDeque<Record>>,
+    recent_capacity: usize,
+    count: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl Shared {
+    fn lock_recent(&self) -> MutexGuard<'_, VecDeque<Record>> {
+        // A panic elsewhere while holding the lock cannot leave the deque half-updated in a way
+        // that matters for reads, so keep serving rather than poisoning every later request.
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn remember(&self, recent: &mut VecDeque<Record>, record: Record) {
+        if self.recent_capacity == 0 {
+            return;
+        }
+        if recent.len() == self.recent_capacity {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+}
+
+/// One `append` call on its way to the writer thread.
+struct Request {
+    records: Vec<Record>,
+    /// The records already serialized, one line each, so the writer thread only copies bytes.
+    lines: Vec<u8>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl LogStore {
+    /// Opens the store in `dir`, creating the directory and file if needed, and starts the writer
+    /// thread ("log-writer"). Does blocking file I/O: call it before serving, or in
+    /// `spawn_blocking`.
+    ///
+    /// Every complete line that parses as a record counts. A torn tail (a last line without a
+    /// newline, or a last line that does not parse) is cut off, so it is never taken for a record
+    /// and later appends start on a clean line. A bad line before the last one is
+    /// [`StoreError::Corrupt`]: the file is left untouched. The newest `recent_capacity` records
+    /// are kept in memory for [`LogStore::recent`].
+    pub fn open(dir: &Path, recent_capacity: usize) -> Result<LogStore, StoreError> {
+        Self::open_with(dir, recent_capacity, |file| file)
+    }
+
+    /// [`LogStore::open`] with the writer's file wrapped, so tests can inject write failures.
+    fn open_with<F: LogFile>(
+        dir: &Path,
+        recent_capacity: usize,
+        wrap: impl FnOnce(File) -> F,
+    ) -> Result<LogStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(|source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        })?;
+        // Append mode: every write lands at the current end, including after a cut-back, so the
+        // writer never has to track a file position.
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(open_error)?;
+        lock_exclusively(&file, &path)?;
+        sync_dir(dir).map_err(|source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        })?;
+
+        let scan = scan(&file, &path, recent_capacity)?;
+        let file_len = file.metadata().map_err(open_error)?.len();
+        if scan.valid_len < file_len {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = file_len - scan.valid_len,
+                "log store: cutting off a torn last line (a write interrupted by a crash)"
+            );
+            file.set_len(scan.valid_len).map_err(open_error)?;
+            file.sync_data().map_err(open_error)?;
+        }
+
+        let shared = Arc::new(Shared {
+            recent: Mutex::new(scan.recent),
+            recent_capacity,
+            count: AtomicU64::new(scan.count),
+            syncs: AtomicU64::new(0),
+        });
+        let (requests, queue) = mpsc::channel();
+        let writer = Writer {
+            file: wrap(file),
+            len: scan.valid_len,
+            needs_cut: false,
+        };
+        let thread_shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || run_writer(writer, queue, &thread_shared))
+            .map_err(open_error)?;
+        Ok(LogStore { requests, shared })
+    }
+
+    /// Appends the records; resolves `Ok` only once all of them are written and fsync'd, and on
+    /// `Err` none of them is in the file. Concurrent calls share fsyncs. An empty `records` returns
+    /// `Ok` at once. If the future is dropped after the records were queued they may still be
+    /// written.
+    pub async fn append(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::with_capacity(records.len() * 128);
+        for record in &records {
+            // Serializing a Record of plain strings cannot fail; map it anyway rather than panic.
+            serde_json::to_writer(&mut lines, record)
+                .map_err(|e| StoreError::Write(io::Error::other(e)))?;
+            lines.push(b'\n');
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request {
+                records,
+                lines,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `limit` of the most recent records held in memory, newest last; only those whose
+    /// service equals `service` when given. Includes every record whose append has returned `Ok`
+    /// (within the in-memory capacity).
+    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<Record> {
+        let recent = self.shared.lock_recent();
+        let mut found: Vec<Record> = recent
+            .iter()
+            .rev()
+            .filter(|record| service.is_none_or(|s| record.service == s))
+            .take(limit)
+            .cloned()
+            .collect();
+        drop(recent);
+        found.reverse();
+        found
+    }
+
+    /// Number of records in the file: those found at open plus those appended since.
+    pub fn count(&self) -> u64 {
+        self.shared.count.load(Ordering::Acquire)
+    }
+
+    /// Number of groups made durable since open, one fsync each. Smaller than the number of
+    /// appends when concurrent appends shared fsyncs.
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Acquire)
+    }
+}
+
+/// What [`LogStore::open`] found in an existing file.
+struct Scan {
+    /// Length of the prefix made of complete, valid lines; anything after it is a torn tail.
+    valid_len: u64,
+    count: u64,
+    recent: VecDeque<Record>,
+}
+
+fn scan(file: &File, path: &Path, recent_capacity: usize) -> Result<Scan, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut scan = Scan {
+        valid_len: 0,
+        count: 0,
+        recent: VecDeque::new(),
+    };
+    let mut line_number = 0u64;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(open_error)?;
+        if read == 0 {
+            return Ok(scan);
+        }
+        line_number += 1;
+        let record = match line.strip_suffix(b"\n") {
+            Some(json) => serde_json::from_slice::<Record>(json).ok(),
+            None => None,
+        };
+        let Some(record) = record else {
+            // Only the last line can be torn by a crash mid-write; a bad line with more data
+            // after it means the file was damaged some other way.
+            let at_end = reader.fill_buf().map_err(open_error)?.is_empty();
+            if at_end {
+                return Ok(scan);
+            }
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                line: line_number,
+            });
+        };
+        scan.valid_len += read as u64;
+        scan.count += 1;
+        if recent_capacity > 0 {
+            if scan.recent.len() == recent_capacity {
+                scan.recent.pop_front();
+            }
+            scan.recent.push_back(record);
+        }
+    }
+}
+
+/// Makes the directory entry of a newly created records file durable; without it a crash could
+/// lose the whole file, acknowledged records included.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// The file operations the writer needs; a trait only so tests can inject failures.
+trait LogFile: Send + 'static {
+    /// Appends all of `bytes` at the end of the file.
+    fn append_bytes(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes written data durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        // sync_data, not sync_all: only the data and the size matter, not timestamps.
+        self.sync_data()
+    }
+
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// The writer thread's view of the file: its durable length and whether a failed group may have
+/// left bytes past it.
+struct Writer<F> {
+    file: F,
+    /// Length of the file made of complete, fsync'd groups.
+    len: u64,
+    /// A failed group's bytes could not be cut off yet; retry before writing anything else, so a
+    /// partial line never ends up in the middle of the file.
+    needs_cut: bool,
+}
+
+impl<F: LogFile> Writer<F> {
+    /// Writes `bytes` (whole lines) and fsyncs them. On error the file is cut back to its length
+    /// before the call, so none of `bytes` stays, and the writer stays usable.
+    fn commit(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.needs_cut {
+            self.cut_back()?;
+        }
+        match self
+            .file
+            .append_bytes(bytes)
+            .and_then(|()| self.file.sync())
+        {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(cut_error) = self.cut_back() {
+                    tracing::error!(
+                        error = %cut_error,
+                        "log store: could not cut off a failed write; will retry before the next one"
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.needs_cut = true;
+        self.file.truncate_to(self.len)?;
+        // Make the cut durable too, or a crash could bring back records the client was told
+        // had failed.
+        self.file.sync()?;
+        self.needs_cut = false;
+        Ok(())
+    }
+}
+
+/// The writer thread: one group per loop, until every sender (every `LogStore` clone) is gone.
+fn run_writer<F: LogFile>(mut writer: Writer<F>, queue: mpsc::Receiver<Request>, shared: &Shared) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        let mut bytes = group[0].lines.len();
+        while bytes < MAX_GROUP_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += next.lines.len();
+            group.push(next);
+        }
+        commit_group(&mut writer, shared, group);
+    }
+}
+
+/// Writes a group with one write and one fsync, then answers every request in it.
+fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<Request>) {
+    let joined;
+    let bytes: &[u8] = match group.as_slice() {
+        [only] => &only.lines,
+        _ => {
+            joined = concat_lines(&group);
+            &joined
+        }
+    };
+    if let Err(error) = writer.commit(bytes) {
+        let records: usize = group.iter().map(|r| r.records.len()).sum();
+        tracing::error!(%error, records, "log store: write failed; records rejected");
+        for request in group {
+            // The caller may have given up waiting; nothing to do then.
+            let _ = request
+                .reply
+                .send(Err(StoreError::Write(copy_io_error(&error))));
+        }
+        return;
+    }
+
+    shared.syncs.fetch_add(1, Ordering::AcqRel);
+    let mut replies = Vec::with_capacity(group.len());
+    {
+        let mut recent = shared.lock_recent();
+        for request in group {
+            // Counted and readable before the reply, so a client that got Ok can read its
+            // records back.
+            shared
+                .count
+                .fetch_add(request.records.len() as u64, Ordering::AcqRel);
+            for record in request.records {
+                shared.remember(&mut recent, record);
+            }
+            replies.push(request.reply);
+        }
+    }
+    for reply in replies {
+        let _ = reply.send(Ok(()));
+    }
+}
+
+fn concat_lines(group: &[Request]) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(group.iter().map(|r| r.lines.len()).sum());
+    for request in group {
+        joined.extend_from_slice(&request.lines);
+    }
+    joined
+}
+
+/// io::Error is not Clone, but every request of a failed group needs its own; keep the OS error
+/// code so callers can still recognise e.g. a full disk.
+fn copy_io_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Level;
+    use std::io::Read;
+    use std::time::Duration;
+
+    const ENOSPC: i32 = 28;
+
+    fn record(service: &str, message: &str) -> Record {
+        Record {
+            time: "2026-11-21T16:05:03.123Z".into(),
+            service: service.into(),
+            level: Level::Info,
+            message: message.into(),
+            trace_id: None,
+        }
+    }
+
+    fn file_path(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
+    }
+
+    fn read_lines(dir: &Path) -> Vec<String> {
+        let text = fs::read_to_string(file_path(dir)).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn append_raw(dir: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file_path(dir))
+            .unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    fn line_of(record: &Record) -> Vec<u8> {
+        let mut line = serde_json::to_vec(record).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    /// A real file whose writes, syncs and cuts can be made to fail or to be slow.
+    struct TestFile {
+        file: File,
+        /// Some(n): later writes may add n more bytes in total; the write that would pass the
+        /// budget writes only up to it and fails with ENOSPC, after which writes work again.
+        write_budget: Option<usize>,
+        /// How many of the next cuts fail.
+        failing_cuts: usize,
+        sync_delay: Duration,
+    }
+
+    impl TestFile {
+        fn new(file: File) -> TestFile {
+            TestFile {
+                file,
+                write_budget: None,
+                failing_cuts: 0,
+                sync_delay: Duration::ZERO,
+            }
+        }
+    }
+
+    impl LogFile for TestFile {
+        fn append_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+            if let Some(budget) = self.write_budget {
+                if bytes.len() > budget {
+                    self.file.write_all(&bytes[..budget])?;
+                    self.write_budget = None;
+                    return Err(io::Error::from_raw_os_error(ENOSPC));
+                }
+                self.write_budget = Some(budget - bytes.len());
+            }
+            self.file.append_bytes(bytes)
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            thread::sleep(self.sync_delay);
+            self.file.sync()
+        }
+
+        fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+            if self.failing_cuts > 0 {
+                self.failing_cuts -= 1;
+                return Err(io::Error::other("injected cut failure"));
+            }
+            self.file.truncate_to(len)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = vec![record("a", "one"), record("b", "two")];
+        {
+            let store = LogStore::open(dir.path(), 100).unwrap();
+            assert_eq!(store.count(), 0);
+            store.append(first.clone()).await.unwrap();
+            store.append(vec![record("a", "three")]).await.unwrap();
+            assert_eq!(store.count(), 3);
+        }
+        let store = LogStore::open(dir.path(), 100).unwrap();
+        assert_eq!(store.count(), 3);
+        let mut all = first;
+        all.push(record("a", "three"));
+        assert_eq!(store.recent(None, 10), all);
+        assert_eq!(read_lines(dir.path()).len(), 3);
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = LogStore::open(dir.path(), 10).unwrap();
+        let second = LogStore::open(dir.path(), 10);
+        assert!(matches!(second, Err(StoreError::Locked { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn control_characters_stay_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let nasty = record("a", "line\nbreak\rreturn\u{1b}[31mred\0nul\u{2028}sep");
+        LogStore::open(dir.path(), 10)
+            .unwrap()
+            .append(vec![nasty.clone()])
+            .await
+            .unwrap();
+        assert_eq!(read_lines(dir.path()).len(), 1);
+        let store = LogStore::open(dir.path(), 10).unwrap();
+        assert_eq!(store.recent(None, 10), vec![nasty]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn torn_last_line_is_cut_and_appends_continue_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        LogStore::open(dir.path(), 10)
+            .unwrap()
+            .append(vec![record("a", "1"), record("a", "2")])
+            .await
+            .unwrap();
+        let good_len = fs::metadata(file_path(dir.path())).unwrap().len();
+        let half = &line_of(&record("a", "torn"))[..20];
+        append_raw(dir.path(), half);
+
+        let store = LogStore::open(dir.path(), 10).unwrap();
+        assert_eq!(store.count(), 2);
+        assert_eq!(fs::metadata(file_path(dir.path())).unwrap().len(), good_len);
+        store.append(vec![record("a", "3")]).await.unwrap();
+        assert_eq!(store.count(), 3);
+        drop(store);
+
+        let lines = read_lines(dir.path());
+        assert_eq!(lines.len(), 3);
+        for line in &lines {
+            serde_json::from_str::<Record>(line).unwrap();
+        }
+        assert_eq!(LogStore::open(dir.path(), 10).unwrap().count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn unparsable_last_line_with_newline_is_cut_too() {
+        let dir = tempfile::tempdir().unwrap();
+        append_raw(dir.path(), &line_of(&record("a", "1")));
+        append_raw(dir.path(), b"{\"time\":\0\0\0\n");
+        let store = LogStore::open(dir.path(), 10).unwrap();
+        assert_eq!(store.count(), 1);
+        store.append(vec![record("a", "2")]).await.unwrap();
+        assert_eq!(read_lines(dir.path()).len(), 2);
+    }
+
+    #[test]
+    fn garbage_middle_line_is_corrupt_and_file_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        append_raw(dir.path(), &line_of(&record("a", "1")));
+        append_raw(dir.path(), b"not a record\n");
+        append_raw(dir.path(), &line_of(&record("a", "3")));
+        let before = fs::read(file_path(dir.path())).unwrap();
+
+        match LogStore::open(dir.path(), 10) {
+            Err(StoreError::Corrupt { line, path }) => {
+                assert_eq!(line, 2);
+                assert_eq!(path, file_path(dir.path()));
+            }
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(_) => panic!("expected Corrupt, got a store"),
+        }
+        assert_eq!(fs::read(file_path(dir.path())).unwrap(), before);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_appends_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A slow fsync, as on a real disk under load, so that appends arriving during one sync
+        // have to wait for the next; the file is still really written and synced.
+        let store = LogStore::open_with(dir.path(), 1000, |file| TestFile {
+            sync_delay: Duration::from_millis(5),
+            ..TestFile::new(file)
+        })
+        .unwrap();
+
+        const APPENDS: u64 = 200;
+        let tasks: Vec<_> = (0..APPENDS)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let message = format!("message {i}");
+                    store.append(vec![record("a", &message)]).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+
+        assert_eq!(store.count(), APPENDS);
+        let syncs = store.sync_count();
+        assert!(syncs < APPENDS, "{syncs} fsyncs for {APPENDS} appends");
+        drop(store);
+
+        let store = LogStore::open(dir.path(), 1000).unwrap();
+        let mut messages: Vec<String> = store
+            .recent(None, 1000)
+            .into_iter()
+            .map(|r| r.message)
+            .collect();
+        messages.sort();
+        let mut expected: Vec<String> = (0..APPENDS).map(|i| format!("message {i}")).collect();
+        expected.sort();
+        assert_eq!(messages, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn recent_filters_limits_and_keeps_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), 3).unwrap();
+        let all: Vec<Record> = ["a", "b", "a", "b", "a"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| record(s, &i.to_string()))
+            .collect();
+        store.append(all.clone()).await.unwrap();
+
+        assert_eq!(store.recent(None, 10), all[2..].to_vec());
+        assert_eq!(store.recent(None, 2), all[3..].to_vec());
+        assert_eq!(
+            store.recent(Some("a"), 10),
+            vec![all[2].clone(), all[4].clone()]
+        );
+        assert_eq!(store.recent(Some("a"), 1), vec![all[4].clone()]);
+        assert_eq!(store.recent(Some("zzz"), 10), vec![]);
+        assert_eq!(store.count(), 5);
+
+        let reopened = {
+            drop(store);
+            LogStore::open(dir.path(), 3).unwrap()
+        };
+        assert_eq!(reopened.recent(None, 10), all[2..].to_vec());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn empty_append_is_ok_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), 3).unwrap();
+        store.append(Vec::new()).await.unwrap();
+        assert_eq!((store.count(), store.sync_count()), (0, 0));
+        assert_eq!(fs::metadata(file_path(dir.path())).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn open_creates_missing_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("x/y");
+        let store = LogStore::open(&nested, 3).unwrap();
+        assert_eq!(store.count(), 0);
+        assert!(file_path(&nested).is_file());
+    }
+
+    #[test]
+    fn open_fails_when_the_directory_is_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, b"x").unwrap();
+        assert!(matches!(
+            LogStore::open(&not_a_dir, 3),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    fn writer_over(dir: &Path, existing: &[u8]) -> Writer<TestFile> {
+        append_raw(dir, existing);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(file_path(dir))
+            .unwrap();
+        Writer {
+            file: TestFile::new(file),
+            len: existing.len() as u64,
+            needs_cut: false,
+        }
+    }
+
+    fn contents(dir: &Path) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        File::open(file_path(dir))
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn failed_write_is_cut_back_and_writer_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = writer_over(dir.path(), b"old\n");
+        writer.file.write_budget = Some(5);
+
+        let error = writer.commit(b"new line one\n").unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(ENOSPC));
+        assert_eq!(contents(dir.path()), b"old\n");
+        assert_eq!(writer.len, 4);
+
+        writer.commit(b"new line two\n").unwrap();
+        assert_eq!(contents(dir.path()), b"old\nnew line two\n");
+        assert_eq!(writer.len, 17);
+    }
+
+    #[test]
+    fn failed_cut_is_retried_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = writer_over(dir.path(), b"old\n");
+        writer.file.write_budget = Some(5);
+        writer.file.failing_cuts = 1;
+
+        writer.commit(b"partial\n").unwrap_err();
+        assert!(writer.needs_cut);
+        assert_eq!(contents(dir.path()), b"old\nparti");
+
+        writer.commit(b"next\n").unwrap();
+        assert!(!writer.needs_cut);
+        assert_eq!(contents(dir.path()), b"old\nnext\n");
+    }
+
+    #[test]
+    fn every_request_of_a_failed_group_gets_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = writer_over(dir.path(), b"");
+        writer.file.write_budget = Some(30);
+        let shared = Shared {
+            recent: Mutex::new(VecDeque::new()),
+            recent_capacity: 10,
+            count: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        };
+        let mut answers = Vec::new();
+        let group = (0..3)
+            .map(|i| {
+                let records = vec![record("a", &i.to_string())];
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Request {
+                    lines: records.iter().flat_map(line_of).collect(),
+                    records,
+                    reply,
+                }
+            })
+            .collect();
+
+        commit_group(&mut writer, &shared, group);
+
+        for mut answer in answers {
+            match answer.try_recv() {
+                Ok(Err(StoreError::Write(e))) => assert_eq!(e.raw_os_error(), Some(ENOSPC)),
+                other => panic!("expected a write error, got {other:?}"),
+            }
+        }
+        assert_eq!(shared.count.load(Ordering::Acquire), 0);
+        assert_eq!(shared.syncs.load(Ordering::Acquire), 0);
+        assert!(shared.lock_recent().is_empty());
+        assert_eq!(contents(dir.path()), b"");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn disk_full_append_fails_and_store_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = record("a", "fits");
+        let budget = line_of(&first).len() + 10;
+        let store = LogStore::open_with(dir.path(), 10, |file| TestFile {
+            write_budget: Some(budget),
+            ..TestFile::new(file)
+        })
+        .unwrap();
+
+        store.append(vec![first.clone()]).await.unwrap();
+        match store.append(vec![record("a", "does not fit")]).await {
+            Err(StoreError::Write(e)) => assert_eq!(e.raw_os_error(), Some(ENOSPC)),
+            other => panic!("expected a write error, got {other:?}"),
+        }
+        assert_eq!(store.count(), 1);
+        assert_eq!(store.recent(None, 10), vec![first.clone()]);
+        assert_eq!(contents(dir.path()), line_of(&first));
+
+        let later = record("a", "space again");
+        store.append(vec![later.clone()]).await.unwrap();
+        drop(store);
+
+        let reopened = LogStore::open(dir.path(), 10).unwrap();
+        assert_eq!(reopened.count(), 2);
+        assert_eq!(reopened.recent(None, 10), vec![first, later]);
+    }
+
+    #[test]
+    fn write_error_keeps_os_error_code() {
+        let error = StoreError::Write(copy_io_error(&io::Error::from_raw_os_error(ENOSPC)));
+        let StoreError::Write(io) = &error else {
+            unreachable!()
+        };
+        assert_eq!(io.raw_os_error(), Some(ENOSPC));
+        assert!(
+            error
+                .to_string()
+                .starts_with("could not write log records durably: ")
+        );
+    }
+}
