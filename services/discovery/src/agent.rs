@@ -64,7 +64,10 @@ pub enum OwnEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("Consul agent at {address} unreachable: {source}")]
-    Unreachable { address: String, source: reqwest::Error },
+    Unreachable {
+        address: String,
+        source: reqwest::Error,
+    },
     #[error("Consul agent answered {status}: {body}")]
     Refused { status: StatusCode, body: String },
 }
@@ -100,8 +103,13 @@ impl AgentClient {
 
     /// Removes an instance and its checks from the agent.
     pub async fn deregister(&self, service_id: &str) -> Result<(), AgentError> {
-        let url = format!("{}/v1/agent/service/deregister/{service_id}", self.settings.address);
-        self.call(self.http.put(url).timeout(CALL_TIMEOUT)).await.map(drop)
+        let url = format!(
+            "{}/v1/agent/service/deregister/{service_id}",
+            self.settings.address
+        );
+        self.call(self.http.put(url).timeout(CALL_TIMEOUT))
+            .await
+            .map(drop)
     }
 
     /// Asks whether the agent still has `service_id`. With a `content_hash` from a previous answer
@@ -119,9 +127,7 @@ impl AgentClient {
             // Consul adds up to wait/16 of jitter to a blocking call: never cut it short.
             timeout += wait + wait / 16;
         }
-        let response = self
-            .send(self.http.get(url).timeout(timeout))
-            .await?;
+        let response = self.send(self.http.get(url).timeout(timeout)).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(OwnEntry::Missing);
         }
@@ -135,19 +141,28 @@ impl AgentClient {
         Ok(OwnEntry::Present { content_hash })
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, AgentError> {
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AgentError> {
         check_status(self.send(request).await?).await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, AgentError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AgentError> {
         let request = match &self.settings.token {
             Some(token) => request.header("X-Consul-Token", token.expose()),
             None => request,
         };
-        request.send().await.map_err(|source| AgentError::Unreachable {
-            address: self.settings.address.clone(),
-            source,
-        })
+        request
+            .send()
+            .await
+            .map_err(|source| AgentError::Unreachable {
+                address: self.settings.address.clone(),
+                source,
+            })
     }
 }
 

@@ -54,7 +54,10 @@ mod tests {
         let cap = Duration::from_secs(5);
         for _ in 0..100 {
             let first = delay(1, base, cap);
-            assert!(first >= Duration::from_millis(50) && first <= base, "{first:?}");
+            assert!(
+                first >= Duration::from_millis(50) && first <= base,
+                "{first:?}"
+            );
             let late = delay(40, base, cap);
             assert!(late >= cap / 2 && late <= cap, "{late:?}");
         }
@@ -68,7 +71,10 @@ mod tests {
             assert_eq!(bucket.take(start), Duration::ZERO);
         }
         let wait = bucket.take(start);
-        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         // A second later the bucket is full again.
         let later = start + Duration::from_secs(1);
         assert_eq!(bucket.take(later), Duration::ZERO);

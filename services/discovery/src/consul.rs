@@ -7,11 +7,19 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsulArgs {
     /// Address of the local Consul agent's HTTP API.
-    #[arg(long = "consul-http-addr", env = "CONSUL_HTTP_ADDR", default_value = "http://127.0.0.1:8500")]
+    #[arg(
+        long = "consul-http-addr",
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
     pub http_addr: String,
 
     /// ACL token sent to Consul as X-Consul-Token. Never logged.
-    #[arg(long = "consul-http-token", env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "consul-http-token",
+        env = "CONSUL_HTTP_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// File holding the ACL token; used when no token is given directly.
@@ -48,7 +56,9 @@ pub struct ConsulSettings {
 /// Why the Consul settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulSettingsError {
-    #[error("CONSUL_HTTP_ADDR {0:?}: only http:// addresses are supported (no TLS client is built in)")]
+    #[error(
+        "CONSUL_HTTP_ADDR {0:?}: only http:// addresses are supported (no TLS client is built in)"
+    )]
     UnsupportedScheme(String),
     #[error("CONSUL_HTTP_ADDR is empty")]
     EmptyAddress,
@@ -75,11 +85,15 @@ impl ConsulSettings {
         let token = match (&args.token, &args.token_file) {
             (Some(token), _) if !token.trim().is_empty() => Some(Token(token.trim().to_owned())),
             (_, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConsulSettingsError::TokenFile {
-                    path: path.clone(),
-                    source,
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    ConsulSettingsError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
-                Some(text.trim().to_owned()).filter(|t| !t.is_empty()).map(Token)
+                Some(text.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .map(Token)
             }
             _ => None,
         };

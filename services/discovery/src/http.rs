@@ -16,7 +16,8 @@ pub struct ErrorBody<'a> {
 
 /// An error answer with a JSON body naming the problem.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
-    warp::reply::with_status(warp::reply::json(&ErrorBody { error: message }), status).into_response()
+    warp::reply::with_status(warp::reply::json(&ErrorBody { error: message }), status)
+        .into_response()
 }
 
 /// A request body over the limit; answered 413 with the limit in the message.
@@ -58,27 +59,54 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
     } else if let Some(too_large) = rejection.find::<BodyTooLarge>() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than the limit of {} bytes", too_large.limit),
+            format!(
+                "request body larger than the limit of {} bytes",
+                too_large.limit
+            ),
         )
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large".to_owned())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".to_owned(),
+        )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "a Content-Length header is required".to_owned())
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required".to_owned(),
+        )
     } else if let Some(err) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-        (StatusCode::BAD_REQUEST, format!("invalid JSON body: {}", source_text(err)))
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {}", source_text(err)),
+        )
     } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, format!("invalid query string: {err}"))
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported Content-Type".to_owned())
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid query string: {err}"),
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported Content-Type".to_owned(),
+        )
     } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
         (StatusCode::BAD_REQUEST, err.to_string())
     } else if let Some(err) = rejection.find::<warp::reject::MissingHeader>() {
         (StatusCode::BAD_REQUEST, err.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this resource".to_owned())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed for this resource".to_owned(),
+        )
     } else {
         tracing::error!(?rejection, "unhandled rejection");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_owned(),
+        )
     };
     Ok(json_error(status, &message))
 }
@@ -112,7 +140,10 @@ mod tests {
 
     async fn error_of(response: warp::http::Response<bytes::Bytes>) -> (StatusCode, String) {
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
-        (response.status(), body["error"].as_str().unwrap().to_owned())
+        (
+            response.status(),
+            body["error"].as_str().unwrap().to_owned(),
+        )
     }
 
     #[tokio::test]
@@ -120,8 +151,15 @@ mod tests {
         let unknown = warp::test::request().path("/nope").reply(&api()).await;
         assert_eq!(error_of(unknown).await.0, StatusCode::NOT_FOUND);
 
-        let wrong_method = warp::test::request().method("DELETE").path("/things").reply(&api()).await;
-        assert_eq!(error_of(wrong_method).await.0, StatusCode::METHOD_NOT_ALLOWED);
+        let wrong_method = warp::test::request()
+            .method("DELETE")
+            .path("/things")
+            .reply(&api())
+            .await;
+        assert_eq!(
+            error_of(wrong_method).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
 
         let huge = warp::test::request()
             .method("POST")

@@ -33,7 +33,10 @@ pub enum PoolError {
     NoProvider { service: String },
     /// Every instance tried refused or dropped the connection.
     #[error("every {service} instance tried failed; last error: {source}")]
-    AllFailed { service: String, source: reqwest::Error },
+    AllFailed {
+        service: String,
+        source: reqwest::Error,
+    },
     /// The instance took the request but the exchange failed (a timeout, say): not retried,
     /// because the request may have had its effect.
     #[error("request to {service} at {address} failed: {source}")]
@@ -47,7 +50,10 @@ pub enum PoolError {
 impl PoolError {
     /// True when the dependency is unavailable rather than misbehaving: callers answer 503.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, PoolError::NoProvider { .. } | PoolError::AllFailed { .. })
+        matches!(
+            self,
+            PoolError::NoProvider { .. } | PoolError::AllFailed { .. }
+        )
     }
 }
 
@@ -137,7 +143,8 @@ impl ProviderPool {
         path_and_query: &str,
         value: &T,
     ) -> Result<Response, PoolError> {
-        let bytes = serde_json::to_vec(value).expect("serializing our own request types cannot fail");
+        let bytes =
+            serde_json::to_vec(value).expect("serializing our own request types cannot fail");
         let payload = Payload {
             content_type: "application/json",
             bytes: bytes.into(),
@@ -161,12 +168,14 @@ impl ProviderPool {
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last_error = None;
         while tried.len() < MAX_ATTEMPTS {
-            let Some(endpoint) = self.choose(&tried) else { break };
+            let Some(endpoint) = self.choose(&tried) else {
+                break;
+            };
             let guard = InFlight::start(endpoint.clone());
-            let mut request = self
-                .inner
-                .http
-                .request(method.clone(), format!("{}{path_and_query}", endpoint.base_url));
+            let mut request = self.inner.http.request(
+                method.clone(),
+                format!("{}{path_and_query}", endpoint.base_url),
+            );
             if let Some(payload) = &payload {
                 request = request
                     .header(reqwest::header::CONTENT_TYPE, payload.content_type)
@@ -227,7 +236,11 @@ impl ProviderPool {
                 let second = (first + 1 + fastrand::usize(..n - 1)) % n;
                 let (a, b) = (candidates[first], candidates[second]);
                 let busy = |e: &Endpoint| e.in_flight.load(Ordering::Relaxed);
-                Some(if busy(b) < busy(a) { b.clone() } else { a.clone() })
+                Some(if busy(b) < busy(a) {
+                    b.clone()
+                } else {
+                    a.clone()
+                })
             }
         }
     }

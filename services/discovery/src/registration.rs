@@ -92,10 +92,16 @@ async fn keep_registered(agent: AgentClient, registration: Registration) {
             continue;
         }
 
-        match agent.own_entry(id, content_hash.as_deref(), OWN_ENTRY_WAIT).await {
+        match agent
+            .own_entry(id, content_hash.as_deref(), OWN_ENTRY_WAIT)
+            .await
+        {
             Ok(OwnEntry::Present { content_hash: hash }) => {
                 if failures > 0 {
-                    info!(service_id = id, "Consul agent reachable again; registration intact");
+                    info!(
+                        service_id = id,
+                        "Consul agent reachable again; registration intact"
+                    );
                 }
                 failures = 0;
                 content_hash = Some(hash);
@@ -103,7 +109,10 @@ async fn keep_registered(agent: AgentClient, registration: Registration) {
                 tokio::time::sleep(polls.take(std::time::Instant::now())).await;
             }
             Ok(OwnEntry::Missing) => {
-                warn!(service_id = id, "the Consul agent has forgotten this instance");
+                warn!(
+                    service_id = id,
+                    "the Consul agent has forgotten this instance"
+                );
                 register_because = Some("the agent had forgotten it");
             }
             Err(err) => {
@@ -122,8 +131,14 @@ async fn keep_registered(agent: AgentClient, registration: Registration) {
 /// The first failure in a row is a warning; the retries after it are debug noise.
 fn log_failure(failures: u32, service_id: &str, err: &dyn std::error::Error) {
     if failures == 1 {
-        warn!(service_id, "Consul agent unavailable, will keep retrying: {err}");
+        warn!(
+            service_id,
+            "Consul agent unavailable, will keep retrying: {err}"
+        );
     } else {
-        debug!(service_id, failures, "Consul agent still unavailable: {err}");
+        debug!(
+            service_id,
+            failures, "Consul agent still unavailable: {err}"
+        );
     }
 }

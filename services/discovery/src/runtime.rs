@@ -57,7 +57,9 @@ pub enum StartError {
     },
     #[error("--advertise {0:?} is not HOST:PORT with a port from 1 to 65535")]
     Advertise(String),
-    #[error("--listen {0} is a wildcard address: give --advertise HOST:PORT so Consul can reach this instance")]
+    #[error(
+        "--listen {0} is a wildcard address: give --advertise HOST:PORT so Consul can reach this instance"
+    )]
     AdvertiseRequired(SocketAddr),
 }
 
@@ -185,7 +187,10 @@ impl Service {
             .recover(handle_rejection)
             .unify()
             .with(warp::log::custom(log_request));
-        let keeper = RegistrationKeeper::spawn(AgentClient::new(self.definition.consul.clone()), self.registration());
+        let keeper = RegistrationKeeper::spawn(
+            AgentClient::new(self.definition.consul.clone()),
+            self.registration(),
+        );
 
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -199,12 +204,18 @@ impl Service {
         info!(service = name, listen = %self.local_addr, "serving");
 
         shutdown.await;
-        info!(service = name, "shutting down: deregistering, then draining in-flight requests");
+        info!(
+            service = name,
+            "shutting down: deregistering, then draining in-flight requests"
+        );
         keeper.deregister().await;
         let _ = drain.send(());
         match tokio::time::timeout(DRAIN_LIMIT, server).await {
             Ok(_) => info!(service = name, "drained; bye"),
-            Err(_) => warn!(service = name, "connections still open after {DRAIN_LIMIT:?}; closing them"),
+            Err(_) => warn!(
+                service = name,
+                "connections still open after {DRAIN_LIMIT:?}; closing them"
+            ),
         }
     }
 }
@@ -259,7 +270,10 @@ mod tests {
 
     #[test]
     fn advertise_takes_host_and_port() {
-        assert_eq!(parse_host_port("grading:6000").unwrap(), ("grading".into(), 6000));
+        assert_eq!(
+            parse_host_port("grading:6000").unwrap(),
+            ("grading".into(), 6000)
+        );
         assert_eq!(parse_host_port("[::1]:6000").unwrap(), ("::1".into(), 6000));
         assert!(parse_host_port("grading").is_err());
         assert!(parse_host_port("grading:0").is_err());

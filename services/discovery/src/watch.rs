@@ -158,7 +158,10 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
         match consul.get_service_nodes(request, Some(options)).await {
             Ok(answer) => {
                 if failures > 0 {
-                    info!(service, "Consul reachable again after {failures} failed calls");
+                    info!(
+                        service,
+                        "Consul reachable again after {failures} failed calls"
+                    );
                 }
                 failures = 0;
                 index = next_index(index, answer.index);
@@ -171,7 +174,10 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
                 mark_stale(sender);
                 let delay = backoff::delay(failures, RETRY_BASE, RETRY_CAP);
                 if failures == 1 {
-                    warn!(service, "Consul unreachable, keeping the last known providers: {err}");
+                    warn!(
+                        service,
+                        "Consul unreachable, keeping the last known providers: {err}"
+                    );
                 } else {
                     debug!(service, failures, ?delay, "Consul still unreachable: {err}");
                 }
@@ -290,8 +296,14 @@ mod tests {
     fn the_diff_names_what_came_and_went() {
         let before = [provider("127.0.0.1:6000"), provider("127.0.0.1:6001")];
         let after = [provider("127.0.0.1:6001"), provider("127.0.0.1:6002")];
-        assert_eq!(describe_diff(&before, &after), "+127.0.0.1:6002 -127.0.0.1:6000");
-        assert_eq!(describe_diff(&after, &[]), "-127.0.0.1:6001 -127.0.0.1:6002 (none left)");
+        assert_eq!(
+            describe_diff(&before, &after),
+            "+127.0.0.1:6002 -127.0.0.1:6000"
+        );
+        assert_eq!(
+            describe_diff(&after, &[]),
+            "-127.0.0.1:6001 -127.0.0.1:6002 (none left)"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use discovery::http::{body_limit, respond};
 use serde::{Deserialize, Serialize};
+use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Filter;
 
 use crate::error::ApiError;
 use crate::record::{NewRecord, Record};
@@ -50,7 +50,9 @@ pub struct Stored {
 }
 
 /// All routes of the log API.
-pub fn routes(store: LogStore) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    store: LogStore,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let with_store = warp::any().map(move || store.clone());
     let post = warp::path("log")
         .and(warp::path::end())
@@ -80,9 +82,11 @@ async fn post_log(
     store: LogStore,
 ) -> Result<impl warp::Reply, ApiError> {
     let now = SystemTime::now();
-    let is_json = content_type
-        .as_deref()
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let is_json = content_type.as_deref().is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+    });
     let records = if is_json {
         parse_batch(&body, now)?
     } else {
@@ -90,7 +94,10 @@ async fn post_log(
     };
     let stored = records.len();
     store.append(records).await?;
-    Ok(warp::reply::with_status(warp::reply::json(&Stored { stored }), StatusCode::CREATED))
+    Ok(warp::reply::with_status(
+        warp::reply::json(&Stored { stored }),
+        StatusCode::CREATED,
+    ))
 }
 
 /// A batch is all or nothing: one invalid record rejects it, naming the record and the field.
@@ -98,9 +105,13 @@ fn parse_batch(body: &[u8], now: SystemTime) -> Result<Vec<Record>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    let batch: Batch = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    if batch.records.is_empty() || batch.records.len() > MAX_BATCH_RECORDS {
-        return Err(ApiError::BatchSize {
+    let batch: Batch =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if batch.records.is_empty() {
+        return Err(ApiError::EmptyBatch);
+    }
+    if batch.records.len() > MAX_BATCH_RECORDS {
+        return Err(ApiError::TooManyRecords {
             got: batch.records.len(),
             max: MAX_BATCH_RECORDS,
         });
@@ -144,8 +155,134 @@ fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply, ApiE
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_READ_LIMIT).contains(n))
-            .ok_or(ApiError::Limit { max: MAX_READ_LIMIT })?,
+            .ok_or(ApiError::Limit {
+                max: MAX_READ_LIMIT,
+            })?,
     };
     let service = query.service.as_deref().filter(|s| !s.is_empty());
     Ok(warp::reply::json(&store.recent(service, limit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use discovery::http::handle_rejection;
+
+    async fn post(store: &LogStore, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let api = routes(store.clone()).recover(handle_rejection);
+        let response = warp::test::request()
+            .method("POST")
+            .path("/log?service=tests")
+            .header("content-type", content_type)
+            .body(body.to_vec())
+            .reply(&api)
+            .await;
+        let body = serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null);
+        (response.status().as_u16(), body)
+    }
+
+    fn store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), 100).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_get_a_4xx_naming_the_problem_and_store_nothing() {
+        let (_dir, store) = store();
+        let json = "application/json";
+        let cases: &[(&str, &[u8], u16, &str)] = &[
+            ("text/plain", b"", 400, "empty body"),
+            ("text/plain", b"\n", 400, "empty body"),
+            ("text/plain", b"\xff\xfe", 400, "UTF-8"),
+            (json, b"{\"records\": [", 400, "invalid JSON"),
+            (
+                json,
+                b"{\"records\": [{\"service\": 7, \"message\": \"x\"}]}",
+                400,
+                "invalid JSON",
+            ),
+            (
+                json,
+                b"{\"records\": [{\"service\": \"a\"}]}",
+                400,
+                "missing field `message`",
+            ),
+            (
+                json,
+                b"{\"records\": [{\"service\": \"a\", \"message\": \"x\", \"mesage\": 1}]}",
+                400,
+                "unknown field",
+            ),
+            (json, b"{\"records\": []}", 400, "at least one record"),
+            (
+                json,
+                b"{\"records\": [{\"service\": \"a b\", \"message\": \"x\"}]}",
+                422,
+                "records[0].service",
+            ),
+            (
+                json,
+                b"{\"records\": [{\"service\": \"a\", \"message\": \"x\", \"level\": \"loud\"}]}",
+                422,
+                "level",
+            ),
+        ];
+        for (content_type, body, status, needle) in cases {
+            let (got, answer) = post(&store, content_type, body).await;
+            let message = answer["error"].as_str().unwrap_or_default();
+            assert_eq!(got, *status, "{body:?} -> {answer}");
+            assert!(message.contains(needle), "{body:?} -> {message}");
+        }
+        assert_eq!(store.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_record_limit_is_refused_whole() {
+        let (_dir, store) = store();
+        let records: Vec<_> = (0..=MAX_BATCH_RECORDS)
+            .map(|i| serde_json::json!({"service": "a", "message": i.to_string()}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "records": records })).unwrap();
+        let (status, answer) = post(&store, "application/json", &body).await;
+        assert_eq!(status, 413, "{answer}");
+        assert_eq!(store.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_text_message_keeps_its_inner_newlines_and_loses_the_trailing_one() {
+        let (_dir, store) = store();
+        let (status, _) = post(&store, "text/plain", b"first\nsecond\n").await;
+        assert_eq!(status, 201);
+        let stored = store.recent(None, 10);
+        assert_eq!(stored[0].message, "first\nsecond");
+        assert_eq!(stored[0].service, "tests");
+    }
+
+    #[tokio::test]
+    async fn reads_are_newest_last_filtered_and_limited() {
+        let (_dir, store) = store();
+        for i in 0..5 {
+            post(&store, "text/plain", format!("m{i}").as_bytes()).await;
+        }
+        let api = routes(store.clone()).recover(handle_rejection);
+        let response = warp::test::request().path("/log?limit=2").reply(&api).await;
+        let records: Vec<Record> = serde_json::from_slice(response.body()).unwrap();
+        let messages: Vec<_> = records.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(messages, ["m3", "m4"]);
+
+        let response = warp::test::request()
+            .path("/log?service=nobody")
+            .reply(&api)
+            .await;
+        assert_eq!(response.body().as_ref(), b"[]");
+
+        for bad in ["0", "-1", "10001", "x"] {
+            let response = warp::test::request()
+                .path(&format!("/log?limit={bad}"))
+                .reply(&api)
+                .await;
+            assert_eq!(response.status(), 400, "limit={bad}");
+        }
+    }
 }

@@ -20,8 +20,10 @@ pub enum ApiError {
     InvalidRecord { index: usize, source: InvalidRecord },
     #[error("{0}")]
     InvalidText(InvalidRecord),
-    #[error("records: a batch holds 1 to {max} records, this one has {got}")]
-    BatchSize { got: usize, max: usize },
+    #[error("records: a batch must hold at least one record")]
+    EmptyBatch,
+    #[error("records: a batch holds at most {max} records, this one has {got}")]
+    TooManyRecords { got: usize, max: usize },
     #[error("limit: must be a whole number from 1 to {max}")]
     Limit { max: usize },
     #[error("disk full: the records were not stored")]
@@ -33,11 +35,15 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::EmptyBody | ApiError::NotUtf8 | ApiError::InvalidJson(_) | ApiError::Limit { .. } => {
-                StatusCode::BAD_REQUEST
+            ApiError::EmptyBody
+            | ApiError::NotUtf8
+            | ApiError::InvalidJson(_)
+            | ApiError::EmptyBatch
+            | ApiError::Limit { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::BatchSize { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -34,10 +34,15 @@ fn lock_exclusively(file: &File, path: &Path) -> Result<(), StoreError> {
                 thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked { path: path.to_owned() });
+                return Err(StoreError::Locked {
+                    path: path.to_owned(),
+                });
             }
             Err(fs::TryLockError::Error(source)) => {
-                return Err(StoreError::Open { path: path.to_owned(), source });
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
             }
         }
     }
@@ -69,7 +74,9 @@ pub enum StoreError {
     Write(io::Error),
     /// Another process holds the store: two writers would interleave their records and each
     /// serve only its own.
-    #[error("log store at {path} is in use by another process (give each instance its own --data-dir)")]
+    #[error(
+        "log store at {path} is in use by another process (give each instance its own --data-dir)"
+    )]
     Locked {
         /// The records file.
         path: PathBuf,

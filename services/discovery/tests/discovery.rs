@@ -1,0 +1,382 @@
+//! The discovery layer against a real Consul agent: in-process services built on the real
+//! runtime register, get watched, fail over and heal, exactly as the service binaries do.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use discovery::{
+    ConsulSettings, PoolError, ProviderPool, ProviderWatch, Service, ServiceDefinition, WatchStatus,
+};
+use testkit::{ConsulAgent, eventually};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warp::Filter;
+use warp::reply::Reply;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// One instance of a service running the real runtime in this process; answers `/whoami` with
+/// its own address so tests can see which instance served a request.
+struct Instance {
+    addr: SocketAddr,
+    id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Instance {
+    async fn start(agent: &ConsulAgent, name: &'static str) -> Instance {
+        let service = Service::bind(ServiceDefinition {
+            name,
+            version: "9.9.9-test",
+            tags: vec!["http".into(), "test".into()],
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            consul: ConsulSettings::local(agent.http_addr()),
+        })
+        .await
+        .expect("binds");
+        let addr = service.local_addr();
+        let id = service.instance_id();
+        let routes = warp::path("whoami").map(move || addr.to_string().into_response());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(service.run(routes, async {
+            let _ = stopped.await;
+        }));
+        Instance {
+            addr,
+            id,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The same path SIGTERM takes in a binary: deregister, drain, return.
+    async fn shut_down(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("shutdown finishes")
+            .expect("no panic");
+    }
+
+    /// Like a crash: the listener and every connection vanish, nothing is deregistered.
+    fn crash(self) {
+        self.task.abort();
+    }
+}
+
+async fn passing_ids(agent: &ConsulAgent, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = agent
+        .passing_instances(service)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn watched_addresses(watch: &ProviderWatch) -> Vec<String> {
+    watch
+        .current()
+        .providers
+        .iter()
+        .map(|p| p.address.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_registered_once_bound_with_tags_version_and_a_passing_http_check() {
+    let agent = ConsulAgent::start().await;
+    let instance = Instance::start(&agent, "grading").await;
+
+    let registered = eventually("instance listed as passing", PATIENCE, || async {
+        agent.passing_instances("grading").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        registered.id,
+        format!("grading-127.0.0.1-{}", instance.addr.port())
+    );
+    assert_eq!(registered.address, instance.addr.to_string());
+    assert!(
+        registered.tags.contains(&"http".to_owned()),
+        "{:?}",
+        registered.tags
+    );
+    assert_eq!(
+        registered.meta.get("version").map(String::as_str),
+        Some("9.9.9-test")
+    );
+
+    // The check is a real HTTP check that the agent runs against /health.
+    let checks: serde_json::Value = testkit::http_client()
+        .get(format!("{}/v1/agent/checks", agent.http_addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = checks
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|c| c["ServiceID"] == registered.id.as_str())
+        .expect("a check for the instance");
+    assert_eq!(check["Type"], "http");
+    assert_eq!(check["Status"], "passing");
+    instance.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_a_second_instance_come_and_go() {
+    let agent = ConsulAgent::start().await;
+    let settings = ConsulSettings::local(agent.http_addr());
+    let watch = ProviderWatch::spawn(&settings, "grading");
+    let first = Instance::start(&agent, "grading").await;
+    eventually("the watcher has the first instance", PATIENCE, || async {
+        (watched_addresses(&watch) == [first.addr.to_string()]).then_some(())
+    })
+    .await;
+
+    let second = Instance::start(&agent, "grading").await;
+    let started = Instant::now();
+    eventually("the watcher has both instances", PATIENCE, || async {
+        (watched_addresses(&watch).len() == 2).then_some(())
+    })
+    .await;
+    eprintln!(
+        "second instance seen by the watcher {} ms after it started serving",
+        started.elapsed().as_millis()
+    );
+
+    let second_addr = second.addr.to_string();
+    second.shut_down().await;
+    let stopped = Instant::now();
+    eventually(
+        "the watcher dropped the stopped instance",
+        PATIENCE,
+        || async { (!watched_addresses(&watch).contains(&second_addr)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "stopped instance dropped {} ms after its shutdown",
+        stopped.elapsed().as_millis()
+    );
+    assert_eq!(watched_addresses(&watch), [first.addr.to_string()]);
+    assert_eq!(watch.current().status, WatchStatus::Live);
+    first.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_deregisters_the_instance() {
+    let agent = ConsulAgent::start().await;
+    let instance = Instance::start(&agent, "log").await;
+    let id = instance.id.clone();
+    eventually("registered", PATIENCE, || async {
+        agent.agent_services().await.contains_key(&id).then_some(())
+    })
+    .await;
+    instance.shut_down().await;
+    // Deregistration happens before shutdown returns: no waiting for the check to fail.
+    assert!(!agent.agent_services().await.contains_key(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_leaves_the_watched_set_when_its_check_fails() {
+    let agent = ConsulAgent::start().await;
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading");
+    let survivor = Instance::start(&agent, "grading").await;
+    let victim = Instance::start(&agent, "grading").await;
+    eventually("both watched", PATIENCE, || async {
+        (watched_addresses(&watch).len() == 2).then_some(())
+    })
+    .await;
+    let victim_addr = victim.addr.to_string();
+    victim.crash();
+    eventually(
+        "the crashed instance dropped by the watcher",
+        PATIENCE,
+        || async { (watched_addresses(&watch) == [survivor.addr.to_string()]).then_some(()) },
+    )
+    .await;
+    // Still in the catalogue (critical), only gone from the passing view.
+    assert!(agent.agent_services().await.values().any(|s| {
+        s["Port"]
+            == victim_addr
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap()
+    }));
+    survivor.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_lost_its_state_gets_the_instance_back_by_itself() {
+    let mut agent = ConsulAgent::start().await;
+    let instance = Instance::start(&agent, "grading").await;
+    eventually("registered", PATIENCE, || async {
+        (passing_ids(&agent, "grading").await == [instance.id.clone()]).then_some(())
+    })
+    .await;
+
+    // A bystander registered by hand shows that the restart really loses the agent's state.
+    agent
+        .register(&serde_json::json!({"Name": "bystander", "ID": "bystander-1", "Port": 1}))
+        .await;
+
+    agent.stop().await;
+    agent.start_again().await;
+    let restarted = Instant::now();
+    eventually(
+        "registered again without any help",
+        Duration::from_secs(5),
+        || async { (passing_ids(&agent, "grading").await == [instance.id.clone()]).then_some(()) },
+    )
+    .await;
+    assert!(
+        !agent.agent_services().await.contains_key("bystander-1"),
+        "the agent lost its state"
+    );
+    eprintln!(
+        "re-registered {} ms after the agent came back",
+        restarted.elapsed().as_millis()
+    );
+    instance.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_keeps_its_last_known_set_while_the_agent_is_down() {
+    let mut agent = ConsulAgent::start().await;
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading");
+    let instance = Instance::start(&agent, "grading").await;
+    eventually("watched", PATIENCE, || async {
+        (watched_addresses(&watch) == [instance.addr.to_string()]).then_some(())
+    })
+    .await;
+
+    agent.stop().await;
+    let stale_since = eventually("the watch reports its set as stale", PATIENCE, || async {
+        match watch.current().status {
+            WatchStatus::Stale { since } => Some(since),
+            _ => None,
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let set = watch.current();
+    assert_eq!(
+        watched_addresses(&watch),
+        [instance.addr.to_string()],
+        "the last known set is kept"
+    );
+    assert!(
+        set.age() >= Duration::from_millis(1500),
+        "age grows while stale: {:?}",
+        set.age()
+    );
+    assert_eq!(set.status, WatchStatus::Stale { since: stale_since });
+    assert!(set.failed_polls >= 1);
+    eprintln!(
+        "failed polls while the agent was down for ~1.5 s: {}",
+        set.failed_polls
+    );
+
+    // A pool over the stale set still reaches the instance: Consul being away stops nothing.
+    let pool = ProviderPool::new(watch.clone(), discovery::runtime::http_client());
+    let body = pool.get("/whoami").await.unwrap().text().await.unwrap();
+    assert_eq!(body, instance.addr.to_string());
+
+    agent.start_again().await;
+    eventually(
+        "the watch is live again with the re-registered instance",
+        PATIENCE,
+        || async {
+            let set = watch.current();
+            (set.status == WatchStatus::Live
+                && watched_addresses(&watch) == [instance.addr.to_string()])
+            .then_some(())
+        },
+    )
+    .await;
+    instance.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_spreads_requests_and_moves_off_a_crashed_instance_at_once() {
+    let agent = ConsulAgent::start().await;
+    let pool = ProviderPool::new(
+        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
+        discovery::runtime::http_client(),
+    );
+    let a = Instance::start(&agent, "grading").await;
+    let b = Instance::start(&agent, "grading").await;
+    eventually("both watched", PATIENCE, || async {
+        (pool.watch().current().providers.len() == 2).then_some(())
+    })
+    .await;
+
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for _ in 0..200 {
+        let who = pool.get("/whoami").await.unwrap().text().await.unwrap();
+        *served.entry(who).or_default() += 1;
+    }
+    eprintln!("200 requests spread as {served:?}");
+    assert!(served.get(&a.addr.to_string()).copied().unwrap_or(0) > 0);
+    assert!(served.get(&b.addr.to_string()).copied().unwrap_or(0) > 0);
+
+    // Crash one while Consul still lists it: every request must still succeed.
+    let b_addr = b.addr.to_string();
+    b.crash();
+    let mut failures = 0;
+    for _ in 0..200 {
+        match pool.get("/whoami").await {
+            Ok(response) => assert_eq!(response.text().await.unwrap(), a.addr.to_string()),
+            Err(err) => {
+                eprintln!("failed: {err}");
+                failures += 1;
+            }
+        }
+    }
+    assert_eq!(
+        failures, 0,
+        "requests failed after a crash while another instance was healthy"
+    );
+    eventually(
+        "Consul drops the crashed instance too",
+        PATIENCE,
+        || async {
+            (!pool
+                .watch()
+                .current()
+                .providers
+                .iter()
+                .any(|p| p.address == b_addr))
+            .then_some(())
+        },
+    )
+    .await;
+    a.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_no_provider_fails_at_once_with_a_typed_error() {
+    let agent = ConsulAgent::start().await;
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "nobody");
+    watch.ready(PATIENCE).await;
+    let pool = ProviderPool::new(watch, discovery::runtime::http_client());
+    let started = Instant::now();
+    let result = tokio::time::timeout(PATIENCE, pool.get("/"))
+        .await
+        .expect("never hangs");
+    eprintln!("no-provider answer in {} µs", started.elapsed().as_micros());
+    let err = result.unwrap_err();
+    assert!(matches!(err, PoolError::NoProvider { .. }), "{err}");
+    assert!(err.is_unavailable());
+    assert_eq!(err.to_string(), "no healthy nobody instance is available");
+}

@@ -1,0 +1,180 @@
+//! The real `log-service` binary against a real Consul agent.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use discovery::{ConsulSettings, ProviderWatch};
+use testkit::{ConsulAgent, ServiceProcess, eventually, free_port, http_client};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+async fn start_log_service(
+    agent: &ConsulAgent,
+    data_dir: &std::path::Path,
+    port: u16,
+) -> ServiceProcess {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_log-service").as_ref(),
+        addr,
+        &[
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ],
+        &[
+            ("CONSUL_HTTP_ADDR", agent.http_addr()),
+            ("RUST_LOG", "info".into()),
+        ],
+    )
+    .await
+}
+
+async fn messages(service: &ServiceProcess) -> Vec<String> {
+    let records: Vec<serde_json::Value> = http_client()
+        .get(format!("{}/log?limit=1000", service.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    records
+        .iter()
+        .map(|r| r["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_registers_with_a_passing_check_and_sigterm_deregisters_and_exits_0() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = start_log_service(&agent, data.path(), port).await;
+    let expected_id = format!("log-127.0.0.1-{port}");
+
+    let instance = eventually("listed as passing", PATIENCE, || async {
+        agent.passing_instances("log").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(instance.id, expected_id);
+    assert_eq!(instance.address, format!("127.0.0.1:{port}"));
+    assert_eq!(
+        agent.check_status(&expected_id).await.as_deref(),
+        Some("passing")
+    );
+
+    service.sigterm();
+    let status = service.wait_exit(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", service.output());
+    assert!(
+        !agent.agent_services().await.contains_key(&expected_id),
+        "deregistered on SIGTERM"
+    );
+    assert!(service.output().contains("deregistered from Consul"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_check_goes_critical_and_watchers_drop_the_instance() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "log");
+    let mut service = start_log_service(&agent, data.path(), port).await;
+    eventually("watched", PATIENCE, || async {
+        (watch.current().providers.len() == 1).then_some(())
+    })
+    .await;
+
+    service.sigkill();
+    let killed = Instant::now();
+    eventually(
+        "the watcher dropped the killed instance",
+        PATIENCE,
+        || async { watch.current().providers.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "SIGKILL to dropped by the watcher: {} ms",
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(
+        agent
+            .check_status(&format!("log-127.0.0.1-{port}"))
+            .await
+            .as_deref(),
+        Some("critical"),
+        "still registered, its check critical, until DeregisterCriticalServiceAfter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_acknowledged_durably_and_survive_a_restart() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = start_log_service(&agent, data.path(), port).await;
+    let client = http_client();
+
+    // As in the original course: curl -d 'hello' localhost:4000/log
+    let response = client
+        .post(format!("{}/log", service.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let batch = serde_json::json!({"records": [
+        {"service": "grading", "level": "warn", "message": "two\nlines"},
+        {"service": "portal", "message": "third"}
+    ]});
+    let response = client
+        .post(format!("{}/log", service.base_url()))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["stored"],
+        2
+    );
+
+    // Acknowledged means on disk: one line per record, whatever the message held.
+    let file = std::fs::read_to_string(data.path().join("records.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), 3, "{file}");
+
+    service.sigkill();
+    let service = start_log_service(&agent, data.path(), port).await;
+    assert_eq!(messages(&service).await, ["hello", "two\nlines", "third"]);
+
+    let only_grading: Vec<serde_json::Value> = client
+        .get(format!("{}/log?service=grading", service.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(only_grading.len(), 1);
+    assert_eq!(only_grading[0]["level"], "warn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_data_dir_refuses_to_start() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let _first = start_log_service(&agent, data.path(), free_port()).await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_log-service"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("CONSUL_HTTP_ADDR", agent.http_addr())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+}
