@@ -27,6 +27,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to finish after deregistration.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long a stopping service waits for its last log records to reach the log service.
+const SHIPPING_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// Timeout for calls to another service, so a hung instance never hangs its callers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -187,6 +189,7 @@ impl Service {
             .recover(handle_rejection)
             .unify()
             .with(warp::log::custom(log_request));
+        let shipping_to = crate::telemetry::start_shipping(|| self.pool("log"));
         let keeper = RegistrationKeeper::spawn(
             AgentClient::new(self.definition.consul.clone()),
             self.registration(),
@@ -216,6 +219,9 @@ impl Service {
                 service = name,
                 "connections still open after {DRAIN_LIMIT:?}; closing them"
             ),
+        }
+        if let Some(log) = &shipping_to {
+            crate::telemetry::flush(log, SHIPPING_FLUSH_LIMIT).await;
         }
     }
 }

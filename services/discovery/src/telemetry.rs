@@ -1,15 +1,356 @@
 //! Installs the `tracing` subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info`), and optionally a copy of each event shipped to the log service.
+//!
+//! Shipping never slows the code that logs: an event is formatted and put in a bounded queue
+//! with `try_send`, and one background task sends the queue in batches to a log instance found
+//! through Consul. While no log instance is known (or every one fails) records wait in the
+//! queue; what does not fit is counted, reported on stderr, and reported to the log service as
+//! a record of its own once one is reachable again.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the process-wide subscriber; later calls are ignored (tests start several services).
-pub fn init() {
+use crate::backoff;
+use crate::pool::ProviderPool;
+
+/// Records waiting for a log instance, at most. At ~200 bytes each, about 2 MB.
+pub const SHIPPING_BUFFER: usize = 10_000;
+/// Records in one POST, at most (the log service accepts up to 1000).
+const BATCH: usize = 500;
+/// Longest message shipped; the log service refuses longer ones.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Environment variable with the least severe level shipped (`info` unless set).
+pub const SHIP_LEVEL_ENV: &str = "GRADEBOOK_SHIP_LEVEL";
+
+/// One record as the log service's batch form takes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShippedRecord {
+    pub time: String,
+    pub service: &'static str,
+    pub level: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Batch<'a> {
+    records: &'a [ShippedRecord],
+}
+
+/// Counters of the shipping queue, for the status page and for tests.
+#[derive(Debug, Default)]
+pub struct ShippingStats {
+    /// Records accepted into the queue.
+    pub queued: AtomicU64,
+    /// Records the log service acknowledged.
+    pub delivered: AtomicU64,
+    /// Records lost because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+struct Shipping {
+    service: &'static str,
+    stats: Arc<ShippingStats>,
+    /// Taken by the runtime when it starts the shipper task.
+    receiver: Mutex<Option<mpsc::Receiver<ShippedRecord>>>,
+}
+
+static SHIPPING: OnceLock<Shipping> = OnceLock::new();
+
+fn stderr_layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter)
+}
+
+/// Installs the stderr subscriber only (the log service itself, tools, tests). Later calls are
+/// ignored.
+pub fn init() {
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer())
         .try_init();
+}
+
+/// Installs the stderr subscriber plus shipping of `service`'s events to the log service. The
+/// records queue up until [`crate::Service::run`] starts the shipper.
+pub fn init_with_shipping(service: &'static str) {
+    let level = std::env::var(SHIP_LEVEL_ENV)
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let (sender, receiver) = mpsc::channel(SHIPPING_BUFFER);
+    let stats = Arc::new(ShippingStats::default());
+    let shipping = Shipping {
+        service,
+        stats: stats.clone(),
+        receiver: Mutex::new(Some(receiver)),
+    };
+    if SHIPPING.set(shipping).is_err() {
+        return;
+    }
+    let layer = ShippingLayer {
+        service,
+        sender,
+        stats,
+    }
+    .with_filter(level);
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer())
+        .with(layer)
+        .try_init();
+}
+
+/// The shipping counters, when shipping is installed.
+pub fn shipping_stats() -> Option<Arc<ShippingStats>> {
+    SHIPPING.get().map(|s| s.stats.clone())
+}
+
+/// Starts the task that sends queued records to the instances `log_pool` makes; does nothing
+/// (and makes no pool) when shipping was not installed or was started already.
+pub(crate) fn start_shipping(log_pool: impl FnOnce() -> ProviderPool) -> Option<ProviderPool> {
+    let shipping = SHIPPING.get()?;
+    let receiver = shipping.receiver.lock().expect("not poisoned").take()?;
+    let log = log_pool();
+    tokio::spawn(ship(
+        receiver,
+        log.clone(),
+        shipping.service,
+        shipping.stats.clone(),
+    ));
+    Some(log)
+}
+
+/// Waits until every record queued so far has been delivered or dropped, for at most `limit`,
+/// and not at all when no log instance is known: the last words of a stopping service
+/// ("deregistered", "drained") are worth a short wait, not a hang.
+pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
+    let Some(stats) = shipping_stats() else {
+        return;
+    };
+    if log.watch().current().providers.is_empty() {
+        return;
+    }
+    let target = stats.queued.load(Ordering::Relaxed);
+    let _ = tokio::time::timeout(limit, async {
+        while stats.delivered.load(Ordering::Relaxed) + stats.dropped.load(Ordering::Relaxed)
+            < target
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The subscriber layer: formats each event into a record and queues it without waiting.
+struct ShippingLayer {
+    service: &'static str,
+    sender: mpsc::Sender<ShippedRecord>,
+    stats: Arc<ShippingStats>,
+}
+
+impl<S: Subscriber> Layer<S> for ShippingLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        // The shipper's own reports about the log service must not feed back into it.
+        if event.metadata().target().starts_with(module_path!()) {
+            return;
+        }
+        let mut message = MessageVisitor::default();
+        event.record(&mut message);
+        let record = ShippedRecord {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            service: self.service,
+            level: level_name(*event.metadata().level()),
+            message: message.finish(),
+        };
+        match self.sender.try_send(record) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => "trace",
+        Level::DEBUG => "debug",
+        Level::INFO => "info",
+        Level::WARN => "warn",
+        Level::ERROR => "error",
+    }
+}
+
+/// Builds `message key=value key=value`, as the stderr lines read.
+#[derive(Default)]
+struct MessageVisitor {
+    message: String,
+    fields: String,
+}
+
+impl Visit for MessageVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl MessageVisitor {
+    fn finish(mut self) -> String {
+        self.message.push_str(&self.fields);
+        if self.message.is_empty() {
+            self.message.push_str("(empty event)");
+        }
+        if self.message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES - 3;
+            while !self.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.message.truncate(cut);
+            self.message.push_str("...");
+        }
+        self.message
+    }
+}
+
+/// The shipper task: waits for a log instance, sends what is queued in batches, and keeps a
+/// batch until some instance acknowledges it.
+async fn ship(
+    mut queue: mpsc::Receiver<ShippedRecord>,
+    log: ProviderPool,
+    service: &'static str,
+    stats: Arc<ShippingStats>,
+) {
+    let mut providers = log.watch().subscribe();
+    let mut batch: Vec<ShippedRecord> = Vec::with_capacity(BATCH);
+    let mut reported_drops = 0;
+    let mut failures: u32 = 0;
+    loop {
+        if batch.is_empty() && queue.recv_many(&mut batch, BATCH).await == 0 {
+            return; // every sender is gone: the process is ending
+        }
+        // Hold on to the batch (and let the queue fill, bounded) while no log instance is known.
+        if providers
+            .wait_for(|set| !set.providers.is_empty())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        let report_drops = dropped > reported_drops;
+        if report_drops {
+            tracing::warn!(
+                "{} log records were dropped: the shipping buffer of {SHIPPING_BUFFER} was full",
+                dropped - reported_drops
+            );
+            batch.push(ShippedRecord {
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                service,
+                level: "warn",
+                message: format!(
+                    "{} log records were dropped while no log instance could take them (buffer of {SHIPPING_BUFFER})",
+                    dropped - reported_drops
+                ),
+            });
+        }
+        match log.post_json("/log", &Batch { records: &batch }).await {
+            Ok(response) if response.status().is_success() => {
+                let shipped = batch.len() as u64 - u64::from(report_drops);
+                stats.delivered.fetch_add(shipped, Ordering::Relaxed);
+                if report_drops {
+                    reported_drops = dropped;
+                }
+                batch.clear();
+                failures = 0;
+            }
+            Ok(response) if response.status().is_client_error() => {
+                // The log service will never take this batch; keeping it would block the rest.
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                tracing::error!(%status, "the log service refused {} records: {body}", batch.len());
+                stats.dropped.fetch_add(
+                    batch.len() as u64 - u64::from(report_drops),
+                    Ordering::Relaxed,
+                );
+                batch.clear();
+            }
+            outcome => {
+                failures += 1;
+                if report_drops {
+                    batch.pop();
+                }
+                let reason = match outcome {
+                    Ok(response) => response.status().to_string(),
+                    Err(err) => err.to_string(),
+                };
+                if failures == 1 {
+                    tracing::warn!(
+                        "could not ship {} log records, will retry: {reason}",
+                        batch.len()
+                    );
+                }
+                tokio::time::sleep(backoff::delay(
+                    failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(2),
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_become_one_line_with_their_fields() {
+        let mut visitor = MessageVisitor::default();
+        visitor.message.push_str("registered with Consul");
+        visitor.fields.push_str(" port=6000");
+        assert_eq!(visitor.finish(), "registered with Consul port=6000");
+    }
+
+    #[test]
+    fn huge_messages_are_cut_on_a_character_boundary() {
+        let visitor = MessageVisitor {
+            message: "é".repeat(MAX_MESSAGE_BYTES),
+            ..MessageVisitor::default()
+        };
+        let message = visitor.finish();
+        assert!(message.len() <= MAX_MESSAGE_BYTES);
+        assert!(message.ends_with("..."));
+    }
 }

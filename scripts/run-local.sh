@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs the whole gradebook on this machine: a Consul dev agent (unless one already answers on
+# :8500), then the log, grading and portal services, each registered with that agent.
+set -euo pipefail
+
+usage() {
+  cat <<'TXT'
+Usage: scripts/run-local.sh [--release]
+
+Installs Consul if needed, builds the services, starts a Consul dev agent with
+consul/dev.hcl (UI and API on :8500, DNS on :8600) unless an agent already answers
+there, then starts log (:4000), grading (:6000) and portal (:5000) with their data
+under ./data. Prints the URLs, then waits: Ctrl-C stops everything (each service
+deregisters from Consul before it exits).
+
+  --release   build with optimisations (slower to build, faster to run)
+
+Environment: RUST_LOG (default info) is passed to the services.
+TXT
+}
+
+profile=debug
+cargo_flags=()
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --release) profile=release; cargo_flags+=(--release) ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+consul=$(scripts/install-consul.sh)
+cargo build "${cargo_flags[@]}" --bins
+bin="$root/target/$profile"
+mkdir -p data/run
+export CONSUL_HTTP_ADDR=http://127.0.0.1:8500
+export RUST_LOG="${RUST_LOG:-info}"
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping…"
+  # Services first, so they deregister from a still-running agent.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped; logs are in data/run/"
+}
+trap stop_all INT TERM EXIT
+
+agent_up() { curl -sf -o /dev/null "$CONSUL_HTTP_ADDR/v1/status/leader"; }
+if agent_up; then
+  echo "using the Consul agent already answering at $CONSUL_HTTP_ADDR"
+else
+  "$consul" agent -dev -config-file consul/dev.hcl >data/run/consul.log 2>&1 &
+  consul_pid=$!
+  for _ in $(seq 1 100); do agent_up && break; sleep 0.1; done
+  agent_up || { echo "Consul did not start; see data/run/consul.log" >&2; exit 1; }
+  pids+=("$consul_pid")
+fi
+
+start() { # start NAME BINARY PORT [ARGS...]
+  local name=$1 binary=$2 port=$3
+  "$bin/$binary" --listen "127.0.0.1:$port" "${@:4}" >"data/run/$name.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && return 0; sleep 0.1; done
+  echo "$name did not become healthy; see data/run/$name.log" >&2
+  exit 1
+}
+start log log-service 4000 --data-dir data/log
+[ -x "$bin/grading-service" ] && start grading grading-service 6000 --data-dir data/grading
+[ -x "$bin/portal" ] && start portal portal 5000
+
+cat <<TXT
+
+gradebook is running:
+  Consul UI   http://127.0.0.1:8500/ui/
+  Consul DNS  dig @127.0.0.1 -p 8600 grading.service.consul SRV
+  log         http://127.0.0.1:4000/log
+TXT
+[ -x "$bin/grading-service" ] && echo "  grading     http://127.0.0.1:6000/students"
+[ -x "$bin/portal" ] && echo "  portal      http://127.0.0.1:5000/"
+echo
+echo "Logs: data/run/*.log.  Press Ctrl-C to stop everything."
+wait
