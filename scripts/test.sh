@@ -8,7 +8,8 @@ case "${1:-}" in
     cat <<'TXT'
 Usage: scripts/test.sh [extra cargo test arguments]
 
-Installs Consul if needed (scripts/install-consul.sh), builds every binary, then runs
+Installs Consul if needed (scripts/install-consul.sh), and dig, chromium and
+chromedriver from Debian's packages when missing; builds every binary, then runs
 `cargo test --workspace`. Tests start their own Consul agents on free ports, so a
 Consul already running on :8500 is left alone.
 TXT
@@ -16,6 +17,24 @@ TXT
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# dig for the DNS tests, Chromium and ChromeDriver for the browser test: Debian's packages,
+# installed when missing and when this runs as root (otherwise say what to install).
+missing=()
+command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "test: missing ${missing[*]}: install them (sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
 CONSUL_BIN=$(scripts/install-consul.sh)
 export CONSUL_BIN
 echo "test: using $("$CONSUL_BIN" version | head -n 1) at $CONSUL_BIN"

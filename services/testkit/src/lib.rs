@@ -4,9 +4,11 @@
 
 #![warn(missing_docs)]
 
+mod browser;
 mod consul;
 mod process;
 
+pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
 pub use process::ServiceProcess;
 
