@@ -41,4 +41,8 @@ echo "test: using $("$CONSUL_BIN" version | head -n 1) at $CONSUL_BIN"
 
 # End-to-end tests start binaries of other crates, found next to the test executables.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$results"
+# One closing line for the whole run (cargo prints one per test binary, the last being doc tests).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"

@@ -2,9 +2,10 @@
 //! and on shutdown deregister first (so watchers stop sending new work), then drain in-flight
 //! requests, then return so `main` can exit 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,6 +74,8 @@ pub struct Service {
     advertised_host: String,
     advertised_port: u16,
     http: reqwest::Client,
+    /// One pool (so one watch) per dependency, however many parts of the service use it.
+    pools: Mutex<HashMap<String, ProviderPool>>,
 }
 
 /// The body of `GET /health`.
@@ -110,6 +113,7 @@ impl Service {
             advertised_host,
             advertised_port,
             http: http_client(),
+            pools: Mutex::default(),
         })
     }
 
@@ -131,10 +135,15 @@ impl Service {
         ProviderWatch::spawn(&self.definition.consul, service)
     }
 
-    /// A pool of connections to another service, over a watch of its instances. All pools of a
-    /// service share one HTTP client, so keep-alive connections are reused across requests.
+    /// The pool of connections to another service, over a watch of its instances. Asking twice
+    /// for the same service gives the same pool; all pools share one HTTP client, so keep-alive
+    /// connections are reused across requests.
     pub fn pool(&self, service: &str) -> ProviderPool {
-        ProviderPool::new(self.watch(service), self.http.clone())
+        let mut pools = self.pools.lock().expect("not poisoned");
+        pools
+            .entry(service.to_owned())
+            .or_insert_with(|| ProviderPool::new(self.watch(service), self.http.clone()))
+            .clone()
     }
 
     /// The registration this instance sends to the agent.
@@ -260,13 +269,19 @@ fn parse_host_port(text: &str) -> Result<(String, u16), StartError> {
     Ok((host.to_owned(), port))
 }
 
-/// Resolves on SIGINT or SIGTERM: the shutdown future `main` passes to [`Service::run`].
-pub async fn shutdown_signal() {
+/// A future that resolves on SIGINT or SIGTERM: the shutdown `main` passes to [`Service::run`].
+/// The handlers are installed at the call, not at the first poll, so call it first thing in
+/// `main`: a signal that arrives while the service is still starting then leads to a clean
+/// shutdown (exit 0) instead of the default of dying on the spot.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = terminate.recv() => info!("SIGTERM received"),
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
+        }
     }
 }
 

@@ -174,7 +174,7 @@ mod tests {
             .method("POST")
             .path("/log?service=tests")
             .header("content-type", content_type)
-            .body(body.to_vec())
+            .body(body)
             .reply(&api)
             .await;
         let body = serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null);

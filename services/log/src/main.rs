@@ -8,9 +8,10 @@ use log_service::config::Config;
 async fn main() -> ExitCode {
     discovery::telemetry::init();
     let config = Config::parse();
+    let shutdown = discovery::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
-            app.run(discovery::shutdown_signal()).await;
+            app.run(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(err) => {
