@@ -1,0 +1,384 @@
+//! The HTTP API: students (`/students`, `/students/{id}`) and their grades
+//! (`/students/{id}/grades`, `/students/{id}/grades/{gradeId}`), as camelCase JSON.
+
+use discovery::http::{body_limit, respond};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use warp::http::{StatusCode, header};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::domain::{
+    GradeId, GradeType, InvalidField, Name, NewGrade, NewStudent, Score, StudentId, Title,
+};
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Largest request body accepted: far more than any student or grade needs.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// Body of `POST /students`, not yet trusted. Unknown fields are rejected, so a misspelt field is
+/// an error rather than silently dropped.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StudentRequest {
+    /// Given name.
+    pub first_name: String,
+    /// Family name.
+    pub last_name: String,
+}
+
+impl StudentRequest {
+    /// Checks every rule, naming the first field that breaks one.
+    pub fn validate(self) -> Result<NewStudent, InvalidField> {
+        Ok(NewStudent {
+            first_name: Name::parse("firstName", &self.first_name)?,
+            last_name: Name::parse("lastName", &self.last_name)?,
+        })
+    }
+}
+
+/// Body of `POST /students/{id}/grades`, not yet trusted. `type` is a string here so that an
+/// unknown type is a 422 naming the allowed ones, not a 400 from the JSON parser.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradeRequest {
+    /// What the grade was for.
+    pub title: String,
+    /// `Test`, `Quiz` or `Homework`.
+    #[serde(rename = "type")]
+    pub grade_type: String,
+    /// Percent, 0 to 100.
+    pub score: f64,
+}
+
+impl GradeRequest {
+    /// Checks every rule, naming the first field that breaks one.
+    pub fn validate(self) -> Result<NewGrade, InvalidField> {
+        Ok(NewGrade {
+            title: Title::parse(&self.title)?,
+            grade_type: self.grade_type.parse::<GradeType>()?,
+            score: Score::parse(self.score)?,
+        })
+    }
+}
+
+/// All routes of the grading API. Each matches its path before its method, so an unknown path
+/// is a 404 and a known path with the wrong method a 405.
+pub fn routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    student_routes(store.clone())
+        .or(grade_routes(store))
+        .unify()
+}
+
+/// `GET /students`, `POST /students`, `GET /students/{id}`.
+fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_store = warp::any().map(move || store.clone());
+    let list = warp::path!("students")
+        .and(warp::get())
+        .and(with_store.clone())
+        .then(|store: Store| async move { respond(list_students(store).await) });
+    let create = warp::path!("students")
+        .and(warp::post())
+        .and(json_body())
+        .and(with_store.clone())
+        .then(|body: StudentRequest, store: Store| async move {
+            respond(create_student(body, store).await)
+        });
+    let one = warp::path!("students" / String)
+        .and(warp::get())
+        .and(with_store)
+        .then(|id: String, store: Store| async move { respond(get_student(id, store).await) });
+    list.or(create).unify().or(one).unify()
+}
+
+/// `POST /students/{id}/grades`, `GET /students/{id}/grades/{gradeId}`.
+fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_store = warp::any().map(move || store.clone());
+    let add = warp::path!("students" / String / "grades")
+        .and(warp::post())
+        .and(json_body())
+        .and(with_store.clone())
+        .then(|id: String, body: GradeRequest, store: Store| async move {
+            respond(add_grade(id, body, store).await)
+        });
+    let one = warp::path!("students" / String / "grades" / String)
+        .and(warp::get())
+        .and(with_store)
+        .then(|id: String, grade: String, store: Store| async move {
+            respond(get_grade(id, grade, store).await)
+        });
+    add.or(one).unify()
+}
+
+#[tracing::instrument(skip_all)]
+async fn list_students(store: Store) -> Result<impl Reply, ApiError> {
+    Ok(warp::reply::json(&store.students().await?))
+}
+
+#[tracing::instrument(skip(store))]
+async fn get_student(id: String, store: Store) -> Result<impl Reply, ApiError> {
+    let id = StudentId::parse(&id)?;
+    Ok(warp::reply::json(&store.student(id).await?))
+}
+
+#[tracing::instrument(skip_all)]
+async fn create_student(body: StudentRequest, store: Store) -> Result<impl Reply, ApiError> {
+    let student = store.add_student(body.validate()?).await?;
+    Ok(created(format!("/students/{}", student.id), &student))
+}
+
+#[tracing::instrument(skip(body, store))]
+async fn add_grade(id: String, body: GradeRequest, store: Store) -> Result<impl Reply, ApiError> {
+    let id = StudentId::parse(&id)?;
+    let grade = store.add_grade(id, body.validate()?).await?;
+    Ok(created(
+        format!("/students/{id}/grades/{}", grade.id),
+        &grade,
+    ))
+}
+
+#[tracing::instrument(skip(store))]
+async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Reply, ApiError> {
+    let id = StudentId::parse(&id)?;
+    let grade_id = GradeId::parse(&grade_id)?;
+    Ok(warp::reply::json(&store.grade(id, grade_id).await?))
+}
+
+/// A JSON body of at most [`MAX_BODY_BYTES`]; malformed JSON, wrong types and unknown fields are
+/// rejected with serde's message, which names the field and position.
+fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone
+{
+    body_limit(MAX_BODY_BYTES).and(warp::body::json())
+}
+
+/// 201 with the new resource as the body and its URL in `Location`.
+fn created(location: String, body: &impl Serialize) -> Response {
+    let reply = warp::reply::with_status(warp::reply::json(body), StatusCode::CREATED);
+    warp::reply::with_header(reply, header::LOCATION, location).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use tempfile::TempDir;
+    use warp::filters::BoxedFilter;
+
+    type Api = BoxedFilter<(Response,)>;
+
+    /// The API as served, over a fresh database; keep the TempDir alive as long as the API.
+    async fn api() -> (TempDir, Api) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        (
+            dir,
+            routes(store)
+                .recover(discovery::http::handle_rejection)
+                .unify()
+                .boxed(),
+        )
+    }
+
+    /// Status, `Location` and JSON body of one request.
+    async fn call(
+        api: &Api,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Option<String>, Value) {
+        let mut request = warp::test::request().method(method).path(path);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.reply(api).await;
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        (response.status(), location, body)
+    }
+
+    #[tokio::test]
+    async fn students_are_listed_in_id_order_with_grades_and_averages() {
+        let (_dir, api) = api().await;
+        let (status, _, body) = call(&api, "GET", "/students", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let students = body.as_array().unwrap();
+        assert_eq!(students.len(), 4);
+        let ids: Vec<i64> = students.iter().map(|s| s["id"].as_i64().unwrap()).collect();
+        assert!(ids.is_sorted(), "{ids:?}");
+        let tony = &students[0];
+        assert_eq!(
+            (tony["firstName"].as_str(), tony["lastName"].as_str()),
+            (Some("Tony"), Some("Stark"))
+        );
+        assert_eq!(
+            tony["grades"][0],
+            json!({"id": 1, "title": "Quiz 1", "type": "Quiz", "score": 85.0})
+        );
+        assert_eq!(tony["average"], json!((85.0 + 94.0 + 89.5) / 3.0));
+
+        let (status, _, one) = call(&api, "GET", "/students/1", None).await;
+        assert_eq!((status, &one), (StatusCode::OK, tony));
+    }
+
+    #[tokio::test]
+    async fn a_created_student_and_grade_are_found_at_their_location() {
+        let (_dir, api) = api().await;
+        let html = "<script>alert(1)</script>";
+        let body = json!({"firstName": " Wanda ", "lastName": html}).to_string();
+        let (status, location, student) = call(&api, "POST", "/students", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            student,
+            json!({"id": 5, "firstName": "Wanda", "lastName": html, "average": null, "grades": []})
+        );
+        let location = location.unwrap();
+        assert_eq!(location, "/students/5");
+
+        let grade = json!({"title": "Quiz 2", "type": "quiz", "score": 92.5}).to_string();
+        let (status, grade_location, grade) =
+            call(&api, "POST", "/students/5/grades", Some(&grade)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(
+            grade,
+            json!({"id": 13, "title": "Quiz 2", "type": "Quiz", "score": 92.5})
+        );
+        let grade_location = grade_location.unwrap();
+        assert_eq!(grade_location, "/students/5/grades/13");
+
+        assert_eq!(call(&api, "GET", &grade_location, None).await.2, grade);
+        let (_, _, student) = call(&api, "GET", &location, None).await;
+        assert_eq!(
+            (student["average"].as_f64(), &student["grades"][0]),
+            (Some(92.5), &grade)
+        );
+    }
+
+    /// Sends each case and checks the status and the start of the JSON error message.
+    async fn assert_errors(
+        api: &Api,
+        status: StatusCode,
+        cases: &[(&str, &str, Option<&str>, &str)],
+    ) {
+        for &(method, path, body, message) in cases {
+            let (got, _, error) = call(api, method, path, body).await;
+            let error = error["error"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(got, status, "{method} {path} {body:?}: {error}");
+            assert!(
+                error.starts_with(message),
+                "{method} {path} {body:?}: {error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_impossible_ids_are_404_with_a_json_error() {
+        let (_dir, api) = api().await;
+        let grade = Some(r#"{"title": "t", "type": "Test", "score": 1}"#);
+        #[rustfmt::skip]
+        assert_errors(&api, StatusCode::NOT_FOUND, &[
+            ("GET", "/students/7", None, "no student with id 7"),
+            ("GET", "/students/-1", None, "no student with id \"-1\": ids are whole numbers from 1 to 9223372036854775807"),
+            ("GET", "/students/99999999999999999999", None, "no student with id \"99999999999999999999\""),
+            ("GET", "/students/abc", None, "no student with id \"abc\""),
+            ("POST", "/students/7/grades", grade, "no student with id 7"),
+            ("GET", "/students/7/grades/1", None, "no student with id 7"),
+            ("GET", "/students/1/grades/4", None, "student 1 has no grade with id 4"),
+            ("GET", "/students/1/grades/x", None, "no grade with id \"x\""),
+            ("GET", "/nope", None, "no such resource"),
+        ]).await;
+    }
+
+    #[tokio::test]
+    async fn invalid_values_are_422_naming_the_field() {
+        let (_dir, api) = api().await;
+        let grade = |title: &str, kind: &str, score: f64| {
+            json!({"title": title, "type": kind, "score": score}).to_string()
+        };
+        let student =
+            |first: &str, last: &str| json!({"firstName": first, "lastName": last}).to_string();
+        let bodies = [
+            grade("Quiz", "Quiz", 100.5),
+            grade("Quiz", "Quiz", -1.0),
+            grade("  ", "Quiz", 50.0),
+            grade(&"é".repeat(201), "Quiz", 50.0),
+            grade("Final", "Exam", 50.0),
+            student("", "X"),
+            student("X", &"a".repeat(101)),
+            student("X\u{1b}[31m", "Y"),
+        ];
+        let body = |i: usize| Some(bodies[i].as_str());
+        #[rustfmt::skip]
+        assert_errors(&api, StatusCode::UNPROCESSABLE_ENTITY, &[
+            ("POST", "/students/1/grades", body(0), "score: must be between 0 and 100"),
+            ("POST", "/students/1/grades", body(1), "score: must be between 0 and 100"),
+            ("POST", "/students/1/grades", body(2), "title: must not be empty"),
+            ("POST", "/students/1/grades", body(3), "title: must be at most 200 characters, got 201"),
+            ("POST", "/students/1/grades", body(4), "type: \"Exam\" is not a grade type: use Test, Quiz or Homework"),
+            ("POST", "/students", body(5), "firstName: must not be empty"),
+            ("POST", "/students", body(6), "lastName: must be at most 100 characters, got 101"),
+            ("POST", "/students", body(7), "firstName: must not contain control characters"),
+        ]).await;
+        let (_, _, tony) = call(&api, "GET", "/students/1", None).await;
+        assert_eq!(
+            tony["grades"].as_array().map(Vec::len),
+            Some(3),
+            "nothing invalid was stored"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_400_naming_the_problem() {
+        let (_dir, api) = api().await;
+        #[rustfmt::skip]
+        assert_errors(&api, StatusCode::BAD_REQUEST, &[
+            ("POST", "/students", Some(r#"{"firstName": "A""#), "invalid JSON body: EOF while parsing"),
+            ("POST", "/students", Some(r#"{"firstName": "A"}"#), "invalid JSON body: missing field `lastName`"),
+            ("POST", "/students", Some(r#"{"firstName": "A", "lastName": "B", "age": 3}"#), "invalid JSON body: unknown field `age`"),
+            ("POST", "/students", Some(r#"{"firstName": 1, "lastName": "B"}"#), "invalid JSON body: invalid type: integer `1`, expected a string"),
+            ("POST", "/students/1/grades", Some(r#"{"title": "T", "type": "Test", "score": "high"}"#), "invalid JSON body: invalid type: string \"high\""),
+            ("POST", "/students/1/grades", Some(r#"{"title": "T", "type": "Test", "score": 1e999}"#), "invalid JSON body: number out of range"),
+            ("POST", "/students/1/grades", Some(r#"{"title": "T", "type": "Test", "score": null}"#), "invalid JSON body: invalid type: null"),
+        ]).await;
+    }
+
+    #[tokio::test]
+    async fn huge_bodies_and_wrong_methods_are_refused() {
+        let (_dir, api) = api().await;
+        let huge = json!({"firstName": "a".repeat(70_000), "lastName": "b"}).to_string();
+        let (status, _, error) = call(&api, "POST", "/students", Some(&huge)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            error["error"].as_str().unwrap().contains("65536 bytes"),
+            "{error}"
+        );
+
+        let (status, _, error) = call(&api, "DELETE", "/students/1", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{error}");
+        assert_eq!(
+            call(&api, "PUT", "/students", Some("{}")).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn storage_faults_are_an_opaque_500() {
+        let (dir, api) = api().await;
+        let sabotage =
+            rusqlite::Connection::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
+        sabotage.execute_batch("DROP TABLE grades").unwrap();
+        let (status, _, error) = call(&api, "GET", "/students", None).await;
+        assert_eq!(
+            (status, error),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "internal error"})
+            )
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! The grading domain. Values that cross the edge validate themselves ([`Name::parse`],
+//! [`Title::parse`], [`Score::parse`], [`GradeType`]'s `FromStr`, [`StudentId::parse`]), so an
+//! invalid one cannot exist past it and neither handlers nor storage check again.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// Longest first or last name, in characters (not bytes).
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest grade title, in characters (not bytes).
+pub const MAX_TITLE_CHARS: usize = 200;
+/// How much of a rejected value an error repeats back, so a huge bad value cannot make a huge error.
+const MAX_ECHO_CHARS: usize = 40;
+
+/// A value a client sent that breaks a rule; displays as `field: problem`, the field named as in
+/// the JSON the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidField {
+    /// The JSON field, e.g. `score`.
+    pub field: &'static str,
+    /// What is wrong with it, e.g. `must be between 0 and 100`.
+    pub problem: String,
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// An id in a path that no resource can have (not a whole number from 1 to 2^63-1), so the
+/// answer is the same "not found" a valid but unknown id gets, with a hint why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no {kind} with id {text:?}: ids are whole numbers from 1 to {}",
+    i64::MAX
+)]
+pub struct InvalidId {
+    /// `student` or `grade`.
+    pub kind: &'static str,
+    /// The segment as sent, shortened if long.
+    pub text: String,
+}
+
+/// Ids are SQLite rowids: positive and within i64. Digits only, so `+7` or ` 7` are not ids.
+fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits_only
+        .then(|| text.parse::<i64>().ok())
+        .flatten()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| InvalidId {
+            kind,
+            text: echo(text),
+        })
+}
+
+/// Defines an id type: a positive i64 (an SQLite rowid) that parses itself from a path segment.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub struct $name(pub(crate) i64);
+
+        impl $name {
+            /// Parses an id from a path segment.
+            pub fn parse(text: &str) -> Result<$name, InvalidId> {
+                parse_id($kind, text).map($name)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a student; assigned on creation and never reused.
+    StudentId,
+    "student"
+);
+id_type!(
+    /// Identifies a grade; unique across all students, never reused.
+    GradeId,
+    "grade"
+);
+
+/// Trims, then requires 1 to `max_chars` characters and no control characters: these are one-line
+/// labels, and a newline or escape sequence in one is a mistake or an attack on a terminal.
+fn parse_label(field: &'static str, text: &str, max_chars: usize) -> Result<String, InvalidField> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "must not contain control characters such as newlines or tabs",
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(invalid(
+            field,
+            format!("must be at most {max_chars} characters, got {chars}"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A first or last name: 1 to [`MAX_NAME_CHARS`] characters after trimming. HTML is kept as
+/// sent: this is JSON, and escaping is the job of whoever renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Name(pub(crate) String);
+
+impl Name {
+    /// Validates `text` as the JSON field `field` (`firstName` or `lastName`).
+    pub fn parse(field: &'static str, text: &str) -> Result<Name, InvalidField> {
+        parse_label(field, text, MAX_NAME_CHARS).map(Name)
+    }
+
+    /// The name as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a grade was for, e.g. "Quiz 3": 1 to [`MAX_TITLE_CHARS`] characters after trimming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Title(pub(crate) String);
+
+impl Title {
+    /// Validates the JSON field `title`.
+    pub fn parse(text: &str) -> Result<Title, InvalidField> {
+        parse_label("title", text, MAX_TITLE_CHARS).map(Title)
+    }
+
+    /// The title as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A score in percent: a finite number from 0 to 100 inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct Score(pub(crate) f64);
+
+impl Score {
+    /// Validates the JSON field `score`.
+    pub fn parse(value: f64) -> Result<Score, InvalidField> {
+        if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+            return Err(invalid("score", "must be between 0 and 100"));
+        }
+        // Adding +0.0 turns -0.0 into 0.0, so "-0" is not echoed back as a negative score.
+        Ok(Score(value + 0.0))
+    }
+
+    /// The score in percent.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// The kind of assessment a grade is for; serialized as `"Test"`, `"Quiz"` or `"Homework"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GradeType {
+    /// A test.
+    Test,
+    /// A quiz.
+    Quiz,
+    /// A homework assignment.
+    Homework,
+}
+
+impl GradeType {
+    /// Every grade type, in the order error messages list them.
+    pub const ALL: [GradeType; 3] = [GradeType::Test, GradeType::Quiz, GradeType::Homework];
+
+    /// The name as serialized and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GradeType::Test => "Test",
+            GradeType::Quiz => "Quiz",
+            GradeType::Homework => "Homework",
+        }
+    }
+}
+
+impl FromStr for GradeType {
+    type Err = InvalidField;
+
+    /// Accepts the names in any case (`quiz` is clearly `Quiz`) and answers with the allowed ones.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        GradeType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| {
+                invalid(
+                    "type",
+                    format!(
+                        "{:?} is not a grade type: use Test, Quiz or Homework",
+                        echo(text)
+                    ),
+                )
+            })
+    }
+}
+
+/// A student to add, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStudent {
+    /// Given name.
+    pub first_name: Name,
+    /// Family name.
+    pub last_name: Name,
+}
+
+/// A grade to add, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewGrade {
+    /// What it was for.
+    pub title: Title,
+    /// Test, quiz or homework.
+    pub grade_type: GradeType,
+    /// The score in percent.
+    pub score: Score,
+}
+
+/// One grade as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Grade {
+    /// Unique across all students.
+    pub id: GradeId,
+    /// What it was for.
+    pub title: Title,
+    /// Test, quiz or homework.
+    #[serde(rename = "type")]
+    pub grade_type: GradeType,
+    /// The score in percent.
+    pub score: Score,
+}
+
+/// A student as the API shows it: grades in the order they were added, and their mean.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Student {
+    /// Assigned on creation, never reused.
+    pub id: StudentId,
+    /// Given name.
+    pub first_name: Name,
+    /// Family name.
+    pub last_name: Name,
+    /// Mean of the scores; `None` (JSON `null`) before the first grade.
+    pub average: Option<f64>,
+    /// Oldest first.
+    pub grades: Vec<Grade>,
+}
+
+impl Student {
+    /// Assembles a student, computing the average so it can never disagree with the grades.
+    pub fn new(id: StudentId, first_name: Name, last_name: Name, grades: Vec<Grade>) -> Student {
+        let average = (!grades.is_empty())
+            .then(|| grades.iter().map(|g| g.score.get()).sum::<f64>() / grades.len() as f64);
+        Student {
+            id,
+            first_name,
+            last_name,
+            average,
+            grades,
+        }
+    }
+}
+
+/// `text`, cut to [`MAX_ECHO_CHARS`] characters with an ellipsis when longer.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_whole_numbers_within_i64() {
+        assert_eq!(StudentId::parse("7"), Ok(StudentId(7)));
+        assert_eq!(GradeId::parse(&i64::MAX.to_string()), Ok(GradeId(i64::MAX)));
+        let bad = "0 -1 +7 7.0 0x7 abc 9223372036854775808 99999999999999999999999".split(' ');
+        for bad in bad.chain(["", " 7"]) {
+            assert!(StudentId::parse(bad).is_err(), "{bad:?}");
+        }
+        let err = StudentId::parse(&"x".repeat(1000)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("no student with id \"xxx") && err.len() < 200,
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scores_are_finite_and_from_0_to_100() {
+        for good in [0.0, 100.0, 92.5, 1e-9] {
+            assert_eq!(Score::parse(good).map(Score::get), Ok(good));
+        }
+        assert!(Score::parse(-0.0).unwrap().get().is_sign_positive());
+        for bad in [-0.1, 100.01, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(
+                Score::parse(bad).unwrap_err().to_string(),
+                "score: must be between 0 and 100"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_trimmed_counted_in_characters_and_keep_html() {
+        assert_eq!(Title::parse("  Quiz 1 ").unwrap().as_str(), "Quiz 1");
+        assert_eq!(Title::parse(&"é".repeat(200)).unwrap().as_str().len(), 400);
+        let too_long = Title::parse(&"é".repeat(201)).unwrap_err();
+        assert_eq!(
+            too_long.to_string(),
+            "title: must be at most 200 characters, got 201"
+        );
+        assert_eq!(
+            Title::parse(" \n ").unwrap_err().problem,
+            "must not be empty"
+        );
+        assert!(
+            Title::parse("line\nbreak")
+                .unwrap_err()
+                .problem
+                .contains("control characters")
+        );
+
+        let html = "<script>alert('x')</script>";
+        assert_eq!(Name::parse("firstName", html).unwrap().as_str(), html);
+        assert!(Name::parse("lastName", &"Ü".repeat(100)).is_ok());
+        assert_eq!(
+            Name::parse("lastName", &"a".repeat(101)).unwrap_err().field,
+            "lastName"
+        );
+    }
+
+    #[test]
+    fn grade_types_parse_in_any_case_and_errors_list_the_allowed_ones() {
+        let parsed: Vec<GradeType> = ["Test", "quiz", "HOMEWORK"]
+            .map(|t| t.parse().unwrap())
+            .into();
+        assert_eq!(parsed, GradeType::ALL);
+        let err = "Exam".parse::<GradeType>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "type: \"Exam\" is not a grade type: use Test, Quiz or Homework"
+        );
+    }
+
+    #[test]
+    fn average_is_the_mean_or_none_without_grades() {
+        let name = || Name("A".to_owned());
+        let grade = |id, score| Grade {
+            id: GradeId(id),
+            title: Title("t".into()),
+            grade_type: GradeType::Quiz,
+            score: Score(score),
+        };
+        assert_eq!(
+            Student::new(StudentId(1), name(), name(), vec![]).average,
+            None
+        );
+        let two = Student::new(
+            StudentId(1),
+            name(),
+            name(),
+            vec![grade(1, 80.0), grade(2, 95.0)],
+        );
+        assert_eq!(two.average, Some(87.5));
+    }
+}

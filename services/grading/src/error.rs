@@ -1,0 +1,65 @@
+//! Every way a grading request can fail, and the one place that maps them to HTTP.
+
+use discovery::http::json_error;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::domain::{GradeId, InvalidField, InvalidId, StudentId};
+use crate::store::StoreError;
+
+/// What went wrong, in terms the caller can act on. Faults inside the service are logged with
+/// their cause and shown only as `internal error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the body breaks a rule; the message starts with the field's name.
+    #[error("{0}")]
+    Invalid(#[from] InvalidField),
+    /// A path id that no resource can have.
+    #[error("{0}")]
+    InvalidId(#[from] InvalidId),
+    /// No such student.
+    #[error("no student with id {0}")]
+    NoStudent(StudentId),
+    /// The student has no such grade.
+    #[error("student {student} has no grade with id {grade}")]
+    NoGrade {
+        /// The student asked for.
+        student: StudentId,
+        /// The grade asked for.
+        grade: GradeId,
+    },
+    /// A fault of the service or its database, already logged.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidId(_) | ApiError::NoStudent(_) | ApiError::NoGrade { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NoStudent(id) => ApiError::NoStudent(id),
+            StoreError::NoGrade { student, grade } => ApiError::NoGrade { student, grade },
+            fault => {
+                tracing::error!(error = %fault, "grading storage failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(err: ApiError) -> Response {
+        json_error(err.status(), &err.to_string())
+    }
+}

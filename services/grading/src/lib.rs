@@ -1,0 +1,77 @@
+//! The grading service: students and their grades as JSON, kept in an embedded SQLite database
+//! and seeded with demo students the first time it starts.
+//!
+//! # Layout
+//! - [`domain`]: ids, names, titles, scores and grade types that validate themselves, and the
+//!   student and grade views the API returns.
+//! - [`store`]: SQLite storage, off the async workers, with a small connection pool.
+//! - [`api`]: the HTTP routes; [`error`] maps every failure to a status in one place.
+//! - [`config`]: flags and environment variables.
+//! - [`App`]: build (open the database, bind) then run (register, serve, deregister, drain).
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use discovery::{ConsulSettings, Service, ServiceDefinition};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Consul service name.
+pub const SERVICE_NAME: &str = "grading";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Consul flags or token file are unusable.
+    #[error(transparent)]
+    Consul(#[from] discovery::consul::ConsulSettingsError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The listener could not be bound or the advertised address is invalid.
+    #[error(transparent)]
+    Service(#[from] discovery::StartError),
+}
+
+/// A grading service with its database open and its listener bound.
+pub struct App {
+    service: Service,
+    store: Store,
+}
+
+impl App {
+    /// Opens the database (on a blocking thread) and binds the listener; nothing is registered yet.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let consul = ConsulSettings::from_args(&config.consul)?;
+        let store = Store::open(&config.data_dir).await?;
+        tracing::info!(data_dir = %config.data_dir.display(), "grading database open");
+        let service = Service::bind(ServiceDefinition {
+            name: SERVICE_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            // `api` makes `api.grading.service.consul` resolve in Consul's DNS.
+            tags: vec!["http".to_owned(), "api".to_owned()],
+            listen: config.listen,
+            advertise: config.advertise,
+            consul,
+        })
+        .await?;
+        Ok(App { service, store })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.service.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then deregisters and drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        self.service.run(api::routes(self.store), shutdown).await;
+    }
+}

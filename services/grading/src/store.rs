@@ -1,0 +1,556 @@
+//! Students and grades in SQLite (`<data-dir>/grading.sqlite3`).
+//!
+//! SQLite calls block, so none runs on an async worker: reads take one of a few reader
+//! connections inside `spawn_blocking`, writes take the one writer connection the same way and
+//! run in a transaction. WAL mode lets reads proceed while a write commits, and
+//! `synchronous=FULL` makes every acknowledged write survive a power cut.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use tokio::sync::Semaphore;
+
+use crate::domain::{
+    Grade, GradeId, GradeType, Name, NewGrade, NewStudent, Score, Student, StudentId, Title,
+};
+
+/// Name of the database file inside the data directory.
+pub const FILE_NAME: &str = "grading.sqlite3";
+/// `PRAGMA user_version` of the schema below; 0 means a new, empty database.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Most reads running at once, and so most reader connections ever open.
+const READERS: usize = 4;
+/// How long a statement waits for another process's lock (several instances may share a file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// AUTOINCREMENT so that an id, once handed out in a `Location`, never names another row later.
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS students (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        first_name TEXT NOT NULL,
+        last_name TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS grades (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        student_id INTEGER NOT NULL REFERENCES students (id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        type TEXT NOT NULL CHECK (type IN ('Test', 'Quiz', 'Homework')),
+        score REAL NOT NULL CHECK (score BETWEEN 0 AND 100)
+    );
+    CREATE INDEX IF NOT EXISTS grades_by_student ON grades (student_id, id);
+";
+
+/// The students a new database starts with, as in the original course, with their scores in
+/// [`DEMO_GRADES`].
+const DEMO_STUDENTS: [(&str, &str, [f64; 3]); 4] = [
+    ("Tony", "Stark", [85.0, 94.0, 89.5]),
+    ("Bruce", "Banner", [97.0, 100.0, 92.0]),
+    ("Natasha", "Romanoff", [91.0, 88.0, 95.0]),
+    ("Peter", "Parker", [78.0, 83.5, 81.0]),
+];
+const DEMO_GRADES: [(&str, GradeType); 3] = [
+    ("Quiz 1", GradeType::Quiz),
+    ("Week 1 Homework", GradeType::Homework),
+    ("Test 1", GradeType::Test),
+];
+
+/// Why a storage operation failed. `NoStudent` and `NoGrade` are answers, the rest are faults.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The student does not exist.
+    #[error("no student with id {0}")]
+    NoStudent(StudentId),
+    /// The student exists but has no grade with this id.
+    #[error("student {student} has no grade with id {grade}")]
+    NoGrade {
+        /// The student asked for.
+        student: StudentId,
+        /// The grade asked for.
+        grade: GradeId,
+    },
+    /// The data directory or database could not be created, opened or migrated.
+    #[error("cannot open the grading database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        source: Box<StoreError>,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create the directory: {0}")]
+    CreateDir(#[from] std::io::Error),
+    /// The file was written by a newer build; changing it could lose what that build stored.
+    #[error("its schema version is {0}, newer than this build's {SCHEMA_VERSION}")]
+    NewerSchema(i64),
+    /// SQLite failed (disk full, I/O error, a lock held longer than the busy timeout...).
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task running the statement panicked.
+    #[error("database task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Handle to the database, cheap to clone; every clone shares the same connections.
+#[derive(Clone)]
+pub struct Store {
+    path: Arc<PathBuf>,
+    /// The only connection that writes: SQLite allows one writer at a time anyway, and queueing on
+    /// an async mutex keeps waiting writers off the blocking threads.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// Reader connections not in use; never more than [`READERS`] exist, thanks to the permits.
+    idle_readers: Arc<Mutex<Vec<Connection>>>,
+    reader_permits: Arc<Semaphore>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`. A new database gets the schema and the
+    /// demo students in one transaction, so they are added exactly once in the file's life.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let path = dir.join(FILE_NAME);
+            Store::open_blocking(&dir, &path).map_err(|source| StoreError::Open {
+                path,
+                source: Box::new(source),
+            })
+        })
+        .await?
+    }
+
+    fn open_blocking(dir: &Path, path: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut writer = connect(path)?;
+        migrate(&mut writer)?;
+        Ok(Store {
+            path: Arc::new(path.to_owned()),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            idle_readers: Arc::new(Mutex::new(Vec::with_capacity(READERS))),
+            reader_permits: Arc::new(Semaphore::new(READERS)),
+        })
+    }
+
+    /// All students with their grades, ordered by id (two queries, whatever the count).
+    pub async fn students(&self) -> Result<Vec<Student>, StoreError> {
+        self.read(list_students).await
+    }
+
+    /// One student with their grades.
+    pub async fn student(&self, id: StudentId) -> Result<Student, StoreError> {
+        self.read(move |conn| find_student(conn, id)).await
+    }
+
+    /// One grade of one student; a grade of another student is not found here.
+    pub async fn grade(&self, student: StudentId, grade: GradeId) -> Result<Grade, StoreError> {
+        self.read(move |conn| find_grade(conn, student, grade))
+            .await
+    }
+
+    /// Adds a student (without grades) and returns it with its new id.
+    pub async fn add_student(&self, new: NewStudent) -> Result<Student, StoreError> {
+        self.write(move |tx| {
+            let id = insert_student(tx, new.first_name.as_str(), new.last_name.as_str())?;
+            Ok(Student::new(id, new.first_name, new.last_name, Vec::new()))
+        })
+        .await
+    }
+
+    /// Adds a grade to an existing student and returns it with its new id.
+    pub async fn add_grade(&self, student: StudentId, new: NewGrade) -> Result<Grade, StoreError> {
+        self.write(move |tx| {
+            if !student_exists(tx, student)? {
+                return Err(StoreError::NoStudent(student));
+            }
+            let id = insert_grade(
+                tx,
+                student,
+                new.title.as_str(),
+                new.grade_type,
+                new.score.get(),
+            )?;
+            Ok(Grade {
+                id,
+                title: new.title,
+                grade_type: new.grade_type,
+                score: new.score,
+            })
+        })
+        .await
+    }
+
+    /// Runs `query` on a reader connection on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        // The permit moves into the task: if the request is cancelled, the task still holds it
+        // until it has returned its connection, so the pool never grows past READERS.
+        let permit = Arc::clone(&self.reader_permits)
+            .acquire_owned()
+            .await
+            .expect("the reader semaphore is never closed");
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = match store.lock_idle_readers().pop() {
+                Some(conn) => conn,
+                None => connect_reader(&store.path)?,
+            };
+            let result = query(&conn);
+            store.lock_idle_readers().push(conn);
+            result
+        })
+        .await?
+    }
+
+    /// Runs `work` in an immediate transaction on the writer connection, committing on `Ok`.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let mut writer = Arc::clone(&self.writer).lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await?
+    }
+
+    /// A panic while a connection was out only loses that connection, so poisoning is harmless.
+    fn lock_idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.idle_readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection with the settings every connection needs.
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "the filesystem refused WAL mode; reads will wait for writes");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+/// A connection that SQLite itself keeps from writing, so a read path can never change data.
+fn connect_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = connect(path)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Creates the schema and, when the file is new (`user_version` 0), adds the demo students. The
+/// version, not an empty table, marks "new": a user who deletes every student keeps none.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // Immediate: two instances starting on one new file must not both seed it.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema(version));
+    }
+    tx.execute_batch(SCHEMA)?;
+    if version == 0 {
+        for (first, last, scores) in DEMO_STUDENTS {
+            let student = insert_student(&tx, first, last)?;
+            for ((title, grade_type), score) in DEMO_GRADES.into_iter().zip(scores) {
+                insert_grade(&tx, student, title, grade_type, score)?;
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tracing::info!(
+            students = DEMO_STUDENTS.len(),
+            "new database: schema created, demo students added"
+        );
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn insert_student(
+    tx: &Transaction<'_>,
+    first_name: &str,
+    last_name: &str,
+) -> rusqlite::Result<StudentId> {
+    tx.prepare_cached("INSERT INTO students (first_name, last_name) VALUES (?1, ?2)")?
+        .execute(params![first_name, last_name])?;
+    Ok(StudentId(tx.last_insert_rowid()))
+}
+
+fn insert_grade(
+    tx: &Transaction<'_>,
+    student: StudentId,
+    title: &str,
+    grade_type: GradeType,
+    score: f64,
+) -> rusqlite::Result<GradeId> {
+    tx.prepare_cached(
+        "INSERT INTO grades (student_id, title, type, score) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![student.0, title, grade_type.as_str(), score])?;
+    Ok(GradeId(tx.last_insert_rowid()))
+}
+
+fn student_exists(conn: &Connection, id: StudentId) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM students WHERE id = ?1")?
+        .exists([id.0])
+}
+
+/// The columns `grade_from_row` reads, in order.
+const GRADE_COLUMNS: &str = "id, title, type, score";
+
+fn grade_from_row(row: &Row<'_>) -> rusqlite::Result<Grade> {
+    Ok(Grade {
+        id: GradeId(row.get(0)?),
+        title: Title(row.get(1)?),
+        grade_type: row.get(2)?,
+        score: Score(row.get(3)?),
+    })
+}
+
+fn list_students(conn: &Connection) -> Result<Vec<Student>, StoreError> {
+    // One snapshot for both queries, so each student sees exactly the grades committed with it.
+    let tx = conn.unchecked_transaction()?;
+    let mut grades_of: HashMap<i64, Vec<Grade>> = HashMap::new();
+    let mut grades = tx.prepare_cached(&format!(
+        "SELECT {GRADE_COLUMNS}, student_id FROM grades ORDER BY id"
+    ))?;
+    let mut rows = grades.query([])?;
+    while let Some(row) = rows.next()? {
+        grades_of
+            .entry(row.get(4)?)
+            .or_default()
+            .push(grade_from_row(row)?);
+    }
+    let mut students =
+        tx.prepare_cached("SELECT id, first_name, last_name FROM students ORDER BY id")?;
+    let students = students
+        .query_map([], |row| {
+            let id: i64 = row.get(0)?;
+            let grades = grades_of.remove(&id).unwrap_or_default();
+            Ok(Student::new(
+                StudentId(id),
+                Name(row.get(1)?),
+                Name(row.get(2)?),
+                grades,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(students)
+}
+
+fn find_student(conn: &Connection, id: StudentId) -> Result<Student, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let names = tx
+        .prepare_cached("SELECT first_name, last_name FROM students WHERE id = ?1")?
+        .query_row([id.0], |row| Ok((Name(row.get(0)?), Name(row.get(1)?))))
+        .optional()?;
+    let Some((first_name, last_name)) = names else {
+        return Err(StoreError::NoStudent(id));
+    };
+    let grades = tx
+        .prepare_cached(&format!(
+            "SELECT {GRADE_COLUMNS} FROM grades WHERE student_id = ?1 ORDER BY id"
+        ))?
+        .query_map([id.0], grade_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Student::new(id, first_name, last_name, grades))
+}
+
+fn find_grade(conn: &Connection, student: StudentId, grade: GradeId) -> Result<Grade, StoreError> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {GRADE_COLUMNS} FROM grades WHERE id = ?1 AND student_id = ?2"
+        ))?
+        .query_row([grade.0, student.0], grade_from_row)
+        .optional()?;
+    match found {
+        Some(found) => Ok(found),
+        // Only on a miss: a second query to say which of the two is unknown.
+        None if student_exists(conn, student)? => Err(StoreError::NoGrade { student, grade }),
+        None => Err(StoreError::NoStudent(student)),
+    }
+}
+
+impl FromSql for GradeType {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|err| FromSqlError::Other(Box::new(err)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_student(first: &str, last: &str) -> NewStudent {
+        NewStudent {
+            first_name: Name::parse("firstName", first).unwrap(),
+            last_name: Name::parse("lastName", last).unwrap(),
+        }
+    }
+
+    fn new_grade(title: &str, score: f64) -> NewGrade {
+        NewGrade {
+            title: Title::parse(title).unwrap(),
+            grade_type: GradeType::Test,
+            score: Score::parse(score).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_database_has_the_schema_settings_and_demo_students() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nested")).await.unwrap();
+        let students = store.students().await.unwrap();
+        assert_eq!(students.len(), DEMO_STUDENTS.len());
+        assert_eq!(students[0].first_name.as_str(), "Tony");
+        assert!(
+            students
+                .iter()
+                .all(|s| s.grades.len() == 3 && s.average.is_some())
+        );
+        assert!(students.windows(2).all(|w| w[0].id < w[1].id));
+
+        let conn = Connection::open(dir.path().join("nested").join(FILE_NAME)).unwrap();
+        let pragma = |name: &str| {
+            conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
+                .unwrap()
+        };
+        assert_eq!(
+            pragma("journal_mode"),
+            rusqlite::types::Value::Text("wal".into())
+        );
+        assert_eq!(
+            pragma("user_version"),
+            rusqlite::types::Value::Integer(SCHEMA_VERSION)
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopening_and_demo_students_are_added_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let added = store
+            .add_student(new_student("Wanda", "<b>Maximoff</b>"))
+            .await
+            .unwrap();
+        let grade = store
+            .add_grade(added.id, new_grade("Quiz 9", 77.5))
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(
+            store.students().await.unwrap().len(),
+            DEMO_STUDENTS.len() + 1
+        );
+        let reread = store.student(added.id).await.unwrap();
+        assert_eq!(reread.last_name.as_str(), "<b>Maximoff</b>");
+        assert_eq!(reread.grades, vec![grade.clone()]);
+        assert_eq!(reread.average, Some(77.5));
+        assert_eq!(store.grade(added.id, grade.id).await.unwrap(), grade);
+    }
+
+    #[tokio::test]
+    async fn deleting_every_student_does_not_bring_the_demo_back() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).await.unwrap());
+        let conn = connect(&dir.path().join(FILE_NAME)).unwrap();
+        conn.execute("DELETE FROM students", []).unwrap();
+        let orphans: i64 = conn
+            .query_row("SELECT count(*) FROM grades", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0, "grades are deleted with their student");
+        drop(conn);
+
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.students().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_students_and_grades_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let tony = StudentId(1);
+        let bruces_grade = store.student(StudentId(2)).await.unwrap().grades[0].id;
+        assert!(matches!(
+            store.student(StudentId(99)).await,
+            Err(StoreError::NoStudent(StudentId(99)))
+        ));
+        assert!(matches!(
+            store.grade(tony, bruces_grade).await,
+            Err(StoreError::NoGrade { .. })
+        ));
+        assert!(matches!(
+            store.grade(StudentId(99), GradeId(1)).await,
+            Err(StoreError::NoStudent(_))
+        ));
+        let refused = store.add_grade(StudentId(99), new_grade("x", 1.0)).await;
+        assert!(matches!(refused, Err(StoreError::NoStudent(_))));
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(dir.path())
+            .await
+            .err()
+            .expect("a newer schema must be refused");
+        assert!(
+            err.to_string()
+                .contains("schema version is 2, newer than this build's 1"),
+            "{err}"
+        );
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_reads_and_writes_keep_every_grade() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let student = store
+            .add_student(new_student("Many", "Grades"))
+            .await
+            .unwrap()
+            .id;
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .add_grade(student, new_grade(&format!("Quiz {i}"), 50.0))
+                        .await
+                        .unwrap();
+                    store.students().await.unwrap().len()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), DEMO_STUDENTS.len() + 1);
+        }
+        assert_eq!(store.student(student).await.unwrap().grades.len(), 40);
+        assert!(store.lock_idle_readers().len() <= READERS);
+    }
+}
