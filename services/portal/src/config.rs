@@ -1,0 +1,23 @@
+//! The portal's settings: each a flag with an environment variable and a default that runs on a
+//! laptop.
+
+use std::net::SocketAddr;
+
+use discovery::ConsulArgs;
+
+/// The teachers' web app: students, grades, logs and service status as HTML pages, over the
+/// `grading` and `log` services found through Consul; registers with Consul as `portal`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "portal", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// HOST:PORT that Consul and browsers use to reach this instance [default: the listen address].
+    #[arg(long, env = "GRADEBOOK_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+}

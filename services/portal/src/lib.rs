@@ -1,0 +1,88 @@
+//! The portal: the teachers' web app. It renders HTML pages over the `grading` service (students
+//! and grades) and the `log` service (recent records), both found through Consul by name only.
+//!
+//! # Layout
+//! - [`upstream`]: typed clients for grading and log; every way they fail becomes a [`PortalError`].
+//! - [`pages`]: the askama templates (in `templates/`) and the view data they render.
+//! - [`routes`]: the pages as warp routes; handlers are plain async functions.
+//! - [`error`]: every failure, and warp's own rejections, mapped to an HTML page in one place.
+//! - [`config`]: flags and environment variables.
+//! - [`App`]: build (bind, watch the dependencies) then run (register, serve, deregister, drain).
+
+pub mod config;
+pub mod error;
+pub mod pages;
+pub mod routes;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use discovery::{ConsulSettings, Service, ServiceDefinition};
+
+use crate::config::Config;
+pub use crate::error::PortalError;
+use crate::routes::Portal;
+
+/// Consul service name.
+pub const SERVICE_NAME: &str = "portal";
+/// Consul name of the students-and-grades service the portal renders.
+pub const GRADING_SERVICE: &str = "grading";
+/// Consul name of the service whose records the logs page shows.
+pub const LOG_SERVICE: &str = "log";
+/// How long a starting portal waits for Consul's first answer about each dependency, so its first
+/// requests do not fail with a spurious "unavailable" while Consul would have listed instances.
+const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why the portal could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Consul(#[from] discovery::consul::ConsulSettingsError),
+    #[error(transparent)]
+    Service(#[from] discovery::StartError),
+}
+
+/// A portal with its listener bound and its dependencies watched.
+pub struct App {
+    service: Service,
+    portal: Portal,
+}
+
+impl App {
+    /// Binds the listener, starts watching grading and log, and waits (up to 2 s each, together)
+    /// for Consul's first answer about them; a Consul that is away only delays the start.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let consul = ConsulSettings::from_args(&config.consul)?;
+        let consul_ui = format!("{}/ui/", consul.address);
+        let service = Service::bind(ServiceDefinition {
+            name: SERVICE_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            tags: vec!["http".to_owned(), "web".to_owned()],
+            listen: config.listen,
+            advertise: config.advertise,
+            consul,
+        })
+        .await?;
+        let portal = Portal::new(
+            service.pool(GRADING_SERVICE),
+            service.pool(LOG_SERVICE),
+            consul_ui,
+        );
+        portal.ready(FIRST_ANSWER_LIMIT).await;
+        Ok(App { service, portal })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.service.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then deregisters and drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        self.service
+            .run(routes::routes(self.portal), shutdown)
+            .await;
+    }
+}

@@ -1,0 +1,22 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use portal::App;
+use portal::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    discovery::telemetry::init_with_shipping(portal::SERVICE_NAME);
+    let config = Config::parse();
+    let shutdown = discovery::shutdown_signal();
+    match App::build(config).await {
+        Ok(app) => {
+            app.run(shutdown).await;
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("portal cannot start: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The pages: askama templates (compiled in, HTML-escaped by construction) and the view data
+//! they render. Everything here is plain data in, HTML out, so it is testable without services.
+
+use std::time::Duration;
+
+use askama::Template;
+use discovery::{Provider, ProviderSet, WatchStatus};
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::upstream::{LogRecord, Student};
+
+/// The list of students with their averages (`GET /`).
+#[derive(Template)]
+#[template(path = "students.html")]
+pub struct StudentsPage {
+    pub students: Vec<Student>,
+}
+
+/// One student's grades and the form to add one (`GET /students/{id}`, and a refused form).
+#[derive(Template)]
+#[template(path = "student.html")]
+pub struct StudentPage {
+    pub student: Student,
+    /// Pre-fills the form: empty at first, what was typed after a refusal.
+    pub form: GradeForm,
+    /// Why the form was refused, shown above it.
+    pub error: Option<String>,
+}
+
+/// The grade form as the browser sends it. Every field is text, and missing ones are empty, so
+/// whatever was typed can be shown again and validation can name the field.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct GradeForm {
+    pub title: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: String,
+}
+
+impl GradeForm {
+    /// The grade types the form offers, in the order grading documents them.
+    pub const KINDS: [&'static str; 3] = ["Test", "Quiz", "Homework"];
+
+    /// Whether `kind` is the one chosen, to keep the select on it.
+    pub fn has_kind(&self, kind: &str) -> bool {
+        self.kind == kind
+    }
+}
+
+/// Each dependency as its watch sees it, with a link to the Consul UI (`GET /status`).
+#[derive(Template)]
+#[template(path = "status.html")]
+pub struct StatusPage {
+    pub dependencies: Vec<DependencyView>,
+    pub consul_ui: String,
+}
+
+/// One dependency's provider set, with times already turned into text.
+#[derive(Debug, Clone)]
+pub struct DependencyView {
+    pub service: String,
+    pub providers: Vec<Provider>,
+    /// `starting`, `live` or `stale`; also the CSS class of the badge.
+    pub status: &'static str,
+    pub age: String,
+    pub changed: String,
+    pub failed_polls: u64,
+}
+
+impl From<&ProviderSet> for DependencyView {
+    fn from(set: &ProviderSet) -> Self {
+        DependencyView {
+            service: set.service.to_string(),
+            providers: set.providers.to_vec(),
+            status: match set.status {
+                WatchStatus::Starting => "starting",
+                WatchStatus::Live => "live",
+                WatchStatus::Stale { .. } => "stale",
+            },
+            age: format_duration(set.age()),
+            changed: format_duration(set.changed_at.elapsed()),
+            failed_polls: set.failed_polls,
+        }
+    }
+}
+
+/// Recent log records, newest first (`GET /logs`).
+#[derive(Template)]
+#[template(path = "logs.html")]
+pub struct LogsPage {
+    pub records: Vec<LogRecord>,
+    /// The service filter, empty for all.
+    pub service: String,
+}
+
+/// Any failure, as a page with its status and a message meant for the reader.
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ErrorPage {
+    /// A page for `status` saying `message`.
+    pub fn new(status: StatusCode, message: String) -> Self {
+        ErrorPage {
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("Error"),
+            message,
+        }
+    }
+}
+
+impl Student {
+    /// First and last name, as the pages show it.
+    pub fn full_name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+    }
+
+    /// The average with one decimal, or a dash before the first grade.
+    pub fn average_text(&self) -> String {
+        match self.average {
+            Some(average) => format!("{average:.1}"),
+            None => "—".to_owned(),
+        }
+    }
+}
+
+/// `0.4 s` under a minute, `3m 12s` above: precise where it matters, short where it does not.
+fn format_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(60) {
+        format!("{:.1} s", duration.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+    }
+}
+
+/// The page as an HTML response with `status`. Rendering fails only on a bug in a template's
+/// Rust code; then the answer is a bare 500, logged.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => warp::reply::with_status(warp::reply::html(html), status).into_response(),
+        Err(err) => {
+            tracing::error!("rendering a page failed: {err}");
+            warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Grade;
+
+    fn student(first_name: &str, average: Option<f64>) -> Student {
+        Student {
+            id: 7,
+            first_name: first_name.into(),
+            last_name: "Stark".into(),
+            average,
+            grades: vec![Grade {
+                id: 1,
+                title: "Quiz <1>".into(),
+                kind: "Quiz".into(),
+                score: 92.5,
+            }],
+        }
+    }
+
+    #[test]
+    fn names_and_titles_are_escaped() {
+        let page = StudentsPage {
+            students: vec![student("<script>alert(1)</script>", None)],
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<script>alert(1)</script>"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;alert(1)&#60;/script&#62; Stark"),
+            "{html}"
+        );
+
+        let page = StudentPage {
+            student: student("Tony", None),
+            form: GradeForm::default(),
+            error: None,
+        };
+        assert!(page.render().unwrap().contains("Quiz &#60;1&#62;"));
+    }
+
+    #[test]
+    fn averages_have_one_decimal_or_a_dash() {
+        assert_eq!(student("Tony", Some(87.25)).average_text(), "87.2");
+        assert_eq!(student("Tony", Some(90.0)).average_text(), "90.0");
+        assert_eq!(student("Tony", None).average_text(), "—");
+        let html = StudentsPage {
+            students: vec![student("Tony", Some(87.46))],
+        }
+        .render()
+        .unwrap();
+        assert!(
+            html.contains(r#"<a href="/students/7">Tony Stark</a>"#),
+            "{html}"
+        );
+        assert!(html.contains("87.5"), "{html}");
+    }
+
+    #[test]
+    fn a_refused_form_shows_the_message_and_keeps_what_was_typed() {
+        let page = StudentPage {
+            student: student("Tony", Some(92.5)),
+            form: GradeForm {
+                title: "Essay \"one\"".into(),
+                kind: "Homework".into(),
+                score: "abc".into(),
+            },
+            error: Some("score: must be a number".into()),
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains("score: must be a number"), "{html}");
+        assert!(html.contains(r#"value="Essay &#34;one&#34;""#), "{html}");
+        assert!(html.contains(r#"value="abc""#), "{html}");
+        assert!(
+            html.contains("<option selected>Homework</option>"),
+            "{html}"
+        );
+        assert!(html.contains("<option>Quiz</option>"), "{html}");
+        assert!(html.contains(r#"action="/students/7/grades""#), "{html}");
+    }
+
+    #[test]
+    fn the_status_page_shows_providers_and_links_the_consul_ui() {
+        let page = StatusPage {
+            dependencies: vec![DependencyView {
+                service: "grading".into(),
+                providers: vec![Provider {
+                    address: "127.0.0.1:6000".into(),
+                    id: "grading-127.0.0.1-6000".into(),
+                }],
+                status: "stale",
+                age: format_duration(Duration::from_millis(2500)),
+                changed: format_duration(Duration::from_secs(192)),
+                failed_polls: 3,
+            }],
+            consul_ui: "http://127.0.0.1:8500/ui/".into(),
+        };
+        let html = page.render().unwrap();
+        for expected in [
+            "127.0.0.1:6000",
+            "grading-127.0.0.1-6000",
+            "stale",
+            "2.5 s",
+            "3m 12s",
+            "http://127.0.0.1:8500/ui/",
+        ] {
+            assert!(html.contains(expected), "{expected} missing from {html}");
+        }
+    }
+}

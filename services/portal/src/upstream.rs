@@ -1,0 +1,266 @@
+//! Typed clients for the services the portal renders: `grading` (students and grades) and `log`
+//! (recent records). Every way a call can fail becomes a [`PortalError`] here, so handlers see
+//! either data or a reason they can show.
+
+use discovery::{PoolError, ProviderPool, ProviderWatch};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::PortalError;
+use crate::{GRADING_SERVICE, LOG_SERVICE};
+
+/// How many log records the logs page shows.
+pub const LOG_PAGE_RECORDS: usize = 100;
+
+/// A student as grading lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Student {
+    pub id: u64,
+    pub first_name: String,
+    pub last_name: String,
+    /// `None` until the student has a grade.
+    #[serde(default)]
+    pub average: Option<f64>,
+    #[serde(default)]
+    pub grades: Vec<Grade>,
+}
+
+/// One grade of a student.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Grade {
+    pub id: u64,
+    pub title: String,
+    /// `Test`, `Quiz` or `Homework`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: f64,
+}
+
+/// A grade to add, as grading's `POST /students/{id}/grades` takes it.
+#[derive(Debug, Serialize)]
+pub struct NewGrade<'a> {
+    pub title: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub score: f64,
+}
+
+/// What grading made of a new grade; refusing it is an answer, not a failure.
+#[derive(Debug, PartialEq)]
+pub enum GradeOutcome {
+    Added,
+    /// Grading's own message, which names the field (e.g. `score: must be between 0 and 100`).
+    Rejected(String),
+}
+
+/// One record of the log service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LogRecord {
+    pub time: String,
+    pub service: String,
+    pub level: String,
+    pub message: String,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+}
+
+/// The body of the services' error answers.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// Calls to grading, spread over its healthy instances.
+#[derive(Clone)]
+pub struct Grading {
+    pool: ProviderPool,
+}
+
+impl Grading {
+    /// A client over `pool`, a pool of grading instances.
+    pub fn new(pool: ProviderPool) -> Self {
+        Grading { pool }
+    }
+
+    /// The watch on grading's instances, for the status page.
+    pub fn watch(&self) -> &ProviderWatch {
+        self.pool.watch()
+    }
+
+    /// Every student, with grades and average.
+    pub async fn students(&self) -> Result<Vec<Student>, PortalError> {
+        let response = self
+            .pool
+            .get("/students")
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        read_json(GRADING_SERVICE, response).await
+    }
+
+    /// One student; [`PortalError::StudentNotFound`] when grading does not know the id.
+    pub async fn student(&self, id: u64) -> Result<Student, PortalError> {
+        let path = format!("/students/{id}");
+        let response = self
+            .pool
+            .get(&path)
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(PortalError::StudentNotFound(id));
+        }
+        read_json(GRADING_SERVICE, response).await
+    }
+
+    /// Adds a grade. A 400 or 422 from grading is its verdict on the input, returned as
+    /// [`GradeOutcome::Rejected`] with its message.
+    pub async fn add_grade(
+        &self,
+        id: u64,
+        grade: &NewGrade<'_>,
+    ) -> Result<GradeOutcome, PortalError> {
+        let path = format!("/students/{id}/grades");
+        let response = self
+            .pool
+            .post_json(&path, grade)
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        match response.status() {
+            status if status.is_success() => Ok(GradeOutcome::Added),
+            StatusCode::NOT_FOUND => Err(PortalError::StudentNotFound(id)),
+            status @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
+                let body: Result<ErrorBody, _> =
+                    serde_json::from_slice(&response.bytes().await.unwrap_or_default());
+                let message = body.map(|b| b.error).unwrap_or_else(|_| {
+                    format!("grading refused the grade ({status}) without saying why")
+                });
+                Ok(GradeOutcome::Rejected(message))
+            }
+            status => Err(unexpected_status(GRADING_SERVICE, status)),
+        }
+    }
+}
+
+/// Reads from the log service, spread over its healthy instances.
+#[derive(Clone)]
+pub struct LogReader {
+    pool: ProviderPool,
+}
+
+impl LogReader {
+    /// A client over `pool`, a pool of log instances.
+    pub fn new(pool: ProviderPool) -> Self {
+        LogReader { pool }
+    }
+
+    /// The watch on log's instances, for the status page.
+    pub fn watch(&self) -> &ProviderWatch {
+        self.pool.watch()
+    }
+
+    /// The latest [`LOG_PAGE_RECORDS`] records, oldest first, of one service or of all.
+    /// `service` must be a valid service name (see [`is_service_name`]): it goes into the URL as is.
+    pub async fn recent(&self, service: Option<&str>) -> Result<Vec<LogRecord>, PortalError> {
+        let mut path = format!("/log?limit={LOG_PAGE_RECORDS}");
+        if let Some(service) = service {
+            debug_assert!(is_service_name(service));
+            path.push_str("&service=");
+            path.push_str(service);
+        }
+        let response = self
+            .pool
+            .get(&path)
+            .await
+            .map_err(pool_failure(LOG_SERVICE))?;
+        read_json(LOG_SERVICE, response).await
+    }
+}
+
+/// Whether `name` is a service name as the log service accepts them: 1 to 100 characters of
+/// `[A-Za-z0-9._-]`, which also makes it safe in a query string without encoding.
+pub fn is_service_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// No healthy instance is "unavailable" (503); anything else is a failed dependency (502).
+fn pool_failure(service: &'static str) -> impl FnOnce(PoolError) -> PortalError {
+    move |err| {
+        if err.is_unavailable() {
+            PortalError::Unavailable { service }
+        } else {
+            PortalError::Upstream {
+                service,
+                detail: err.to_string(),
+            }
+        }
+    }
+}
+
+fn unexpected_status(service: &'static str, status: StatusCode) -> PortalError {
+    PortalError::Upstream {
+        service,
+        detail: format!("unexpected answer {status}"),
+    }
+}
+
+/// The body of a successful answer as `T`; any other status or a body that does not fit is the
+/// dependency misbehaving.
+async fn read_json<T: DeserializeOwned>(
+    service: &'static str,
+    response: reqwest::Response,
+) -> Result<T, PortalError> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(unexpected_status(service, status));
+    }
+    let upstream = |detail: String| PortalError::Upstream { service, detail };
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| upstream(format!("reading the answer failed: {err}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|err| upstream(format!("answered JSON the portal cannot read: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_student_reads_as_the_grading_contract_writes_it() {
+        let json = r#"{"id":1,"firstName":"Tony","lastName":"Stark","average":null,
+            "grades":[{"id":3,"title":"Quiz 1","type":"Quiz","score":92.5}]}"#;
+        let student: Student = serde_json::from_str(json).unwrap();
+        assert_eq!(student.first_name, "Tony");
+        assert_eq!(student.average, None);
+        assert_eq!(student.grades[0].kind, "Quiz");
+        assert_eq!(student.grades[0].score, 92.5);
+    }
+
+    #[test]
+    fn a_new_grade_is_sent_with_the_contract_field_names() {
+        let grade = NewGrade {
+            title: "Quiz 2",
+            kind: "Quiz",
+            score: 88.0,
+        };
+        let json = serde_json::to_value(&grade).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"title": "Quiz 2", "type": "Quiz", "score": 88.0})
+        );
+    }
+
+    #[test]
+    fn service_filters_are_plain_names() {
+        assert!(is_service_name("grading"));
+        assert!(is_service_name("my-service_1.2"));
+        assert!(!is_service_name(""));
+        assert!(!is_service_name("a&limit=1"));
+        assert!(!is_service_name(&"x".repeat(101)));
+    }
+}
