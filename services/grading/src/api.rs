@@ -111,34 +111,36 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
     add.or(one).unify()
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_students(store: Store) -> Result<impl Reply, ApiError> {
     Ok(warp::reply::json(&store.students().await?))
 }
 
-#[tracing::instrument(skip(store))]
+#[tracing::instrument(level = "debug", skip(store))]
 async fn get_student(id: String, store: Store) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     Ok(warp::reply::json(&store.student(id).await?))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn create_student(body: StudentRequest, store: Store) -> Result<impl Reply, ApiError> {
     let student = store.add_student(body.validate()?).await?;
+    tracing::info!(student = %student.id, "student added");
     Ok(created(format!("/students/{}", student.id), &student))
 }
 
-#[tracing::instrument(skip(body, store))]
+#[tracing::instrument(level = "debug", skip(body, store))]
 async fn add_grade(id: String, body: GradeRequest, store: Store) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let grade = store.add_grade(id, body.validate()?).await?;
+    tracing::info!(student = %id, grade = %grade.id, "grade added");
     Ok(created(
         format!("/students/{id}/grades/{}", grade.id),
         &grade,
     ))
 }
 
-#[tracing::instrument(skip(store))]
+#[tracing::instrument(level = "debug", skip(store))]
 async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let grade_id = GradeId::parse(&grade_id)?;

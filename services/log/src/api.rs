@@ -74,7 +74,7 @@ pub fn routes(
     post.or(get).unify()
 }
 
-#[tracing::instrument(skip_all, fields(bytes = body.len()))]
+#[tracing::instrument(level = "debug", skip_all, fields(bytes = body.len()))]
 async fn post_log(
     content_type: Option<String>,
     query: TextQuery,

@@ -101,13 +101,13 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_students(portal: Portal) -> Result<Response, PortalError> {
     let students = portal.grading.students().await?;
     Ok(pages::render(StatusCode::OK, &StudentsPage { students }))
 }
 
-#[tracing::instrument(skip(portal))]
+#[tracing::instrument(level = "debug", skip(portal))]
 async fn show_student(id: u64, portal: Portal) -> Result<Response, PortalError> {
     let student = portal.grading.student(id).await?;
     let page = StudentPage {
@@ -119,7 +119,7 @@ async fn show_student(id: u64, portal: Portal) -> Result<Response, PortalError> 
 }
 
 /// Post, then redirect: a reload of the page that follows does not add the grade twice.
-#[tracing::instrument(skip(form, portal))]
+#[tracing::instrument(level = "debug", skip(form, portal))]
 async fn add_grade(id: u64, form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
     let outcome = match parse_score(&form.score) {
         Some(score) => {
@@ -172,7 +172,7 @@ fn show_status(portal: &Portal) -> Response {
     pages::render(StatusCode::OK, &page)
 }
 
-#[tracing::instrument(skip(portal))]
+#[tracing::instrument(level = "debug", skip(portal))]
 async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalError> {
     let service = query
         .service

@@ -1,0 +1,247 @@
+//! The whole gradebook end to end: real binaries, a real Consul agent, real HTTP and DNS.
+
+use std::time::Instant;
+
+use serde_json::json;
+use system_tests::{Gradebook, PATIENCE, client, requests_served};
+use testkit::{eventually, free_port};
+
+async fn portal_home(portal: &testkit::ServiceProcess) -> (u16, String) {
+    let response = client()
+        .get(format!("{}/", portal.base_url()))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_started_before_grading_serves_a_503_page_then_the_real_page_by_itself() {
+    let gradebook = Gradebook::new().await;
+    let portal = gradebook.start_portal().await;
+
+    let response = client()
+        .get(format!("{}/", portal.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("grading service is unavailable"), "{page}");
+
+    let _grading = gradebook.start_grading("grading", free_port()).await;
+    let serving = Instant::now();
+    let page = eventually("the portal shows the students", PATIENCE, || async {
+        let (status, page) = portal_home(&portal).await;
+        (status == 200).then_some(page)
+    })
+    .await;
+    eprintln!(
+        "real page {} ms after grading answered /health",
+        serving.elapsed().as_millis()
+    );
+    assert!(page.contains("Tony Stark"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_grading_instances_share_the_portal_traffic_and_a_sigkill_fails_no_request() {
+    let gradebook = Gradebook::new().await;
+    let first = gradebook.start_grading("grading-1", free_port()).await;
+    let mut second = gradebook.start_grading("grading-2", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    eventually("both grading instances passing", PATIENCE, || async {
+        (gradebook.consul.passing_instances("grading").await.len() == 2).then_some(())
+    })
+    .await;
+
+    // The portal's watch is told in milliseconds; give its page a moment to see both.
+    eventually("portal status lists both instances", PATIENCE, || async {
+        let page = client()
+            .get(format!("{}/status", portal.base_url()))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (page.contains(&first.addr().to_string()) && page.contains(&second.addr().to_string()))
+            .then_some(())
+    })
+    .await;
+    for _ in 0..100 {
+        assert_eq!(portal_home(&portal).await.0, 200);
+    }
+    let (by_first, by_second) = (
+        requests_served(&first, "/students"),
+        requests_served(&second, "/students"),
+    );
+    eprintln!("100 portal pages served by grading as {by_first} + {by_second}");
+    assert!(
+        by_first > 0 && by_second > 0,
+        "both instances get traffic: {by_first} + {by_second}"
+    );
+
+    // SIGKILL one while requests keep coming, in two concurrent streams.
+    let load = |n: usize| {
+        let url = format!("{}/", portal.base_url());
+        tokio::spawn(async move {
+            let client = client();
+            let mut failed = Vec::new();
+            for _ in 0..n {
+                let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                if status.as_ref().ok() != Some(&200) {
+                    failed.push(format!("{status:?}"));
+                }
+            }
+            failed
+        })
+    };
+    let streams = [load(300), load(300)];
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    second.sigkill();
+    let mut failed = Vec::new();
+    for stream in streams {
+        failed.extend(stream.await.unwrap());
+    }
+    eprintln!(
+        "600 requests around a SIGKILL of one grading instance: {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    for _ in 0..50 {
+        assert_eq!(portal_home(&portal).await.0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_reach_the_log_service_including_those_made_while_it_was_down() {
+    let gradebook = Gradebook::new().await;
+    let log_port = free_port();
+    // Grading and the portal start before any log instance exists.
+    let grading = gradebook.start_grading("grading", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    let mut log = gradebook.start_log("log", log_port).await;
+
+    let has = |service: &'static str, needle: &'static str| {
+        let url = format!("http://127.0.0.1:{log_port}/log?service={service}&limit=10000");
+        async move {
+            let records: Vec<serde_json::Value> =
+                client().get(&url).send().await.ok()?.json().await.ok()?;
+            records
+                .iter()
+                .any(|r| r["message"].as_str().is_some_and(|m| m.contains(needle)))
+                .then_some(())
+        }
+    };
+    eventually("grading's start-up records in the log", PATIENCE, || {
+        has("grading", "registered with Consul")
+    })
+    .await;
+    eventually("the portal's start-up records in the log", PATIENCE, || {
+        has("portal", "registered with Consul")
+    })
+    .await;
+
+    // Kill the log service, make grading log something, then bring log back.
+    log.sigkill();
+    let response = client()
+        .post(format!("{}/students", grading.base_url()))
+        .json(&json!({"firstName": "Wanda", "lastName": "Maximoff"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    drop(portal);
+    let _log = gradebook.start_log("log", log_port).await;
+    eventually(
+        "the record made while log was down arrives",
+        PATIENCE,
+        || has("grading", "student added"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_named_with_html_is_shown_escaped() {
+    let gradebook = Gradebook::new().await;
+    let grading = gradebook.start_grading("grading", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    let response = client()
+        .post(format!("{}/students", grading.base_url()))
+        .json(&json!({"firstName": "<script>alert(1)</script>", "lastName": "O'Brien & Sons"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+
+    for path in ["/".to_owned(), location] {
+        let page = eventually("the portal page", PATIENCE, || async {
+            let response = client()
+                .get(format!("{}{path}", portal.base_url()))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(response.text().await.ok()?)
+        })
+        .await;
+        assert!(!page.contains("<script>alert"), "raw script on {path}");
+        assert!(
+            page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "escaped name on {path}:\n{page}"
+        );
+        assert!(page.contains("O&#39;Brien &#38; Sons"), "{page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_dns_answers_srv_queries_for_every_instance_and_by_tag() {
+    let gradebook = Gradebook::new().await;
+    let ports = [free_port(), free_port()];
+    let _first = gradebook.start_grading("grading-1", ports[0]).await;
+    let _second = gradebook.start_grading("grading-2", ports[1]).await;
+    let dig = |name: &'static str| {
+        let dns_port = gradebook.consul.dns_port();
+        async move {
+            let output = tokio::process::Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &dns_port.to_string(),
+                    name,
+                    "SRV",
+                    "+short",
+                ])
+                .output()
+                .await
+                .expect("dig is installed (scripts/test.sh installs dnsutils)");
+            let mut ports: Vec<u16> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse().ok())
+                .collect();
+            ports.sort();
+            ports
+        }
+    };
+    let mut expected = ports.to_vec();
+    expected.sort();
+    for name in ["grading.service.consul", "api.grading.service.consul"] {
+        eventually(
+            &format!("dig {name} SRV lists both ports"),
+            PATIENCE,
+            || async { (dig(name).await == expected).then_some(()) },
+        )
+        .await;
+    }
+    assert!(
+        dig("web.grading.service.consul").await.is_empty(),
+        "only tagged instances answer a tag query"
+    );
+}
