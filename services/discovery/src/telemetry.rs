@@ -344,6 +344,44 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let stats = Arc::new(ShippingStats::default());
+        let layer = ShippingLayer {
+            service: "grading",
+            sender,
+            stats: stats.clone(),
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            for n in 0..5 {
+                tracing::info!(target: "grading_service::api", n, "event");
+            }
+        });
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+        let first = receiver.try_recv().unwrap();
+        assert_eq!(
+            (first.service, first.level, first.message.as_str()),
+            ("grading", "info", "event n=0")
+        );
+    }
+
+    #[test]
+    fn the_shippers_own_events_are_not_shipped() {
+        let (sender, mut receiver) = mpsc::channel(8);
+        let stats = Arc::new(ShippingStats::default());
+        let layer = ShippingLayer {
+            service: "grading",
+            sender,
+            stats,
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::warn!("could not ship 3 log records, will retry");
+        });
+        assert!(receiver.try_recv().is_err());
+    }
+
+    #[test]
     fn huge_messages_are_cut_on_a_character_boundary() {
         let visitor = MessageVisitor {
             message: "é".repeat(MAX_MESSAGE_BYTES),

@@ -39,7 +39,13 @@ impl Instance {
         .expect("binds");
         let addr = service.local_addr();
         let id = service.instance_id();
-        let routes = warp::path("whoami").map(move || addr.to_string().into_response());
+        let whoami = warp::path("whoami").map(move || addr.to_string().into_response());
+        // A request that takes a while, to show that shutdown lets it finish.
+        let slow = warp::path("slow").then(|| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "done".into_response()
+        });
+        let routes = whoami.or(slow).unify();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(service.run(routes, async {
             let _ = stopped.await;
@@ -183,6 +189,22 @@ async fn shutting_down_deregisters_the_instance() {
     instance.shut_down().await;
     // Deregistration happens before shutdown returns: no waiting for the check to fail.
     assert!(!agent.agent_services().await.contains_key(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let agent = ConsulAgent::start().await;
+    let instance = Instance::start(&agent, "grading").await;
+    let url = format!("http://{}/slow", instance.addr);
+    let in_flight = tokio::spawn(async move { testkit::http_client().get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    instance.shut_down().await;
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,6 +384,91 @@ async fn a_pool_spreads_requests_and_moves_off_a_crashed_instance_at_once() {
     )
     .await;
     a.shut_down().await;
+}
+
+/// A listener that reads each request and hangs up without answering: the request reached a
+/// server, which may have acted on it. Returns its port and a count of requests it swallowed.
+async fn hang_up_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let swallowed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = swallowed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(socket);
+        }
+    });
+    (port, swallowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_safe_requests_are_retried_after_the_server_got_them() {
+    let agent = ConsulAgent::start().await;
+    let pool = ProviderPool::new(
+        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
+        discovery::runtime::http_client(),
+    );
+    let healthy = Instance::start(&agent, "grading").await;
+    let (port, swallowed) = hang_up_server().await;
+    // Registered without a check, so Consul lists it as passing however it behaves.
+    agent
+        .register(&serde_json::json!({"Name": "grading", "ID": "hang-up", "Address": "127.0.0.1", "Port": port}))
+        .await;
+    eventually("both watched", PATIENCE, || async {
+        (pool.watch().current().providers.len() == 2).then_some(())
+    })
+    .await;
+
+    // GET is idempotent: a hang-up moves it to the healthy instance.
+    for _ in 0..20 {
+        let response = pool.get("/whoami").await.expect("GETs fail over");
+        assert_eq!(response.text().await.unwrap(), healthy.addr.to_string());
+    }
+    assert!(
+        swallowed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the hang-up server was tried"
+    );
+
+    // POST is not: once the hang-up server is chosen the error goes to the caller, never a
+    // second instance. Ejections are lifted whenever Consul sends a new set, so force one.
+    let before = swallowed.load(std::sync::atomic::Ordering::SeqCst);
+    let mut failed = 0;
+    let mut tries = 0;
+    while failed == 0 && tries < 200 {
+        tries += 1;
+        let payload = discovery::pool::Payload {
+            content_type: "text/plain",
+            bytes: "x".into(),
+        };
+        match pool
+            .send(reqwest::Method::POST, "/whoami", Some(payload))
+            .await
+        {
+            Err(PoolError::Request { .. }) => failed += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => {}
+        }
+        if tries % 10 == 0 {
+            // A new answer from Consul lifts the local ejection of the hang-up server.
+            let bystander = Instance::start(&agent, "grading").await;
+            bystander.shut_down().await;
+        }
+    }
+    assert_eq!(
+        failed, 1,
+        "within 200 POSTs one reached the hang-up server and was reported, not retried"
+    );
+    assert_eq!(
+        swallowed.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "sent exactly once"
+    );
+    healthy.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
