@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Command-line flags (each with Consul's own environment variable) that locate the agent.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct ConsulArgs {
     /// Address of the local Consul agent's HTTP API.
     #[arg(
@@ -24,7 +24,17 @@ pub struct ConsulArgs {
 
     /// File holding the ACL token; used when no token is given directly.
     #[arg(long = "consul-http-token-file", env = "CONSUL_HTTP_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<String>,
+}
+
+impl fmt::Debug for ConsulArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulArgs")
+            .field("http_addr", &self.http_addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 /// A Consul ACL token. Its `Debug` and `Display` never show the secret.
@@ -84,8 +94,10 @@ impl ConsulSettings {
         };
         let token = match (&args.token, &args.token_file) {
             (Some(token), _) if !token.trim().is_empty() => Some(Token(token.trim().to_owned())),
-            (_, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| {
+            // An empty variable means unset, as for Consul's own CLI.
+            (_, Some(path)) if !path.trim().is_empty() => {
+                let path = PathBuf::from(path);
+                let text = std::fs::read_to_string(&path).map_err(|source| {
                     ConsulSettingsError::TokenFile {
                         path: path.clone(),
                         source,
@@ -149,12 +161,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("token-test-{}", std::process::id()));
         std::fs::write(&dir, "s3cr3t\n").unwrap();
         let mut a = args("http://127.0.0.1:8500/");
-        a.token_file = Some(dir.clone());
+        a.token_file = Some(dir.display().to_string());
         let settings = ConsulSettings::from_args(&a).unwrap();
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(settings.address, "http://127.0.0.1:8500");
         assert_eq!(settings.token.as_ref().unwrap().expose(), "s3cr3t");
         assert!(!format!("{settings:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn an_empty_token_file_variable_means_unset_and_args_never_print_the_token() {
+        let mut a = args("http://127.0.0.1:8500");
+        a.token_file = Some(String::new());
+        assert!(
+            ConsulSettings::from_args(&a).unwrap().token.is_none(),
+            "empty means unset"
+        );
+        a.token = Some("t0ken".into());
+        assert!(!format!("{a:?}").contains("t0ken"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::agent::{AgentClient, OwnEntry, Registration};
+use crate::agent::{AgentClient, AgentError, OwnEntry, Registration};
 use crate::backoff::{self, TokenBucket};
 
 /// How long one blocking query on our own entry may wait. Short enough that a silently vanished
@@ -21,6 +21,8 @@ const OWN_ENTRY_WAIT: Duration = Duration::from_secs(60);
 /// agent's return.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(2);
+/// Failures between two warnings: with retries capped at ~2 s, about one warning a minute.
+const WARN_EVERY: u32 = 40;
 
 /// A running registration; call [`RegistrationKeeper::deregister`] on shutdown (async work
 /// cannot run in `Drop`). Dropping it without that stops re-registration but leaves the entry to
@@ -128,17 +130,19 @@ async fn keep_registered(agent: AgentClient, registration: Registration) {
     }
 }
 
-/// The first failure in a row is a warning; the retries after it are debug noise.
-fn log_failure(failures: u32, service_id: &str, err: &dyn std::error::Error) {
-    if failures == 1 {
-        warn!(
-            service_id,
-            "Consul agent unavailable, will keep retrying: {err}"
-        );
+/// Warns on the first failure in a row and then about once a minute (a refused registration
+/// is a configuration problem someone must see); the retries in between are debug noise.
+fn log_failure(failures: u32, service_id: &str, err: &AgentError) {
+    let what = match err {
+        AgentError::Refused { status, .. } if status.as_u16() == 403 => {
+            "Consul refused this instance (check CONSUL_HTTP_TOKEN), will keep retrying"
+        }
+        AgentError::Refused { .. } => "Consul refused this instance, will keep retrying",
+        AgentError::Unreachable { .. } => "Consul agent unavailable, will keep retrying",
+    };
+    if failures == 1 || failures.is_multiple_of(WARN_EVERY) {
+        warn!(service_id, failures, "{what}: {err}");
     } else {
-        debug!(
-            service_id,
-            failures, "Consul agent still unavailable: {err}"
-        );
+        debug!(service_id, failures, "{what}: {err}");
     }
 }

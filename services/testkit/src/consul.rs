@@ -1,4 +1,4 @@
-//! A real `consul agent -dev` per test, on its own free ports.
+//! A real `consul agent -dev` per test, on its own free ports, optionally with ACLs enforced.
 
 use crate::{POLL, free_ports, http_client, kill_and_reap, log_file, log_tail};
 use serde::de::DeserializeOwned;
@@ -32,6 +32,8 @@ pub struct ConsulAgent {
     dir: TempDir,
     log: PathBuf,
     client: reqwest::Client,
+    /// The ACL master token when ACLs are enforced: the harness sends it on each of its calls.
+    master_token: Option<String>,
 }
 
 /// One passing instance of a service as Consul's health endpoint reports it.
@@ -68,6 +70,19 @@ impl ConsulAgent {
     /// Starts an agent and waits (up to 30 s) until it has a leader and its node is in the
     /// catalogue, so service registrations succeed at once.
     pub async fn start() -> ConsulAgent {
+        Self::start_with(None).await
+    }
+
+    /// Starts an agent that enforces ACLs with `default_policy` `deny`, waiting as `start` does.
+    /// `master_token` is both the master and the agent token: anything without it (or with
+    /// another token) is refused or sees an empty catalogue, while the harness's own calls
+    /// (`passing_instances`, `agent_services`, `check_status`, `register`, ...) send it as
+    /// `X-Consul-Token`. `start_again` keeps the ACLs and the token.
+    pub async fn start_with_acl(master_token: &str) -> ConsulAgent {
+        Self::start_with(Some(master_token.to_owned())).await
+    }
+
+    async fn start_with(master_token: Option<String>) -> ConsulAgent {
         let dir = tempfile::Builder::new()
             .prefix("testkit-consul-")
             .tempdir()
@@ -80,6 +95,7 @@ impl ConsulAgent {
             log: dir.path().join("consul.log"),
             dir,
             client: http_client(),
+            master_token,
         };
         if let Err(e) = agent.launch_retrying(true).await {
             panic!("consul agent {} did not start: {e}", agent.node_name);
@@ -100,6 +116,11 @@ impl ConsulAgent {
     /// The agent's DNS port (UDP and TCP on 127.0.0.1), for tests of DNS discovery.
     pub fn dns_port(&self) -> u16 {
         self.ports[1]
+    }
+
+    /// The master token if the agent enforces ACLs (see `start_with_acl`), else `None`.
+    pub fn master_token(&self) -> Option<&str> {
+        self.master_token.as_deref()
     }
 
     /// The agent's node name, unique per agent, as it appears in the catalogue.
@@ -165,7 +186,8 @@ impl ConsulAgent {
     /// instance for the service under test to discover.
     pub async fn register(&self, registration: &Value) {
         let url = format!("{}/v1/agent/service/register", self.http_addr());
-        let response = self.client.put(&url).json(registration).send().await;
+        let request = self.with_token(self.client.put(&url).json(registration));
+        let response = request.send().await;
         match response.map(|r| r.error_for_status()) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) | Err(e) => panic!("PUT {url} {registration}: {e}"),
@@ -183,8 +205,7 @@ impl ConsulAgent {
     async fn try_get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
         let url = format!("{}{path}", self.http_addr());
         let response = self
-            .client
-            .get(&url)
+            .with_token(self.client.get(&url))
             .send()
             .await
             .and_then(|r| r.error_for_status());
@@ -193,6 +214,14 @@ impl ConsulAgent {
             .json()
             .await
             .map_err(|e| format!("GET {url}: bad JSON: {e}"))
+    }
+
+    /// Adds `X-Consul-Token` with the master token when ACLs are enforced.
+    fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.master_token {
+            Some(token) => request.header("X-Consul-Token", token),
+            None => request,
+        }
     }
 
     /// Launches the agent, trying again while a port is taken: on new ports if `new_ports`,
@@ -222,7 +251,7 @@ impl ConsulAgent {
             .zip(&self.ports)
             .map(|(name, port)| (name.to_string(), json!(port)))
             .collect();
-        let config = json!({
+        let mut config = json!({
             "node_name": self.node_name,
             "client_addr": "127.0.0.1",
             "bind_addr": "127.0.0.1",
@@ -231,6 +260,17 @@ impl ConsulAgent {
             "dns_config": { "allow_stale": true },
             "ports": ports,
         });
+        if let Some(token) = &self.master_token {
+            // Consul 1.8 names the bootstrap tokens "master" and "agent" (later versions:
+            // "initial_management"). The agent token lets the agent register its own node.
+            config["acl"] = json!({
+                "enabled": true,
+                "default_policy": "deny",
+                "down_policy": "extend-cache",
+                "enable_token_persistence": false,
+                "tokens": { "master": token, "agent": token },
+            });
+        }
         let config_path = self.dir.path().join("agent.json");
         std::fs::write(&config_path, config.to_string())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
@@ -276,7 +316,8 @@ impl ConsulAgent {
         }
     }
 
-    /// Whether the agent has a leader and lists its own node, i.e. accepts registrations.
+    /// Whether the agent has a leader and lists its own node, i.e. accepts registrations. With
+    /// ACLs the node lookup carries the master token: anonymously it is `null` under `deny`.
     async fn is_ready(&self) -> bool {
         let leader: Result<String, _> = self.try_get("/v1/status/leader").await;
         if !leader.is_ok_and(|l| !l.is_empty()) {
@@ -295,5 +336,76 @@ impl Drop for ConsulAgent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "5d2a8f0e-7c3b-4e61-9a0d-2b8c4f6e1a37";
+
+    /// `demo-1`, an instance without checks.
+    fn demo() -> Value {
+        json!({"Name": "demo", "ID": "demo-1", "Port": 1234, "Address": "127.0.0.1"})
+    }
+
+    /// Status and body of an anonymous call (no `X-Consul-Token`).
+    async fn anonymous(request: reqwest::RequestBuilder) -> (u16, String) {
+        let response = request.send().await.expect("the agent answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Anonymous registration is refused, and anonymous reads see nothing of what exists. (Right
+    /// after the leader creates the master token, the anonymous token may not exist yet: the
+    /// agent then answers 403 "ACL not found" instead of "Permission denied" and `null`.)
+    async fn assert_enforced(agent: &ConsulAgent) {
+        let client = http_client();
+        let url = format!("{}/v1/agent/service/register", agent.http_addr());
+        let (status, body) = anonymous(client.put(&url).json(&demo())).await;
+        assert_eq!(status, 403, "anonymous registration: {body}");
+
+        let url = format!(
+            "{}/v1/catalog/node/{}",
+            agent.http_addr(),
+            agent.node_name()
+        );
+        let (status, body) = anonymous(client.get(&url)).await;
+        assert!(
+            (status, body.trim()) == (200, "null") || status == 403,
+            "anonymous node lookup: {status} {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_acl_agent_refuses_anonymous_calls_but_not_the_harness_even_after_a_restart() {
+        let mut agent = ConsulAgent::start_with_acl(TOKEN).await;
+        assert_eq!(agent.master_token(), Some(TOKEN));
+        assert_enforced(&agent).await;
+
+        agent.register(&demo()).await;
+        assert_eq!(agent.passing_instances("demo").await.len(), 1);
+        assert!(agent.agent_services().await.contains_key("demo-1"));
+        let url = format!("{}/v1/health/service/demo?passing", agent.http_addr());
+        let (status, body) = anonymous(http_client().get(&url)).await;
+        assert_eq!(status, 200, "{body}");
+        let anonymous_view: Vec<Value> = serde_json::from_str(&body).expect("a JSON list");
+        assert!(anonymous_view.is_empty(), "deny hides demo: {body}");
+
+        agent.start_again().await;
+        assert_enforced(&agent).await;
+        assert!(agent.agent_services().await.is_empty());
+        agent.register(&demo()).await;
+        assert_eq!(agent.passing_instances("demo").await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_plain_agent_has_no_token_and_no_acls() {
+        let agent = ConsulAgent::start().await;
+        assert_eq!(agent.master_token(), None);
+        let url = format!("{}/v1/agent/service/register", agent.http_addr());
+        let (status, body) = anonymous(http_client().put(&url).json(&demo())).await;
+        assert_eq!(status, 200, "{body}");
     }
 }

@@ -1,6 +1,7 @@
-//! Test support for gradebook services: a real Consul dev agent and the real service binaries,
-//! each on free ports with its output captured in a log file, so integration tests exercise the
-//! same code paths as production and fail with the evidence in the message.
+//! Test support for gradebook services: a real Consul dev agent (optionally enforcing ACLs, see
+//! [`ConsulAgent::start_with_acl`]) and the real service binaries, each on free ports with its
+//! output captured in a log file, so integration tests exercise the same code paths as
+//! production and fail with the evidence in the message.
 
 #![warn(missing_docs)]
 
