@@ -32,20 +32,26 @@ done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 consul=$(scripts/install-consul.sh)
-cargo build "${cargo_flags[@]}" --bins
+# Only the three services: a tool crate being worked on elsewhere in the workspace cannot stop a run.
+cargo build "${cargo_flags[@]}" -p log-service -p grading-service -p portal --bins
 bin="$root/target/$profile"
 mkdir -p data/run
 export CONSUL_HTTP_ADDR=http://127.0.0.1:8500
 export RUST_LOG="${RUST_LOG:-info}"
 
+# Every child runs in its own session (setsid), so a Ctrl-C in the terminal reaches only this
+# script, which then stops them one at a time in reverse order of start: portal, grading, log,
+# then the Consul agent if it started one. Each service thus deregisters from a running agent and
+# ships its last log records to a running log service.
 pids=()
 stop_all() {
   trap - INT TERM EXIT
   echo
   echo "stopping…"
-  # Services first, so they deregister from a still-running agent.
-  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   echo "stopped; logs are in data/run/"
 }
 trap stop_all INT TERM EXIT
@@ -54,7 +60,7 @@ agent_up() { curl -sf -o /dev/null "$CONSUL_HTTP_ADDR/v1/status/leader"; }
 if agent_up; then
   echo "using the Consul agent already answering at $CONSUL_HTTP_ADDR"
 else
-  "$consul" agent -dev -config-file consul/dev.hcl >data/run/consul.log 2>&1 &
+  setsid "$consul" agent -dev -config-file consul/dev.hcl >data/run/consul.log 2>&1 &
   consul_pid=$!
   for _ in $(seq 1 100); do agent_up && break; sleep 0.1; done
   agent_up || { echo "Consul did not start; see data/run/consul.log" >&2; exit 1; }
@@ -62,16 +68,30 @@ else
 fi
 
 start() { # start NAME BINARY PORT [ARGS...]
-  local name=$1 binary=$2 port=$3
-  "$bin/$binary" --listen "127.0.0.1:$port" "${@:4}" >"data/run/$name.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && return 0; sleep 0.1; done
+  local name=$1 binary=$2 port=$3 pid
+  # Something else answering on the port would pass the health check below in our stead.
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use (see: ss -ltnp 'sport = :$port'); $name not started" >&2
+    exit 1
+  fi
+  setsid "$bin/$binary" --listen "127.0.0.1:$port" "${@:4}" >"data/run/$name.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited at start:" >&2
+      tail -n 5 "data/run/$name.log" >&2
+      exit 1
+    fi
+    curl -sf -o /dev/null "http://127.0.0.1:$port/health" && return 0
+    sleep 0.1
+  done
   echo "$name did not become healthy; see data/run/$name.log" >&2
   exit 1
 }
 start log log-service 4000 --data-dir data/log
-[ -x "$bin/grading-service" ] && start grading grading-service 6000 --data-dir data/grading
-[ -x "$bin/portal" ] && start portal portal 5000
+start grading grading-service 6000 --data-dir data/grading
+start portal portal 5000
 
 cat <<TXT
 
@@ -79,9 +99,9 @@ gradebook is running:
   Consul UI   http://127.0.0.1:8500/ui/
   Consul DNS  dig @127.0.0.1 -p 8600 grading.service.consul SRV
   log         http://127.0.0.1:4000/log
+  grading     http://127.0.0.1:6000/students
+  portal      http://127.0.0.1:5000/
+
+Logs: data/run/*.log.  Press Ctrl-C to stop everything.
 TXT
-[ -x "$bin/grading-service" ] && echo "  grading     http://127.0.0.1:6000/students"
-[ -x "$bin/portal" ] && echo "  portal      http://127.0.0.1:5000/"
-echo
-echo "Logs: data/run/*.log.  Press Ctrl-C to stop everything."
 wait
