@@ -18,6 +18,10 @@ pub struct Config {
     #[arg(long, env = "GRADEBOOK_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Consul UI link on the status page, as a browser reaches it [default: the agent address + /ui/].
+    #[arg(long, env = "GRADEBOOK_CONSUL_UI_URL")]
+    pub consul_ui_url: Option<String>,
+
     #[command(flatten)]
     pub consul: ConsulArgs,
 }

@@ -55,7 +55,11 @@ impl App {
     /// for Consul's first answer about them; a Consul that is away only delays the start.
     pub async fn build(config: Config) -> Result<App, StartError> {
         let consul = ConsulSettings::from_args(&config.consul)?;
-        let consul_ui = format!("{}/ui/", consul.address);
+        // Inside a container network the agent's address is not the browser's (compose sets it).
+        let consul_ui = config
+            .consul_ui_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/ui/", consul.address));
         let service = Service::bind(ServiceDefinition {
             name: SERVICE_NAME,
             version: env!("CARGO_PKG_VERSION"),

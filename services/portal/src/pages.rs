@@ -56,6 +56,29 @@ impl GradeForm {
 pub struct StatusPage {
     pub dependencies: Vec<DependencyView>,
     pub consul_ui: String,
+    /// The portal's own log shipping, when installed (the binary installs it, tests may not).
+    pub shipping: Option<ShippingView>,
+}
+
+/// Counters of this portal's log shipping: what the log service has, what waits, what was lost.
+#[derive(Debug, Clone, Copy)]
+pub struct ShippingView {
+    pub delivered: u64,
+    pub waiting: u64,
+    pub dropped: u64,
+}
+
+impl From<&discovery::telemetry::ShippingStats> for ShippingView {
+    fn from(stats: &discovery::telemetry::ShippingStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let delivered = stats.delivered.load(Relaxed);
+        let queued = stats.queued.load(Relaxed);
+        ShippingView {
+            delivered,
+            waiting: queued.saturating_sub(delivered),
+            dropped: stats.dropped.load(Relaxed),
+        }
+    }
 }
 
 /// One dependency's provider set, with times already turned into text.
@@ -248,9 +271,16 @@ mod tests {
                 failed_polls: 3,
             }],
             consul_ui: "http://127.0.0.1:8500/ui/".into(),
+            shipping: Some(ShippingView {
+                delivered: 41,
+                waiting: 7,
+                dropped: 0,
+            }),
         };
         let html = page.render().unwrap();
         for expected in [
+            "<dt>Delivered</dt><dd>41</dd>",
+            "<dt>Waiting for a log instance</dt><dd>7</dd>",
             "127.0.0.1:6000",
             "grading-127.0.0.1-6000",
             "stale",

@@ -15,7 +15,7 @@ use warp::reply::{Reply, Response};
 
 use crate::error::{PortalError, RejectedGrade, handle_rejection};
 use crate::pages::{
-    self, DependencyView, GradeForm, LogsPage, StatusPage, StudentPage, StudentsPage,
+    self, DependencyView, GradeForm, LogsPage, ShippingView, StatusPage, StudentPage, StudentsPage,
 };
 use crate::upstream::{GradeOutcome, Grading, LogReader, NewGrade, is_service_name};
 
@@ -168,6 +168,7 @@ fn show_status(portal: &Portal) -> Response {
     let page = StatusPage {
         dependencies,
         consul_ui: portal.consul_ui.to_string(),
+        shipping: discovery::telemetry::shipping_stats().map(|stats| ShippingView::from(&*stats)),
     };
     pages::render(StatusCode::OK, &page)
 }
