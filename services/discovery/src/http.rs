@@ -28,16 +28,44 @@ pub struct BodyTooLarge {
 
 impl warp::reject::Reject for BodyTooLarge {}
 
+/// Bodies over the limit but under this size are read and thrown away before the 413 goes out.
+/// Closing a connection with unread data in it makes the kernel send a reset, which can destroy
+/// the 413 before the client reads it; draining first ("lingering close") lets an ordinary
+/// client, `curl -d @big-file` say, see the answer. Anything larger is cut off at once.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+
 /// Limits the body to `limit` bytes, rejecting with [`BodyTooLarge`] so the answer can say what
 /// the limit is (warp's own rejection does not carry it).
 pub fn body_limit(limit: u64) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::body::content_length_limit(limit).or_else(move |rejection: Rejection| async move {
-        if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-            Err(warp::reject::custom(BodyTooLarge { limit }))
-        } else {
-            Err(rejection)
-        }
-    })
+    let drain_then_refuse = warp::header::<u64>("content-length")
+        .and_then(move |length: u64| async move {
+            if length > limit && length <= DRAIN_LIMIT {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(BodyTooLarge { limit }))
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |body| drain_and_refuse(body, limit))
+        .untuple_one();
+    warp::body::content_length_limit(limit)
+        .or(drain_then_refuse)
+        .unify()
+        .or_else(move |rejection: Rejection| async move {
+            if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                Err(warp::reject::custom(BodyTooLarge { limit }))
+            } else {
+                Err(rejection)
+            }
+        })
+}
+
+/// Reads a refused body to its end (Content-Length bounds it), keeping nothing.
+async fn drain_and_refuse<S: futures_util::Stream>(body: S, limit: u64) -> Result<(), Rejection> {
+    use futures_util::StreamExt;
+    body.for_each(|_chunk| async {}).await;
+    Err(warp::reject::custom(BodyTooLarge { limit }))
 }
 
 /// Turns a handler's result into a response: `Ok` as it is, `Err` through its own mapping.
@@ -108,7 +136,62 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
             "internal error".to_owned(),
         )
     };
-    Ok(json_error(status, &message))
+    let mut response = json_error(status, &message);
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        close_after(&mut response);
+    }
+    Ok(response)
+}
+
+/// Marks an answer given before reading the request's body (a body over the limit) as the last
+/// on its connection. The server will not read the rest of the body, so it must close the
+/// connection; without saying so, a client that reuses it has its next request fail.
+pub fn close_after(response: &mut Response) {
+    response.headers_mut().insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("close"),
+    );
+}
+
+/// A `T` read only from a JSON object. serde's derive also reads a struct from an array of its
+/// fields in order (`["Ada", "Lovelace"]`), which no client means and which bypasses
+/// `deny_unknown_fields`; wrapping the target in `Object` turns that into "invalid type:
+/// sequence, expected a JSON object". Errors inside the object keep serde_json's position.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Object<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// For `#[serde(deserialize_with = "discovery::http::objects")]` on a `Vec<T>`: each element
+/// must be a JSON object (see [`Object`]).
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let wrapped: Vec<Object<T>> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(wrapped.into_iter().map(|Object(t)| t).collect())
 }
 
 /// The innermost cause, which for serde names the field and position.
@@ -146,6 +229,45 @@ mod tests {
         )
     }
 
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Pair {
+        a: String,
+        #[allow(dead_code)]
+        b: u8,
+    }
+
+    #[test]
+    fn objects_are_read_from_json_objects_only() {
+        let Object(pair) = serde_json::from_str::<Object<Pair>>(r#"{"a": "x", "b": 1}"#).unwrap();
+        assert_eq!(pair.a, "x");
+        let array = serde_json::from_str::<Object<Pair>>(r#"["x", 1]"#).unwrap_err();
+        assert!(
+            array
+                .to_string()
+                .starts_with("invalid type: sequence, expected a JSON object"),
+            "{array}"
+        );
+        let inner = serde_json::from_str::<Object<Pair>>(r#"{"a": "x", "b": "one"}"#).unwrap_err();
+        assert!(inner.to_string().contains("line 1 column"), "{inner}");
+        let unknown = serde_json::from_str::<Object<Pair>>(r#"{"a": "x", "b": 1, "c": 2}"#);
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `c`")
+        );
+
+        #[derive(Debug, serde::Deserialize)]
+        struct List {
+            #[serde(deserialize_with = "objects")]
+            items: Vec<Pair>,
+        }
+        let list = serde_json::from_str::<List>(r#"{"items": [{"a": "x", "b": 1}]}"#).unwrap();
+        assert_eq!(list.items[0].a, "x");
+        assert!(serde_json::from_str::<List>(r#"{"items": [["x", 1]]}"#).is_err());
+    }
+
     #[tokio::test]
     async fn rejections_become_json_errors_naming_the_problem() {
         let unknown = warp::test::request().path("/nope").reply(&api()).await;
@@ -167,6 +289,7 @@ mod tests {
             .body("[1,2,3,4,5,6,7,8,9,10,11]")
             .reply(&api())
             .await;
+        assert_eq!(huge.headers()["connection"], "close");
         let (status, message) = error_of(huge).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(message.contains("16 bytes"), "{message}");

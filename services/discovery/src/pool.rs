@@ -4,7 +4,9 @@
 //! requests in flight), which avoids both the herd effect of "least busy" and the blindness of
 //! round robin. A provider that refuses or resets a connection is ejected locally at once and the
 //! request moves to another: a connection that was refused never reached the server, so that
-//! retry is safe for any method; a reset after sending is retried only for idempotent methods.
+//! retry is safe for any method; a reset after sending is retried only for idempotent methods,
+//! and for a POST that carries an `Idempotency-Key` ([`ProviderPool::post_json_once`]), which the
+//! server applies at most once whichever instance gets it.
 //! An ejected provider returns when Consul lists it again in a new answer, or after
 //! [`EJECTION_LIMIT`] at most. With no provider at all the pool fails at once with
 //! [`PoolError::NoProvider`], which services answer with a 503.
@@ -24,6 +26,14 @@ use crate::watch::{Provider, ProviderWatch};
 pub const EJECTION_LIMIT: Duration = Duration::from_secs(30);
 /// How many providers one request may try before giving up.
 const MAX_ATTEMPTS: usize = 3;
+/// The header naming one logical request, so that sending it again is safe.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A fresh key for [`ProviderPool::post_json_once`]: 128 random bits in hex. It names a request
+/// (it is no secret), so a fast non-cryptographic generator will do.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +162,27 @@ impl ProviderPool {
         self.send(Method::POST, path_and_query, Some(payload)).await
     }
 
+    /// Sends `value` as a JSON POST body with `Idempotency-Key: key`. The server applies a
+    /// request at most once per key, so unlike a plain POST this one moves to another instance
+    /// when the connection drops after sending (an instance killed mid-request, say): the one
+    /// that did the work answers again with what it did. Use a new key per logical request
+    /// ([`new_idempotency_key`]).
+    pub async fn post_json_once<T: serde::Serialize + ?Sized>(
+        &self,
+        path_and_query: &str,
+        value: &T,
+        key: &str,
+    ) -> Result<Response, PoolError> {
+        let bytes =
+            serde_json::to_vec(value).expect("serializing our own request types cannot fail");
+        let payload = Payload {
+            content_type: "application/json",
+            bytes: bytes.into(),
+        };
+        self.send_keyed(Method::POST, path_and_query, Some(payload), Some(key))
+            .await
+    }
+
     /// Sends a request to one provider, failing over as described in the module docs. Any
     /// HTTP status is a success here: it is the caller's to interpret.
     pub async fn send(
@@ -160,11 +191,22 @@ impl ProviderPool {
         path_and_query: &str,
         payload: Option<Payload>,
     ) -> Result<Response, PoolError> {
+        self.send_keyed(method, path_and_query, payload, None).await
+    }
+
+    async fn send_keyed(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        payload: Option<Payload>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Response, PoolError> {
         let service = || self.inner.watch.current().service.to_string();
-        let idempotent = matches!(
-            method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-        );
+        let idempotent = idempotency_key.is_some()
+            || matches!(
+                method,
+                Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+            );
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last_error = None;
         while tried.len() < MAX_ATTEMPTS {
@@ -180,6 +222,9 @@ impl ProviderPool {
                 request = request
                     .header(reqwest::header::CONTENT_TYPE, payload.content_type)
                     .body(payload.bytes.clone());
+            }
+            if let Some(key) = idempotency_key {
+                request = request.header(IDEMPOTENCY_KEY, key);
             }
             let result = request.send().await;
             drop(guard);

@@ -5,7 +5,9 @@
 //! starts over when the index goes backwards, never sends an index below 1, gives the HTTP call
 //! more time than `wait + wait/16`, paces successful polls with a token bucket and backs off with
 //! jitter on errors. While Consul is unreachable the last known set stays published, marked stale
-//! with its age, so callers keep working on it.
+//! with its age, so callers keep working on it; once it answers again, providers it no longer
+//! lists stay published for [`REJOIN_GRACE`], the time an agent that lost its state takes to have
+//! every instance registered again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,6 +31,12 @@ const RETRY_CAP: Duration = Duration::from_secs(5);
 /// Successful polls: a burst of 10 at once (changes seen in milliseconds), 10 per second after.
 const POLL_BURST: u32 = 10;
 const POLL_RATE: u32 = 10;
+/// After Consul was unreachable, how long a provider it no longer lists stays published. An
+/// agent restarted without its state lists nobody until each instance registers again (within
+/// ~2 s, see `registration`); taking that for "no provider" would turn an agent restart into an
+/// outage. A provider that really went meanwhile is ejected by the pool at its first refused
+/// connection, so keeping it a while costs little.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(10);
 
 /// One instance of a service, as Consul lists it among the passing ones.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -143,11 +151,21 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
     let mut index: u64 = 0;
     let mut failures: u32 = 0;
     let mut polls = TokenBucket::new(POLL_BURST, POLL_RATE);
+    // After an outage: until when, and which providers known before it, are kept published.
+    let mut grace: Option<(Instant, Vec<Provider>)> = None;
     loop {
+        // During the grace period a query returns by its end, so that what Consul lists then
+        // is published even if nothing changes.
+        let wait = match &grace {
+            Some((until, _)) => {
+                WAIT.min(until.saturating_duration_since(Instant::now()) + Duration::from_secs(1))
+            }
+            None => WAIT,
+        };
         let options = QueryOptions {
             index: (index > 0).then_some(index),
-            wait: Some(WAIT),
-            timeout: Some(WAIT + WAIT / 16 + TIMEOUT_SLACK),
+            wait: Some(wait),
+            timeout: Some(wait + wait / 16 + TIMEOUT_SLACK),
             ..QueryOptions::default()
         };
         let request = GetServiceNodesRequest {
@@ -162,10 +180,20 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
                         service,
                         "Consul reachable again after {failures} failed calls"
                     );
+                    let known = sender.borrow().providers.to_vec();
+                    grace = Some((Instant::now() + REJOIN_GRACE, known));
                 }
                 failures = 0;
                 index = next_index(index, answer.index);
-                publish(sender, providers_of(answer.response));
+                let mut providers = providers_of(answer.response);
+                if let Some((until, known)) = &grace {
+                    if Instant::now() < *until {
+                        keep_known(&mut providers, known);
+                    } else {
+                        grace = None;
+                    }
+                }
+                publish(sender, providers);
                 tokio::time::sleep(polls.take(Instant::now())).await;
             }
             Err(err) => {
@@ -206,6 +234,13 @@ fn providers_of(nodes: Vec<ServiceNode>) -> Vec<Provider> {
     providers.sort();
     providers.dedup();
     providers
+}
+
+/// Adds to `providers` those of `known` it lacks, keeping it sorted and free of duplicates.
+fn keep_known(providers: &mut Vec<Provider>, known: &[Provider]) {
+    providers.extend(known.iter().cloned());
+    providers.sort();
+    providers.dedup();
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

@@ -330,6 +330,49 @@ async fn a_watcher_keeps_its_last_known_set_while_the_agent_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_without_its_state_does_not_empty_the_set_before_the_grace_ends() {
+    let mut agent = ConsulAgent::start().await;
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading");
+    // Registered by the harness, not by a running instance: after the restart nobody registers
+    // it again, so only the grace period keeps it published.
+    agent
+        .register(&serde_json::json!({"Name": "grading", "ID": "g-1", "Address": "127.0.0.1", "Port": 6001}))
+        .await;
+    eventually("watched", PATIENCE, || async {
+        (watched_addresses(&watch) == ["127.0.0.1:6001"]).then_some(())
+    })
+    .await;
+
+    agent.start_again().await;
+    let back = Instant::now();
+    eventually("the watch is live again", PATIENCE, || async {
+        (watch.current().status == WatchStatus::Live).then_some(())
+    })
+    .await;
+    let mut changes = watch.subscribe();
+    let grace = discovery::watch::REJOIN_GRACE;
+    while back.elapsed() < grace - Duration::from_secs(2) {
+        assert_eq!(
+            watched_addresses(&watch),
+            ["127.0.0.1:6001"],
+            "the last known provider is kept {:?} after the agent's return",
+            back.elapsed()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+    eventually(
+        "the provider Consul no longer lists is dropped after the grace",
+        PATIENCE,
+        || async { watched_addresses(&watch).is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "dropped {:.1} s after the agent's return (grace {grace:?})",
+        back.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_spreads_requests_and_moves_off_a_crashed_instance_at_once() {
     let agent = ConsulAgent::start().await;
     let pool = ProviderPool::new(
@@ -435,28 +478,25 @@ async fn only_safe_requests_are_retried_after_the_server_got_them() {
     );
 
     // POST is not: once the hang-up server is chosen the error goes to the caller, never a
-    // second instance. Ejections are lifted whenever Consul sends a new set, so force one.
+    // second instance. Each try uses a fresh pool over the same watch, so the ejection the GETs
+    // caused does not hide the hang-up server; each pick is then a coin toss between the two.
     let before = swallowed.load(std::sync::atomic::Ordering::SeqCst);
     let mut failed = 0;
     let mut tries = 0;
     while failed == 0 && tries < 200 {
         tries += 1;
+        let fresh = ProviderPool::new(pool.watch().clone(), discovery::runtime::http_client());
         let payload = discovery::pool::Payload {
             content_type: "text/plain",
             bytes: "x".into(),
         };
-        match pool
+        match fresh
             .send(reqwest::Method::POST, "/whoami", Some(payload))
             .await
         {
             Err(PoolError::Request { .. }) => failed += 1,
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => {}
-        }
-        if tries % 10 == 0 {
-            // A new answer from Consul lifts the local ejection of the hang-up server.
-            let bystander = Instance::start(&agent, "grading").await;
-            bystander.shut_down().await;
         }
     }
     assert_eq!(
@@ -467,6 +507,40 @@ async fn only_safe_requests_are_retried_after_the_server_got_them() {
         swallowed.load(std::sync::atomic::Ordering::SeqCst),
         before + 1,
         "sent exactly once"
+    );
+    healthy.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_an_idempotency_key_is_retried_after_a_hang_up() {
+    let agent = ConsulAgent::start().await;
+    let pool = ProviderPool::new(
+        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
+        discovery::runtime::http_client(),
+    );
+    let healthy = Instance::start(&agent, "grading").await;
+    let (port, swallowed) = hang_up_server().await;
+    agent
+        .register(&serde_json::json!({"Name": "grading", "ID": "hang-up", "Address": "127.0.0.1", "Port": port}))
+        .await;
+    eventually("both watched", PATIENCE, || async {
+        (pool.watch().current().providers.len() == 2).then_some(())
+    })
+    .await;
+
+    // The server applies a keyed request at most once, so the pool may send it again: every
+    // one of these ends at the healthy instance, whichever instance was tried first.
+    for _ in 0..20 {
+        let key = discovery::pool::new_idempotency_key();
+        let response = pool
+            .post_json_once("/whoami", &serde_json::json!({"n": 1}), &key)
+            .await
+            .expect("a keyed POST fails over");
+        assert_eq!(response.text().await.unwrap(), healthy.addr.to_string());
+    }
+    assert!(
+        swallowed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the hang-up server was tried"
     );
     healthy.shut_down().await;
 }

@@ -28,6 +28,12 @@ pub enum ApiError {
         /// The grade asked for.
         grade: GradeId,
     },
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error("Idempotency-Key: already used for a different request")]
+    KeyReused,
+    /// No space left where the database lives; nothing of the request was stored.
+    #[error("disk full: the change was not stored; try again once space is freed")]
+    DiskFull,
     /// A fault of the service or its database, already logged.
     #[error("internal error")]
     Internal,
@@ -36,7 +42,8 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::InvalidId(_) | ApiError::NoStudent(_) | ApiError::NoGrade { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -50,6 +57,11 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NoStudent(id) => ApiError::NoStudent(id),
             StoreError::NoGrade { student, grade } => ApiError::NoGrade { student, grade },
+            StoreError::KeyReused => ApiError::KeyReused,
+            StoreError::DiskFull => {
+                tracing::error!("grading storage failed: disk full");
+                ApiError::DiskFull
+            }
             fault => {
                 tracing::error!(error = %fault, "grading storage failed");
                 ApiError::Internal

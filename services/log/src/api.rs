@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use discovery::http::{body_limit, respond};
+use discovery::http::{Object, body_limit, respond};
 use serde::{Deserialize, Serialize};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -26,6 +26,8 @@ pub const MAX_READ_LIMIT: usize = 10_000;
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
+    /// Each one a JSON object, as the batch itself is.
+    #[serde(deserialize_with = "discovery::http::objects")]
     pub records: Vec<NewRecord>,
 }
 
@@ -105,7 +107,7 @@ fn parse_batch(body: &[u8], now: SystemTime) -> Result<Vec<Record>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    let batch: Batch =
+    let Object(batch): Object<Batch> =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     if batch.records.is_empty() {
         return Err(ApiError::EmptyBatch);

@@ -412,4 +412,107 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
     }
+
+    /// Properties of the validator over generated input: proptest rather than a fuzzer because
+    /// the contract (what is accepted, never a panic, one record one line, errors name the
+    /// field) fits in a few properties that run inside `cargo test`, and failures shrink. The
+    /// seed is fixed so CI runs the same cases; `PROPTEST_RNG_SEED=n` explores others.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
+
+        fn config() -> Config {
+            let seed = std::env::var("PROPTEST_RNG_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0x6c6f_675f_7265_636f);
+            Config {
+                rng_algorithm: RngAlgorithm::ChaCha,
+                rng_seed: RngSeed::Fixed(seed),
+                failure_persistence: None,
+                ..Config::with_cases(256)
+            }
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[ \\t\\n\\r\\u{0}\\u{1b}\\u{2028}\\\\\"<>a-zé]{0,30}",
+                "[A-Za-z0-9._-]{0,3}[A-Za-z0-9._ -]{95,105}",
+            ]
+        }
+
+        fn maybe<S: Strategy<Value = String>>(s: S) -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(s)
+        }
+
+        fn levels() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "(trace|debug|info|warn|warning|error|TRACE|Warning|ERROR)",
+                text(),
+            ]
+        }
+
+        fn times() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?Z",
+                text(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn a_valid_record_is_one_line_that_reads_back_the_same(
+                service in text(),
+                message in text(),
+                level in maybe(levels()),
+                time in maybe(times()),
+                trace_id in maybe(text()),
+            ) {
+                let new = NewRecord { time, service, level, message, trace_id };
+                match new.clone().validate(SystemTime::UNIX_EPOCH) {
+                    Ok(record) => {
+                        prop_assert_eq!(&record.message, &new.message);
+                        prop_assert_eq!(&record.service, &new.service);
+                        let line = serde_json::to_string(&record).unwrap();
+                        prop_assert!(!line.contains('\n') && !line.contains('\r'), "{}", line);
+                        prop_assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+                    }
+                    Err(err) => {
+                        let message = err.to_string();
+                        let field = message.split(':').next().unwrap_or_default();
+                        prop_assert!(
+                            ["message", "service", "level", "time", "trace_id"].contains(&field),
+                            "{}", message
+                        );
+                        prop_assert!(message.chars().count() < 600, "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_service_name_is_accepted_exactly_when_it_follows_the_rules(service in text()) {
+                let valid = (1..=MAX_SERVICE_CHARS).contains(&service.len())
+                    && service.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                let record = NewRecord {
+                    time: None,
+                    service,
+                    level: None,
+                    message: "m".into(),
+                    trace_id: None,
+                };
+                prop_assert_eq!(record.validate(SystemTime::UNIX_EPOCH).is_ok(), valid);
+            }
+
+            #[test]
+            fn a_level_parses_exactly_from_its_names_in_any_case(name in levels()) {
+                let known = ["trace", "debug", "info", "warn", "warning", "error"]
+                    .contains(&name.to_ascii_lowercase().as_str());
+                prop_assert_eq!(name.parse::<Level>().is_ok(), known);
+            }
+        }
+    }
 }

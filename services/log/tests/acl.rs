@@ -118,7 +118,12 @@ async fn serves_unregistered_with(envs: &[(&str, String)], refusal: &str) {
     eventually("refused, and retrying", PATIENCE, || async {
         let output = service.output();
         (output.contains(refusal)
-            && output.matches("Consul refused this instance (check CONSUL_HTTP_TOKEN), will keep retrying").count() >= 4)
+            && output
+                .matches(
+                    "Consul refused this instance (check CONSUL_HTTP_TOKEN), will keep retrying",
+                )
+                .count()
+                >= 4)
             .then_some(())
     })
     .await;

@@ -113,6 +113,12 @@ impl From<PortalError> for Response {
                 // Consul lists a returning instance within a second or so: worth retrying soon.
                 warp::reply::with_header(page, "retry-after", "1").into_response()
             }
+            PortalError::BodyTooLarge { .. } => {
+                let mut page = pages::render(status, &ErrorPage::new(status, err.public_message()));
+                // The rest of the body is never read: the connection cannot be reused.
+                discovery::http::close_after(&mut page);
+                page
+            }
             other => pages::render(status, &ErrorPage::new(status, other.public_message())),
         }
     }

@@ -38,11 +38,22 @@ pub struct GradeForm {
     #[serde(rename = "type")]
     pub kind: String,
     pub score: String,
+    /// A key the page hands out with the form (hidden), sent to grading as the
+    /// `Idempotency-Key`: the same form sent twice adds one grade.
+    pub request: String,
 }
 
 impl GradeForm {
     /// The grade types the form offers, in the order grading documents them.
     pub const KINDS: [&'static str; 3] = ["Test", "Quiz", "Homework"];
+
+    /// An empty form with a new request key.
+    pub fn fresh() -> Self {
+        GradeForm {
+            request: discovery::pool::new_idempotency_key(),
+            ..GradeForm::default()
+        }
+    }
 
     /// Whether `kind` is the one chosen, to keep the select on it.
     pub fn has_kind(&self, kind: &str) -> bool {
@@ -241,11 +252,16 @@ mod tests {
                 title: "Essay \"one\"".into(),
                 kind: "Homework".into(),
                 score: "abc".into(),
+                request: "k-7".into(),
             },
             error: Some("score: must be a number".into()),
         };
         let html = page.render().unwrap();
         assert!(html.contains("score: must be a number"), "{html}");
+        assert!(
+            html.contains(r#"<input type="hidden" name="request" value="k-7">"#),
+            "the same request key goes with the form again: {html}"
+        );
         assert!(html.contains(r#"value="Essay &#34;one&#34;""#), "{html}");
         assert!(html.contains(r#"value="abc""#), "{html}");
         assert!(

@@ -112,7 +112,7 @@ async fn show_student(id: u64, portal: Portal) -> Result<Response, PortalError> 
     let student = portal.grading.student(id).await?;
     let page = StudentPage {
         student,
-        form: GradeForm::default(),
+        form: GradeForm::fresh(),
         error: None,
     };
     Ok(pages::render(StatusCode::OK, &page))
@@ -120,7 +120,24 @@ async fn show_student(id: u64, portal: Portal) -> Result<Response, PortalError> 
 
 /// Post, then redirect: a reload of the page that follows does not add the grade twice.
 #[tracing::instrument(level = "debug", skip(form, portal))]
-async fn add_grade(id: u64, form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
+async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
+    // Forms are decoded leniently, invalid UTF-8 becoming U+FFFD: refuse rather than store that.
+    if [&form.title, &form.kind, &form.score, &form.request]
+        .iter()
+        .any(|field| field.contains(char::REPLACEMENT_CHARACTER))
+    {
+        return Err(PortalError::BadRequest(
+            "The form is not valid UTF-8 text.".to_owned(),
+        ));
+    }
+    // A form from a page of ours carries its key; one from elsewhere gets its own.
+    if form.request.is_empty() {
+        form.request = discovery::pool::new_idempotency_key();
+    } else if !is_request_key(&form.request) {
+        return Err(PortalError::BadRequest(
+            "request: the form's request key is 1 to 100 letters, digits, '-', '_', '.' or ':'; reload the page.".to_owned(),
+        ));
+    }
     let outcome = match parse_score(&form.score) {
         Some(score) => {
             let grade = NewGrade {
@@ -128,7 +145,7 @@ async fn add_grade(id: u64, form: GradeForm, portal: Portal) -> Result<Response,
                 kind: &form.kind,
                 score,
             };
-            portal.grading.add_grade(id, &grade).await?
+            portal.grading.add_grade(id, &grade, &form.request).await?
         }
         // Checked here because the form's text cannot become grading's JSON number otherwise.
         None => GradeOutcome::Rejected("score: must be a number".to_owned()),
@@ -150,6 +167,14 @@ async fn add_grade(id: u64, form: GradeForm, portal: Portal) -> Result<Response,
             })))
         }
     }
+}
+
+/// Whether `key` is one grading takes as an `Idempotency-Key`.
+fn is_request_key(key: &str) -> bool {
+    (1..=100).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// A score as typed: surrounding spaces are forgiven, anything but a finite number is not.

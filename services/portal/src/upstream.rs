@@ -113,17 +113,20 @@ impl Grading {
         read_json(GRADING_SERVICE, response).await
     }
 
-    /// Adds a grade. A 400 or 422 from grading is its verdict on the input, returned as
+    /// Adds a grade, at most once per `key` (grading's `Idempotency-Key`): a form sent twice,
+    /// or a request retried on another instance after one died mid-request, adds one grade.
+    /// A 400 or 422 from grading is its verdict on the input, returned as
     /// [`GradeOutcome::Rejected`] with its message.
     pub async fn add_grade(
         &self,
         id: u64,
         grade: &NewGrade<'_>,
+        key: &str,
     ) -> Result<GradeOutcome, PortalError> {
         let path = format!("/students/{id}/grades");
         let response = self
             .pool
-            .post_json(&path, grade)
+            .post_json_once(&path, grade, key)
             .await
             .map_err(pool_failure(GRADING_SERVICE))?;
         match response.status() {

@@ -76,6 +76,27 @@ impl Gradebook {
     pub async fn start_portal(&self) -> ServiceProcess {
         self.spawn("portal", free_port(), &[], "info").await
     }
+
+    /// Any of the binaries on `port` with `args` after `--listen`, and `envs` added to the
+    /// agent address and `RUST_LOG=info`, for runs that need other data directories or settings
+    /// (e.g. `GRADEBOOK_SHIP_LEVEL`).
+    pub async fn start_with(
+        &self,
+        binary: &str,
+        port: u16,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> ServiceProcess {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut all_args = vec!["--listen".to_owned(), addr.to_string()];
+        all_args.extend_from_slice(args);
+        let mut all_envs = vec![
+            ("CONSUL_HTTP_ADDR", self.consul.http_addr()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        all_envs.extend(envs.iter().cloned());
+        ServiceProcess::spawn(&workspace_binary(binary), addr, &all_args, &all_envs).await
+    }
 }
 
 fn data_arg(dir: &Path) -> Vec<String> {
