@@ -1,15 +1,17 @@
 //! The HTTP API: students (`/students`, `/students/{id}`) and their grades
 //! (`/students/{id}/grades`, `/students/{id}/grades/{gradeId}`), as camelCase JSON.
 
-use discovery::http::{body_limit, respond};
+use discovery::http::{Object, body_limit, respond};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warp::http::{StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use crate::cache::JsonCache;
 use crate::domain::{
-    GradeId, GradeType, InvalidField, Name, NewGrade, NewStudent, Score, StudentId, Title,
+    GradeId, GradeType, InvalidField, Name, NewGrade, NewStudent, RequestKey, Score, StudentId,
+    Title,
 };
 use crate::error::ApiError;
 use crate::store::Store;
@@ -74,10 +76,15 @@ pub fn routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reject
 /// `GET /students`, `POST /students`, `GET /students/{id}`.
 fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_store = warp::any().map(move || store.clone());
+    let cache = JsonCache::default();
+    let with_cache = warp::any().map(move || cache.clone());
     let list = warp::path!("students")
         .and(warp::get())
         .and(with_store.clone())
-        .then(|store: Store| async move { respond(list_students(store).await) });
+        .and(with_cache.clone())
+        .then(|store: Store, cache: JsonCache| async move {
+            respond(list_students(store, cache).await)
+        });
     let create = warp::path!("students")
         .and(warp::post())
         .and(json_body())
@@ -88,20 +95,29 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
     let one = warp::path!("students" / String)
         .and(warp::get())
         .and(with_store)
-        .then(|id: String, store: Store| async move { respond(get_student(id, store).await) });
+        .and(with_cache)
+        .then(|id: String, store: Store, cache: JsonCache| async move {
+            respond(get_student(id, store, cache).await)
+        });
     list.or(create).unify().or(one).unify()
 }
 
-/// `POST /students/{id}/grades`, `GET /students/{id}/grades/{gradeId}`.
+/// `POST /students/{id}/grades` (with an optional `Idempotency-Key`),
+/// `GET /students/{id}/grades/{gradeId}`.
 fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_store = warp::any().map(move || store.clone());
     let add = warp::path!("students" / String / "grades")
         .and(warp::post())
+        .and(warp::header::optional::<String>(
+            discovery::pool::IDEMPOTENCY_KEY,
+        ))
         .and(json_body())
         .and(with_store.clone())
-        .then(|id: String, body: GradeRequest, store: Store| async move {
-            respond(add_grade(id, body, store).await)
-        });
+        .then(
+            |id: String, key: Option<String>, body: GradeRequest, store: Store| async move {
+                respond(add_grade(id, key, body, store).await)
+            },
+        );
     let one = warp::path!("students" / String / "grades" / String)
         .and(warp::get())
         .and(with_store)
@@ -112,14 +128,24 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn list_students(store: Store) -> Result<impl Reply, ApiError> {
-    Ok(warp::reply::json(&store.students().await?))
+async fn list_students(store: Store, cache: JsonCache) -> Result<impl Reply, ApiError> {
+    Ok(json_bytes(cache.students(&store).await?))
 }
 
-#[tracing::instrument(level = "debug", skip(store))]
-async fn get_student(id: String, store: Store) -> Result<impl Reply, ApiError> {
+#[tracing::instrument(level = "debug", skip(store, cache))]
+async fn get_student(id: String, store: Store, cache: JsonCache) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
-    Ok(warp::reply::json(&store.student(id).await?))
+    Ok(json_bytes(cache.student(&store, id).await?))
+}
+
+/// A 200 with an already serialized JSON body, exactly as `warp::reply::json` answers.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -129,10 +155,17 @@ async fn create_student(body: StudentRequest, store: Store) -> Result<impl Reply
     Ok(created(format!("/students/{}", student.id), &student))
 }
 
+/// A request sent again with the same `Idempotency-Key` gets the answer the first one got.
 #[tracing::instrument(level = "debug", skip(body, store))]
-async fn add_grade(id: String, body: GradeRequest, store: Store) -> Result<impl Reply, ApiError> {
+async fn add_grade(
+    id: String,
+    key: Option<String>,
+    body: GradeRequest,
+    store: Store,
+) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
-    let grade = store.add_grade(id, body.validate()?).await?;
+    let key = key.as_deref().map(RequestKey::parse).transpose()?;
+    let grade = store.add_grade(id, body.validate()?, key).await?;
     tracing::info!(student = %id, grade = %grade.id, "grade added");
     Ok(created(
         format!("/students/{id}/grades/{}", grade.id),
@@ -147,11 +180,14 @@ async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Re
     Ok(warp::reply::json(&store.grade(id, grade_id).await?))
 }
 
-/// A JSON body of at most [`MAX_BODY_BYTES`]; malformed JSON, wrong types and unknown fields are
-/// rejected with serde's message, which names the field and position.
+/// A JSON object of at most [`MAX_BODY_BYTES`]; malformed JSON, wrong types (an array for an
+/// object included) and unknown fields are rejected with serde's message, which names the field
+/// and position.
 fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone
 {
-    body_limit(MAX_BODY_BYTES).and(warp::body::json())
+    body_limit(MAX_BODY_BYTES)
+        .and(warp::body::json())
+        .map(|Object(body)| body)
 }
 
 /// 201 with the new resource as the body and its URL in `Location`.
@@ -366,6 +402,58 @@ mod tests {
             call(&api, "PUT", "/students", Some("{}")).await.0,
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    /// A keyed POST, as a client sends it again after losing the answer.
+    async fn post_keyed(api: &Api, key: &str, body: &str) -> (StatusCode, Option<String>, Value) {
+        let response = warp::test::request()
+            .method("POST")
+            .path("/students/2/grades")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .reply(api)
+            .await;
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        (response.status(), location, body)
+    }
+
+    #[tokio::test]
+    async fn a_grade_sent_again_with_its_idempotency_key_is_added_once() {
+        let (_dir, api) = api().await;
+        let grade = r#"{"title": "Quiz 5", "type": "Quiz", "score": 75}"#;
+        let first = post_keyed(&api, "k-1", grade).await;
+        assert_eq!(first.0, StatusCode::CREATED);
+        assert_eq!(
+            post_keyed(&api, "k-1", grade).await,
+            first,
+            "the same answer again"
+        );
+        let (_, _, bruce) = call(&api, "GET", "/students/2", None).await;
+        assert_eq!(bruce["grades"].as_array().map(Vec::len), Some(4));
+
+        let other = r#"{"title": "Quiz 6", "type": "Quiz", "score": 75}"#;
+        let (status, _, error) = post_keyed(&api, "k-1", other).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            error["error"],
+            "Idempotency-Key: already used for a different request"
+        );
+        let (status, _, error) = post_keyed(&api, "not a key!", grade).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Idempotency-Key: must be 1 to 100"),
+            "{error}"
+        );
+        let (_, _, bruce) = call(&api, "GET", "/students/2", None).await;
+        assert_eq!(bruce["grades"].as_array().map(Vec::len), Some(4));
     }
 
     #[tokio::test]

@@ -5,11 +5,13 @@
 //! - [`domain`]: ids, names, titles, scores and grade types that validate themselves, and the
 //!   student and grade views the API returns.
 //! - [`store`]: SQLite storage, off the async workers, with a small connection pool.
+//! - [`cache`]: the JSON of student reads, kept until SQLite says the database changed.
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to a status in one place.
 //! - [`config`]: flags and environment variables.
 //! - [`App`]: build (open the database, bind) then run (register, serve, deregister, drain).
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;

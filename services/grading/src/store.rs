@@ -3,19 +3,22 @@
 //! SQLite calls block, so none runs on an async worker: reads take one of a few reader
 //! connections inside `spawn_blocking`, writes take the one writer connection the same way and
 //! run in a transaction. WAL mode lets reads proceed while a write commits, and
-//! `synchronous=FULL` makes every acknowledged write survive a power cut.
+//! `synchronous=FULL` makes every acknowledged write survive a power cut. The one exception is
+//! [`Store::data_version`], which never waits and lets [`crate::cache`] skip repeated reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::Semaphore;
 
 use crate::domain::{
-    Grade, GradeId, GradeType, Name, NewGrade, NewStudent, Score, Student, StudentId, Title,
+    Grade, GradeId, GradeType, Name, NewGrade, NewStudent, RequestKey, Score, Student, StudentId,
+    Title,
 };
 
 /// Name of the database file inside the data directory.
@@ -42,6 +45,12 @@ const SCHEMA: &str = "
         score REAL NOT NULL CHECK (score BETWEEN 0 AND 100)
     );
     CREATE INDEX IF NOT EXISTS grades_by_student ON grades (student_id, id);
+    -- The Idempotency-Key each keyed grade was added with. Added without a version bump: it is
+    -- created on every open when missing, and builds that do not know it leave it alone.
+    CREATE TABLE IF NOT EXISTS grade_requests (
+        key TEXT PRIMARY KEY,
+        grade_id INTEGER NOT NULL REFERENCES grades (id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
 ";
 
 /// The students a new database starts with, as in the original course, with their scores in
@@ -83,6 +92,12 @@ pub enum StoreError {
     /// The data directory could not be created.
     #[error("cannot create the directory: {0}")]
     CreateDir(#[from] std::io::Error),
+    /// The `Idempotency-Key` was used before for another request (another student or grade).
+    #[error("Idempotency-Key: already used for a different request")]
+    KeyReused,
+    /// No space left on the device: the change was not stored.
+    #[error("disk full")]
+    DiskFull,
     /// The file was written by a newer build; changing it could lose what that build stored.
     #[error("its schema version is {0}, newer than this build's {SCHEMA_VERSION}")]
     NewerSchema(i64),
@@ -104,6 +119,8 @@ pub struct Store {
     /// Reader connections not in use; never more than [`READERS`] exist, thanks to the permits.
     idle_readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Arc<Semaphore>,
+    /// Reads nothing but the change counter, see [`Store::data_version`].
+    probe: Arc<Mutex<Connection>>,
 }
 
 impl Store {
@@ -130,6 +147,7 @@ impl Store {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             idle_readers: Arc::new(Mutex::new(Vec::with_capacity(READERS))),
             reader_permits: Arc::new(Semaphore::new(READERS)),
+            probe: Arc::new(Mutex::new(connect_probe(path)?)),
         })
     }
 
@@ -158,9 +176,29 @@ impl Store {
         .await
     }
 
-    /// Adds a grade to an existing student and returns it with its new id.
-    pub async fn add_grade(&self, student: StudentId, new: NewGrade) -> Result<Grade, StoreError> {
+    /// Adds a grade to an existing student and returns it with its new id. With a `key`, a
+    /// request already applied under that key (by any instance sharing this database) is not
+    /// applied again: the grade it added is returned, the same transaction having recorded both.
+    pub async fn add_grade(
+        &self,
+        student: StudentId,
+        new: NewGrade,
+        key: Option<RequestKey>,
+    ) -> Result<Grade, StoreError> {
         self.write(move |tx| {
+            if let Some(key) = &key
+                && let Some((owner, grade)) = keyed_grade(tx, key)?
+            {
+                let same = owner == student
+                    && grade.title == new.title
+                    && grade.grade_type == new.grade_type
+                    && grade.score == new.score;
+                return if same {
+                    Ok(grade)
+                } else {
+                    Err(StoreError::KeyReused)
+                };
+            }
             if !student_exists(tx, student)? {
                 return Err(StoreError::NoStudent(student));
             }
@@ -171,6 +209,10 @@ impl Store {
                 new.grade_type,
                 new.score.get(),
             )?;
+            if let Some(key) = &key {
+                tx.prepare_cached("INSERT INTO grade_requests (key, grade_id) VALUES (?1, ?2)")?
+                    .execute(params![key.as_str(), id.0])?;
+            }
             Ok(Grade {
                 id,
                 title: new.title,
@@ -219,6 +261,28 @@ impl Store {
             Ok(value)
         })
         .await?
+        .map_err(|err| match err {
+            // SQLITE_FULL rolls the transaction back: nothing of it was stored.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                StoreError::DiskFull
+            }
+            other => other,
+        })
+    }
+
+    /// SQLite's change counter (`PRAGMA data_version`): it moves whenever another connection
+    /// commits, this store's writer or another process sharing the file. `None` when it cannot be
+    /// read at once; callers then read through. The one statement run on the caller's thread: it
+    /// never waits for a lock (busy timeout 0) and reads only the WAL index in shared memory and,
+    /// after a change, the database header, which the OS has cached.
+    pub fn data_version(&self) -> Option<i64> {
+        let probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
+        probe
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+            .ok()
     }
 
     /// A panic while a connection was out only loses that connection, so poisoning is harmless.
@@ -240,6 +304,11 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Plans must not depend on bound values: otherwise SQLite marks `student_id = ?1` as a
+    // parameter whose value may change the plan, and since rusqlite clears a statement's bindings
+    // when it returns it to the cache, every cached read was re-parsed and re-planned on each use
+    // (half the instructions of `GET /students/1`). These few statements have one plan anyway.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
@@ -247,6 +316,13 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 fn connect_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = connect(path)?;
     conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// The connection behind [`Store::data_version`]: read-only, and never waiting for a lock.
+fn connect_probe(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = connect_reader(path)?;
+    conn.busy_timeout(Duration::ZERO)?;
     Ok(conn)
 }
 
@@ -299,6 +375,21 @@ fn insert_grade(
     )?
     .execute(params![student.0, title, grade_type.as_str(), score])?;
     Ok(GradeId(tx.last_insert_rowid()))
+}
+
+/// The grade added under `key`, with its student, if any.
+fn keyed_grade(
+    conn: &Connection,
+    key: &RequestKey,
+) -> rusqlite::Result<Option<(StudentId, Grade)>> {
+    conn.prepare_cached(
+        "SELECT g.id, g.title, g.type, g.score, g.student_id FROM grade_requests r
+         JOIN grades g ON g.id = r.grade_id WHERE r.key = ?1",
+    )?
+    .query_row([key.as_str()], |row| {
+        Ok((StudentId(row.get(4)?), grade_from_row(row)?))
+    })
+    .optional()
 }
 
 fn student_exists(conn: &Connection, id: StudentId) -> rusqlite::Result<bool> {
@@ -448,7 +539,7 @@ mod tests {
             .await
             .unwrap();
         let grade = store
-            .add_grade(added.id, new_grade("Quiz 9", 77.5))
+            .add_grade(added.id, new_grade("Quiz 9", 77.5), None)
             .await
             .unwrap();
         drop(store);
@@ -499,7 +590,9 @@ mod tests {
             store.grade(StudentId(99), GradeId(1)).await,
             Err(StoreError::NoStudent(_))
         ));
-        let refused = store.add_grade(StudentId(99), new_grade("x", 1.0)).await;
+        let refused = store
+            .add_grade(StudentId(99), new_grade("x", 1.0), None)
+            .await;
         assert!(matches!(refused, Err(StoreError::NoStudent(_))));
     }
 
@@ -540,7 +633,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .add_grade(student, new_grade(&format!("Quiz {i}"), 50.0))
+                        .add_grade(student, new_grade(&format!("Quiz {i}"), 50.0), None)
                         .await
                         .unwrap();
                     store.students().await.unwrap().len()

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Measures the gradebook on this machine and prints one table: a ceiling (a minimal warp server),
+# grading, log and portal under wrk, discovery latencies against a real Consul agent, the idle
+# cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing fails on a
+# number. Everything runs on loopback and every load is bounded in time.
+set -euo pipefail
+
+usage() {
+  cat <<'TXT'
+Usage: scripts/bench.sh [--quick]
+
+Builds in release mode, starts a Consul dev agent on free ports, a counting proxy in front of it
+for each service, the ceiling server and the log, grading and portal services, then measures:
+  - each HTTP figure with wrk (Debian's package, installed if missing): 2 threads,
+    32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk;
+  - discovery: 60 registrations seen by 4 watchers, and 10 SIGKILLs of a grading instance under
+    a request loop (services/bench, discovery-bench);
+  - idle cost: requests each service makes to Consul over 300 s when nothing changes (one
+    full blocking-query wait), and the RSS of each service idle and after the loads.
+Prints the table on stdout (progress on stderr) in about 8 minutes after the build.
+Ratios compare to the ceiling measured in the same run: only ratios within one run count.
+
+  --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
+TXT
+}
+
+quick=false
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  --quick) quick=true ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+if $quick; then
+  duration=2; idle_window=15; trials=10; kills=2
+else
+  duration=10; idle_window=300; trials=60; kills=10
+fi
+threads=2
+connections=32
+batch_records=100
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+consul=$(scripts/install-consul.sh)
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing wrk"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  else
+    die "wrk is missing: sudo apt-get install wrk"
+  fi
+fi
+command -v curl >/dev/null 2>&1 || die "curl is missing: sudo apt-get install curl"
+
+say "building in release mode"
+cargo build --release --bins >&2
+bin="$root/target/release"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+busy=$( (pgrep -x cargo || true; pgrep -x rustc || true) | wc -l)
+[ "$busy" -gt 0 ] && say "warning: $busy compiler processes running: figures will be noisy"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gradebook-bench.XXXXXX")
+services_pids=()
+other_pids=()
+cleanup() {
+  # Services first (they deregister through their proxy), then the proxy, ceiling and agent.
+  local pid
+  for pid in "${services_pids[@]}" "${other_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+read -r -a ports <<<"$("$bin/discovery-bench" free-ports 13)"
+c_http=${ports[0]} ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
+portal_port=${ports[9]} log_proxy=${ports[10]} grading_proxy=${ports[11]} portal_proxy=${ports[12]}
+consul_addr="http://127.0.0.1:$c_http"
+
+cat >"$work/consul.json" <<JSON
+{"client_addr": "127.0.0.1", "bind_addr": "127.0.0.1", "node_name": "bench",
+ "ports": {"http": ${ports[0]}, "dns": ${ports[1]}, "serf_lan": ${ports[2]},
+           "serf_wan": ${ports[3]}, "server": ${ports[4]}, "grpc": ${ports[5]}}}
+JSON
+"$consul" agent -dev -config-file "$work/consul.json" >"$work/consul.log" 2>&1 &
+other_pids+=($!)
+
+# Waits until $1 answers 200, for at most $2 seconds.
+wait_200() {
+  local url=$1 limit=$2 i
+  for ((i = 0; i < limit * 10; i++)); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  die "$url did not answer 200 within ${limit}s (logs in $work)"
+}
+for ((i = 0; i < 300; i++)); do
+  leader=$(curl -s "$consul_addr/v1/status/leader" || true)
+  [ -n "$leader" ] && [ "$leader" != '""' ] && break
+  sleep 0.1
+done
+[ -n "${leader:-}" ] && [ "$leader" != '""' ] || die "Consul elected no leader (see $work/consul.log)"
+
+"$bin/discovery-bench" proxy --upstream "$consul_addr" \
+  --listen "log=127.0.0.1:$log_proxy" --listen "grading=127.0.0.1:$grading_proxy" \
+  --listen "portal=127.0.0.1:$portal_proxy" 2>"$work/proxy.log" &
+other_pids+=($!)
+"$bin/ceiling" --listen "127.0.0.1:$ceiling_port" 2>"$work/ceiling.log" &
+other_pids+=($!)
+wait_200 "http://127.0.0.1:$log_proxy/_bench/counts" 10
+
+# start NAME BINARY PORT PROXY_PORT [args...]: a service whose Consul calls go through its proxy.
+declare -A pid_of
+start() {
+  local name=$1 binary=$2 port=$3 proxy=$4
+  shift 4
+  CONSUL_HTTP_ADDR="http://127.0.0.1:$proxy" "$bin/$binary" --listen "127.0.0.1:$port" "$@" \
+    2>"$work/$name.log" &
+  services_pids+=($!)
+  pid_of[$name]=$!
+}
+start log log-service "$log_port" "$log_proxy" --data-dir "$work/log"
+start grading grading-service "$grading_port" "$grading_proxy" --data-dir "$work/grading"
+wait_200 "http://127.0.0.1:$log_port/health" 20
+wait_200 "http://127.0.0.1:$grading_port/health" 20
+start portal portal "$portal_port" "$portal_proxy"
+wait_200 "http://127.0.0.1:$portal_port/students/1" 20
+wait_200 "http://127.0.0.1:$ceiling_port/students/1" 10
+
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+counts() { curl -s "http://127.0.0.1:$1/_bench/counts"; }
+field() { sed -n "s/.*\b$2=\([0-9]*\).*/\1/p" <<<"$1"; }
+
+# --- Idle: nothing changes in Consul; count each service's calls to it. ---------------------
+say "idle window: ${idle_window}s"
+sleep 5
+declare -A before after
+for s in log grading portal; do
+  case $s in log) p=$log_proxy ;; grading) p=$grading_proxy ;; portal) p=$portal_proxy ;; esac
+  before[$s]=$(counts "$p")
+done
+sleep "$idle_window"
+declare -A rss_idle idle_line
+for s in log grading portal; do
+  case $s in log) p=$log_proxy ;; grading) p=$grading_proxy ;; portal) p=$portal_proxy ;; esac
+  after[$s]=$(counts "$p")
+  rss_idle[$s]=$(rss_mb "${pid_of[$s]}")
+  line=""
+  for kind in total watch own_entry register other; do
+    n=$(( $(field "${after[$s]}" "$kind") - $(field "${before[$s]}" "$kind") ))
+    # Per minute, from a window of idle_window seconds.
+    per_min=$(awk -v n="$n" -v w="$idle_window" 'BEGIN { printf "%.2f", n * 60 / w }')
+    line+="$kind=$per_min "
+  done
+  idle_line[$s]=$line
+done
+
+# --- HTTP figures with wrk. ------------------------------------------------------------------
+cat >"$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %.0f %.0f %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+LUA
+{
+  echo 'wrk.method = "POST"'
+  echo 'wrk.headers["Content-Type"] = "text/plain"'
+  echo 'wrk.body = "bench: one durable record from wrk"'
+  cat "$work/report.lua"
+} >"$work/post-text.lua"
+{
+  echo 'wrk.method = "POST"'
+  echo 'wrk.headers["Content-Type"] = "application/json"'
+  printf 'local records = {}\nfor i = 1, %d do records[i] = string.format([[{"service":"bench","level":"info","message":"batch record %%d"}]], i) end\n' "$batch_records"
+  echo 'wrk.body = "{\"records\":[" .. table.concat(records, ",") .. "]}"'
+  cat "$work/report.lua"
+} >"$work/post-batch.lua"
+
+declare -A rps p50 p99 errs
+# measure KEY URL [SCRIPT]: warm-up, then the measured run; fills rps/p50/p99/errs[KEY].
+measure() {
+  local key=$1 url=$2 script=${3:-$work/report.lua} out result
+  say "wrk: $key ($url)"
+  wrk -t"$threads" -c"$connections" -d1s -s "$script" "$url" >/dev/null 2>&1 || true
+  out=$(wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s "$script" "$url" 2>&1) \
+    || die "wrk failed on $url: $out"
+  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
+  read -r _ n us l50 l99 e_io e_status <<<"$result"
+  rps[$key]=$(awk -v n="$n" -v us="$us" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+  p50[$key]=$(awk -v x="$l50" 'BEGIN { printf "%.2f", x / 1000 }')
+  p99[$key]=$(awk -v x="$l99" 'BEGIN { printf "%.2f", x / 1000 }')
+  errs[$key]=$((e_io + e_status))
+}
+ceiling_url="http://127.0.0.1:$ceiling_port"
+grading_url="http://127.0.0.1:$grading_port"
+log_url="http://127.0.0.1:$log_port"
+portal_url="http://127.0.0.1:$portal_port"
+measure ceiling "$ceiling_url/students/1"
+measure grading_one "$grading_url/students/1"
+measure grading_all "$grading_url/students"
+measure log_text "$log_url/log?service=bench" "$work/post-text.lua"
+measure log_batch "$log_url/log" "$work/post-batch.lua"
+measure portal_index "$portal_url/"
+measure portal_student "$portal_url/students/1"
+# The ceiling again, last: ratios use the mean of both, so a drift during the run shows and
+# weighs on every figure alike.
+measure ceiling_end "$ceiling_url/students/1"
+ceiling_mean=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
+declare -A rss_load
+for s in log grading portal; do rss_load[$s]=$(rss_mb "${pid_of[$s]}"); done
+# What one durable append costs on this disk, for reading the log figures: 200 O_DSYNC writes.
+dsync_ms=$(dd if=/dev/zero of="$work/dsync.test" bs=128 count=200 oflag=dsync 2>&1 \
+  | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") { printf "%.2f", $(i - 1) * 1000 / 200 } }')
+ceiling_bytes=$(curl -s "$ceiling_url/students/1" | wc -c)
+grading_bytes=$(curl -s "$grading_url/students/1" | wc -c)
+
+# --- Discovery. ----------------------------------------------------------------------------
+say "discovery: $trials registrations, $kills SIGKILLs"
+disco=$("$bin/discovery-bench" visibility --consul "$consul_addr" --trials "$trials" --watchers 4)
+disco+=$'\n'$("$bin/discovery-bench" kill --consul "$consul_addr" \
+  --grading-bin "$bin/grading-service" --trials "$kills" --watchers 4 --clients 4)
+d() { awk -v k="$1" '$1 == k { print $2 }' <<<"$disco"; }
+
+# --- The table. ----------------------------------------------------------------------------
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+ratio() { awk -v a="$1" -v b="$ceiling_mean" 'BEGIN { printf "%.2fx", a / b }'; }
+verdict() { awk -v a="$1" -v b="$ceiling_mean" -v t="$2" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
+row() { printf '| %-44s | %10s | %8s | %8s | %7s | %-22s |\n' "$@"; }
+http_row() { # KEY LABEL TARGET_RATIO [MULTIPLIER]
+  local key=$1 label=$2 target=$3 mult=${4:-1} value
+  value=$((rps[$key] * mult))
+  local tgt="-"
+  [ "$target" != - ] && tgt=">= ${target}x: $(verdict "$value" "$target")"
+  row "$label" "$value" "${p50[$key]}" "${p99[$key]}" "$(ratio "$value")" "$tgt"
+}
+
+echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
+echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling, ${ceiling_mean} req/s; ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B"
+echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
+echo
+row "figure" "req/s" "p50 ms" "p99 ms" "x ceil" "target"
+row "---" "---:" "---:" "---:" "---:" "---"
+http_row ceiling "1. ceiling GET /students/1 (warp, memory)" -
+http_row ceiling_end "1. ceiling again, after the other loads" -
+http_row grading_one "2. grading GET /students/1" 0.75
+http_row grading_all "2. grading GET /students" 0.75
+http_row log_text "3. log POST /log text, fsync'd (records/s)" 0.45
+http_row log_batch "3. log POST /log batch of $batch_records (records/s)" 0.45 "$batch_records"
+http_row portal_index "4. portal / (via discovery)" 0.3
+http_row portal_student "4. portal /students/1 (via discovery)" 0.3
+echo
+row "discovery ($(d visibility_watchers) watchers)" "trials" "p50 ms" "p99 ms" "max ms" "target"
+row "---" "---:" "---:" "---:" "---:" "---"
+vis_p99=$(d visible_p99_ms)
+row "5. registered -> in every watcher" "$(d visible_trials)" "$(d visible_p50_ms)" "$vis_p99" "$(d visible_max_ms)" \
+  "p99 < 50 ms: $(awk -v x="$vis_p99" 'BEGIN { print (x != "" && x < 50 ? "met" : "missed") }')"
+row "5. deregistered -> gone from every watcher" "$(d dropped_graceful_trials)" "$(d dropped_graceful_p50_ms)" "$(d dropped_graceful_p99_ms)" "$(d dropped_graceful_max_ms)" "-"
+failed=$(d sigkill_requests_failed)
+row "5. SIGKILL -> gone from every watcher" "$(d dropped_sigkill_trials)" "$(d dropped_sigkill_p50_ms)" "$(d dropped_sigkill_p99_ms)" "$(d dropped_sigkill_max_ms)" "-"
+row "5. requests failed during the SIGKILLs" "$failed of $(( $(d sigkill_requests_ok) + failed ))" "" "" "" \
+  "0 failed: $([ "$failed" = 0 ] && echo met || echo missed)"
+echo "(timeouts: visibility $(d visibility_timeouts), sigkill $(d sigkill_timeouts); errors reported by wrk: $(for k in "${!errs[@]}"; do printf '%s=%s ' "$k" "${errs[$k]}"; done))"
+echo
+printf '| %-8s | %-60s | %9s | %11s |\n' "service" "Consul calls per minute, idle (${idle_window}s window)" "RSS idle" "RSS loaded"
+printf '| %-8s | %-60s | %9s | %11s |\n' "---" "---" "---:" "---:"
+for s in log grading portal; do
+  printf '| %-8s | %-60s | %6s MB | %8s MB |\n' "$s" "${idle_line[$s]}" "${rss_idle[$s]}" "${rss_load[$s]}"
+done
+echo "(6. target: RSS idle < 20 MB: $(for s in log grading portal; do awk -v s="$s" -v x="${rss_idle[$s]}" 'BEGIN { printf "%s %s ", s, (x < 20 ? "met" : "missed") }'; done))"

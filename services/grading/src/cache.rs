@@ -1,0 +1,171 @@
+//! The answers to `GET /students` and `GET /students/{id}`, kept serialized for as long as the
+//! database has not changed, so that a repeated read costs neither a blocking task nor a query.
+//!
+//! The database stays the source of truth: every lookup first asks SQLite for its change counter
+//! ([`Store::data_version`]), which moves on every commit by any connection, this instance's
+//! writer or another process sharing the file. An entry is only served under the counter value
+//! that was current before it was read from the database, so a commit that completed before a
+//! request started is always visible to it. When the counter cannot be read without waiting,
+//! the request reads through, as if there were no cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use crate::domain::StudentId;
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Most single-student answers kept; past it, new ones are served but not kept (~250 B each).
+const MAX_STUDENTS: usize = 1024;
+
+/// Serialized answers, shared by every request of one instance. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct JsonCache {
+    entries: Arc<Mutex<Entries>>,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// The database's change counter the entries were read under.
+    version: Option<i64>,
+    students: Option<Bytes>,
+    student: HashMap<StudentId, Bytes>,
+}
+
+impl JsonCache {
+    /// The JSON of every student, as `warp::reply::json(&store.students())` would write it.
+    pub async fn students(&self, store: &Store) -> Result<Bytes, ApiError> {
+        let version = store.data_version();
+        if let Some(hit) = self.lookup(version, |e| e.students.clone()) {
+            return Ok(hit);
+        }
+        let json = to_json(&store.students().await?);
+        self.keep(version, |e| e.students = Some(json.clone()));
+        Ok(json)
+    }
+
+    /// The JSON of one student, as `warp::reply::json(&store.student(id))` would write it.
+    pub async fn student(&self, store: &Store, id: StudentId) -> Result<Bytes, ApiError> {
+        let version = store.data_version();
+        if let Some(hit) = self.lookup(version, |e| e.student.get(&id).cloned()) {
+            return Ok(hit);
+        }
+        let json = to_json(&store.student(id).await?);
+        self.keep(version, |e| {
+            if e.student.len() < MAX_STUDENTS {
+                e.student.insert(id, json.clone());
+            }
+        });
+        Ok(json)
+    }
+
+    /// The entry `get` finds under `version`; everything is dropped when the version moved.
+    fn lookup(
+        &self,
+        version: Option<i64>,
+        get: impl FnOnce(&Entries) -> Option<Bytes>,
+    ) -> Option<Bytes> {
+        let version = version?;
+        let mut entries = self.lock();
+        if entries.version != Some(version) {
+            *entries = Entries {
+                version: Some(version),
+                ..Entries::default()
+            };
+            return None;
+        }
+        get(&entries)
+    }
+
+    /// Keeps what was read after `version` was current, unless the database changed meanwhile
+    /// (then the next lookup reads again).
+    fn keep(&self, version: Option<i64>, put: impl FnOnce(&mut Entries)) {
+        let mut entries = self.lock();
+        if version.is_some() && entries.version == version {
+            put(&mut entries);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // Entries are whole values: a panic elsewhere cannot leave one half-written.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Bytes {
+    serde_json::to_vec(value)
+        .expect("students and grades are plain data and always serialize")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Name, NewStudent};
+    use serde_json::Value;
+
+    fn first_name(json: &Bytes) -> String {
+        let value: Value = serde_json::from_slice(json).unwrap();
+        value["firstName"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn answers_are_the_json_the_store_gives_and_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let cache = JsonCache::default();
+        let one = cache.student(&store, StudentId(1)).await.unwrap();
+        let expected = serde_json::to_vec(&store.student(StudentId(1)).await.unwrap()).unwrap();
+        assert_eq!(one.as_ref(), expected.as_slice());
+        let all = cache.students(&store).await.unwrap();
+        let expected = serde_json::to_vec(&store.students().await.unwrap()).unwrap();
+        assert_eq!(all.as_ref(), expected.as_slice());
+        // Kept: the second answer is the same buffer, not a new read.
+        let again = cache.student(&store, StudentId(1)).await.unwrap();
+        assert_eq!(again.as_ptr(), one.as_ptr());
+        assert!(matches!(
+            cache.student(&store, StudentId(99)).await,
+            Err(ApiError::NoStudent(StudentId(99)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_commit_by_this_store_or_another_process_is_seen_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let cache = JsonCache::default();
+        assert_eq!(
+            first_name(&cache.student(&store, StudentId(1)).await.unwrap()),
+            "Tony"
+        );
+        let before = cache.students(&store).await.unwrap();
+
+        // Another instance sharing the file: a connection this store knows nothing of.
+        let other = rusqlite::Connection::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
+        other
+            .execute(
+                "UPDATE students SET first_name = 'Anthony' WHERE id = 1",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            first_name(&cache.student(&store, StudentId(1)).await.unwrap()),
+            "Anthony"
+        );
+
+        // This store's own writer.
+        let new = NewStudent {
+            first_name: Name::parse("firstName", "Wanda").unwrap(),
+            last_name: Name::parse("lastName", "Maximoff").unwrap(),
+        };
+        store.add_student(new).await.unwrap();
+        let after: Value = serde_json::from_slice(&cache.students(&store).await.unwrap()).unwrap();
+        let before: Value = serde_json::from_slice(&before).unwrap();
+        assert_eq!(
+            after.as_array().unwrap().len(),
+            before.as_array().unwrap().len() + 1
+        );
+    }
+}
