@@ -449,16 +449,21 @@ async fn hang_up_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize
     (port, swallowed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_safe_requests_are_retried_after_the_server_got_them() {
-    let agent = ConsulAgent::start().await;
+/// A pool over `grading` listing a healthy instance and a hang-up server, the latter registered
+/// without a check so that Consul lists it as passing however it behaves.
+async fn healthy_and_hang_up(
+    agent: &ConsulAgent,
+) -> (
+    ProviderPool,
+    Instance,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
         discovery::runtime::http_client(),
     );
-    let healthy = Instance::start(&agent, "grading").await;
+    let healthy = Instance::start(agent, "grading").await;
     let (port, swallowed) = hang_up_server().await;
-    // Registered without a check, so Consul lists it as passing however it behaves.
     agent
         .register(&serde_json::json!({"Name": "grading", "ID": "hang-up", "Address": "127.0.0.1", "Port": port}))
         .await;
@@ -466,6 +471,13 @@ async fn only_safe_requests_are_retried_after_the_server_got_them() {
         (pool.watch().current().providers.len() == 2).then_some(())
     })
     .await;
+    (pool, healthy, swallowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_safe_requests_are_retried_after_the_server_got_them() {
+    let agent = ConsulAgent::start().await;
+    let (pool, healthy, swallowed) = healthy_and_hang_up(&agent).await;
 
     // GET is idempotent: a hang-up moves it to the healthy instance.
     for _ in 0..20 {
@@ -514,19 +526,7 @@ async fn only_safe_requests_are_retried_after_the_server_got_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_with_an_idempotency_key_is_retried_after_a_hang_up() {
     let agent = ConsulAgent::start().await;
-    let pool = ProviderPool::new(
-        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
-        discovery::runtime::http_client(),
-    );
-    let healthy = Instance::start(&agent, "grading").await;
-    let (port, swallowed) = hang_up_server().await;
-    agent
-        .register(&serde_json::json!({"Name": "grading", "ID": "hang-up", "Address": "127.0.0.1", "Port": port}))
-        .await;
-    eventually("both watched", PATIENCE, || async {
-        (pool.watch().current().providers.len() == 2).then_some(())
-    })
-    .await;
+    let (pool, healthy, swallowed) = healthy_and_hang_up(&agent).await;
 
     // The server applies a keyed request at most once, so the pool may send it again: every
     // one of these ends at the healthy instance, whichever instance was tried first.
