@@ -231,7 +231,11 @@ mod tests {
                 .header("content-type", "application/json")
                 .body(body);
         }
-        let response = request.reply(api).await;
+        answer(request.reply(api).await)
+    }
+
+    /// Status, `Location` and JSON body of an answer.
+    fn answer(response: warp::http::Response<bytes::Bytes>) -> (StatusCode, Option<String>, Value) {
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -414,12 +418,7 @@ mod tests {
             .body(body)
             .reply(api)
             .await;
-        let location = response
-            .headers()
-            .get(header::LOCATION)
-            .map(|l| l.to_str().unwrap().to_owned());
-        let body = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
-        (response.status(), location, body)
+        answer(response)
     }
 
     #[tokio::test]
