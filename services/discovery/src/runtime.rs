@@ -197,7 +197,10 @@ impl Service {
             .unify()
             .recover(handle_rejection)
             .unify()
-            .with(warp::log::custom(log_request));
+            .with(warp::log::custom(log_request))
+            // hyper's service adapter clones the whole filter for every request, and with it
+            // every handle the routes captured; boxed, that is one reference count.
+            .boxed();
         let shipping_to = crate::telemetry::start_shipping(|| self.pool("log"));
         let keeper = RegistrationKeeper::spawn(
             AgentClient::new(self.definition.consul.clone()),
