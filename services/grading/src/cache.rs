@@ -1,12 +1,12 @@
 //! The answers to `GET /students` and `GET /students/{id}`, kept serialized for as long as the
 //! database has not changed, so that a repeated read costs neither a blocking task nor a query.
 //!
-//! The database stays the source of truth: every lookup first asks SQLite for its change counter
-//! ([`Store::data_version`]), which moves on every commit by any connection, this instance's
-//! writer or another process sharing the file. An entry is only served under the counter value
-//! that was current before it was read from the database, so a commit that completed before a
-//! request started is always visible to it. When the counter cannot be read without waiting,
-//! the request reads through, as if there were no cache.
+//! The database stays the source of truth: every lookup first takes the store's change stamp
+//! ([`Store::change_stamp`]), which moves on every commit by any connection, this instance's
+//! writer or another process sharing the file. An entry is only served under the stamp that was
+//! current before it was read from the database, so a commit that completed before a request
+//! started is always visible to it. When no stamp can be read without waiting, the request reads
+//! through, as if there were no cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::domain::StudentId;
 use crate::error::ApiError;
-use crate::store::Store;
+use crate::store::{ChangeStamp, Store};
 
 /// Most single-student answers kept; past it, new ones are served but not kept (~250 B each).
 const MAX_STUDENTS: usize = 1024;
@@ -28,8 +28,8 @@ pub struct JsonCache {
 
 #[derive(Default)]
 struct Entries {
-    /// The database's change counter the entries were read under.
-    version: Option<i64>,
+    /// The database's change stamp the entries were read under.
+    version: Option<ChangeStamp>,
     students: Option<Bytes>,
     student: HashMap<StudentId, Bytes>,
 }
@@ -37,7 +37,7 @@ struct Entries {
 impl JsonCache {
     /// The JSON of every student, as `warp::reply::json(&store.students())` would write it.
     pub async fn students(&self, store: &Store) -> Result<Bytes, ApiError> {
-        let version = store.data_version();
+        let version = store.change_stamp();
         if let Some(hit) = self.lookup(version, |e| e.students.clone()) {
             return Ok(hit);
         }
@@ -48,7 +48,7 @@ impl JsonCache {
 
     /// The JSON of one student, as `warp::reply::json(&store.student(id))` would write it.
     pub async fn student(&self, store: &Store, id: StudentId) -> Result<Bytes, ApiError> {
-        let version = store.data_version();
+        let version = store.change_stamp();
         if let Some(hit) = self.lookup(version, |e| e.student.get(&id).cloned()) {
             return Ok(hit);
         }
@@ -64,7 +64,7 @@ impl JsonCache {
     /// The entry `get` finds under `version`; everything is dropped when the version moved.
     fn lookup(
         &self,
-        version: Option<i64>,
+        version: Option<ChangeStamp>,
         get: impl FnOnce(&Entries) -> Option<Bytes>,
     ) -> Option<Bytes> {
         let version = version?;
@@ -81,7 +81,7 @@ impl JsonCache {
 
     /// Keeps what was read after `version` was current, unless the database changed meanwhile
     /// (then the next lookup reads again).
-    fn keep(&self, version: Option<i64>, put: impl FnOnce(&mut Entries)) {
+    fn keep(&self, version: Option<ChangeStamp>, put: impl FnOnce(&mut Entries)) {
         let mut entries = self.lock();
         if version.is_some() && entries.version == version {
             put(&mut entries);

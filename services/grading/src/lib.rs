@@ -16,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod store;
+pub mod wal_index;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! connections inside `spawn_blocking`, writes take the one writer connection the same way and
 //! run in a transaction. WAL mode lets reads proceed while a write commits, and
 //! `synchronous=FULL` makes every acknowledged write survive a power cut. The one exception is
-//! [`Store::data_version`], which never waits and lets [`crate::cache`] skip repeated reads.
+//! [`Store::change_stamp`], which never waits and lets [`crate::cache`] skip repeated reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use crate::domain::{
     Grade, GradeId, GradeType, Name, NewGrade, NewStudent, RequestKey, Score, Student, StudentId,
     Title,
 };
+use crate::wal_index::{self, WalIndex};
 
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "grading.sqlite3";
@@ -109,18 +110,41 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Handle to the database, cheap to clone; every clone shares the same connections.
+/// What [`Store::change_stamp`] returns: two equal stamps mean nothing was committed between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeStamp(StampKind);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StampKind {
+    WalIndex(wal_index::Stamp),
+    DataVersion(i64),
+}
+
+/// How [`Store::change_stamp`] learns of commits.
+enum ChangeProbe {
+    /// The WAL index in shared memory, as every connection to a WAL database keeps it.
+    WalIndex(WalIndex),
+    /// SQLite's change counter, when the filesystem refused WAL mode (there is no index then).
+    DataVersion(Mutex<Connection>),
+}
+
+/// Handle to the database, cheap to clone (one reference count); every clone shares the same
+/// connections.
 #[derive(Clone)]
 pub struct Store {
-    path: Arc<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
     /// The only connection that writes: SQLite allows one writer at a time anyway, and queueing on
     /// an async mutex keeps waiting writers off the blocking threads.
     writer: Arc<tokio::sync::Mutex<Connection>>,
     /// Reader connections not in use; never more than [`READERS`] exist, thanks to the permits.
-    idle_readers: Arc<Mutex<Vec<Connection>>>,
+    idle_readers: Mutex<Vec<Connection>>,
     reader_permits: Arc<Semaphore>,
-    /// Reads nothing but the change counter, see [`Store::data_version`].
-    probe: Arc<Mutex<Connection>>,
+    /// Tells whether anything was committed, see [`Store::change_stamp`].
+    changes: ChangeProbe,
 }
 
 impl Store {
@@ -142,12 +166,21 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let mut writer = connect(path)?;
         migrate(&mut writer)?;
-        Ok(Store {
-            path: Arc::new(path.to_owned()),
+        // After `migrate` has read the file, so that SQLite has built the WAL index; the
+        // writer, open as long as any clone of the store, keeps the index file in place.
+        let changes = match WalIndex::open(path) {
+            Some(index) => ChangeProbe::WalIndex(index),
+            None => ChangeProbe::DataVersion(Mutex::new(connect_probe(path)?)),
+        };
+        let shared = Shared {
+            path: path.to_owned(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
-            idle_readers: Arc::new(Mutex::new(Vec::with_capacity(READERS))),
+            idle_readers: Mutex::new(Vec::with_capacity(READERS)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
-            probe: Arc::new(Mutex::new(connect_probe(path)?)),
+            changes,
+        };
+        Ok(Store {
+            shared: Arc::new(shared),
         })
     }
 
@@ -230,7 +263,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         // The permit moves into the task: if the request is cancelled, the task still holds it
         // until it has returned its connection, so the pool never grows past READERS.
-        let permit = Arc::clone(&self.reader_permits)
+        let permit = Arc::clone(&self.shared.reader_permits)
             .acquire_owned()
             .await
             .expect("the reader semaphore is never closed");
@@ -239,7 +272,7 @@ impl Store {
             let _permit = permit;
             let conn = match store.lock_idle_readers().pop() {
                 Some(conn) => conn,
-                None => connect_reader(&store.path)?,
+                None => connect_reader(&store.shared.path)?,
             };
             let result = query(&conn);
             store.lock_idle_readers().push(conn);
@@ -253,7 +286,7 @@ impl Store {
         &self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut writer = Arc::clone(&self.writer).lock_owned().await;
+        let mut writer = Arc::clone(&self.shared.writer).lock_owned().await;
         tokio::task::spawn_blocking(move || {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = work(&tx)?;
@@ -272,22 +305,31 @@ impl Store {
         })
     }
 
-    /// SQLite's change counter (`PRAGMA data_version`): it moves whenever another connection
-    /// commits, this store's writer or another process sharing the file. `None` when it cannot be
-    /// read at once; callers then read through. The one statement run on the caller's thread: it
-    /// never waits for a lock (busy timeout 0) and reads only the WAL index in shared memory and,
-    /// after a change, the database header, which the OS has cached.
-    pub fn data_version(&self) -> Option<i64> {
-        let probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
-        probe
-            .prepare_cached("PRAGMA data_version")
-            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
-            .ok()
+    /// A value that changes whenever any connection commits: this store's writer or another
+    /// process sharing the file. `None` when it cannot be read at once; callers then read
+    /// through. The one call made on the caller's thread, and it never waits: in WAL mode it
+    /// reads the WAL index's header from shared memory (no lock, no system call); otherwise it
+    /// runs `PRAGMA data_version` on a connection of its own with a busy timeout of 0.
+    pub fn change_stamp(&self) -> Option<ChangeStamp> {
+        match &self.shared.changes {
+            ChangeProbe::WalIndex(index) => {
+                index.stamp().map(|s| ChangeStamp(StampKind::WalIndex(s)))
+            }
+            ChangeProbe::DataVersion(probe) => {
+                let probe = probe.lock().unwrap_or_else(PoisonError::into_inner);
+                probe
+                    .prepare_cached("PRAGMA data_version")
+                    .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+                    .map(|v| ChangeStamp(StampKind::DataVersion(v)))
+                    .ok()
+            }
+        }
     }
 
     /// A panic while a connection was out only loses that connection, so poisoning is harmless.
     fn lock_idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
-        self.idle_readers
+        self.shared
+            .idle_readers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -319,7 +361,8 @@ fn connect_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// The connection behind [`Store::data_version`]: read-only, and never waiting for a lock.
+/// The connection behind [`Store::change_stamp`] when the database is not in WAL mode:
+/// read-only, and never waiting for a lock.
 fn connect_probe(path: &Path) -> rusqlite::Result<Connection> {
     let conn = connect_reader(path)?;
     conn.busy_timeout(Duration::ZERO)?;
@@ -491,6 +534,21 @@ mod tests {
             first_name: Name::parse("firstName", first).unwrap(),
             last_name: Name::parse("lastName", last).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_wal_database_is_checked_for_changes_through_its_wal_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        // Not the fallback, which costs a lock and two system calls per request.
+        assert!(matches!(store.shared.changes, ChangeProbe::WalIndex(_)));
+        let before = store.change_stamp().unwrap();
+        assert_eq!(store.change_stamp(), Some(before), "nothing was committed");
+        store
+            .add_student(new_student("Peter", "Parker"))
+            .await
+            .unwrap();
+        assert_ne!(store.change_stamp(), Some(before));
     }
 
     fn new_grade(title: &str, score: f64) -> NewGrade {

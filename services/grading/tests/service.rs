@@ -139,6 +139,61 @@ async fn students_survive_a_restart_and_the_demo_is_seeded_once() {
     stop(&agent, grading).await;
 }
 
+/// Two instances on one database file, as a teacher would run them behind Consul: whatever one
+/// of them acknowledged, the other serves at once, though both keep answers cached.
+#[tokio::test]
+async fn instances_sharing_a_database_read_each_others_writes_at_once() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("grading");
+    let one = spawn_grading(
+        &agent,
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        &data_dir,
+    )
+    .await;
+    let two = spawn_grading(
+        &agent,
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        &data_dir,
+    )
+    .await;
+    passing_grading(&agent, 2).await;
+    let instances = [one.base_url(), two.base_url()];
+
+    for round in 0..40 {
+        let (writer, reader) = (&instances[round % 2], &instances[(round + 1) % 2]);
+        // Read first, so the reader has the student and the list cached before the write.
+        let before = get_json(&format!("{reader}/students/1")).await;
+        let listed = get_json(&format!("{reader}/students")).await;
+        let grade = json!({"title": format!("Round {round}"), "type": "Quiz", "score": round});
+        let (_, added) = post_created(&format!("{writer}/students/1/grades"), &grade).await;
+
+        let after = get_json(&format!("{reader}/students/1")).await;
+        let grades = after["grades"].as_array().unwrap();
+        assert_eq!(
+            grades.len(),
+            before["grades"].as_array().unwrap().len() + 1,
+            "round {round}: {reader} did not serve the grade {writer} acknowledged"
+        );
+        assert_eq!(grades.last(), Some(&added), "round {round}");
+        let relisted = get_json(&format!("{reader}/students")).await;
+        assert_ne!(
+            relisted, listed,
+            "round {round}: {reader} served a stale list"
+        );
+    }
+    stop_both(&agent, one, two).await;
+}
+
+/// SIGTERMs two instances and checks both exit 0 and leave the catalogue.
+async fn stop_both(agent: &ConsulAgent, mut one: ServiceProcess, two: ServiceProcess) {
+    one.sigterm();
+    let status = one.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit {status}\n{}", one.output());
+    stop(agent, two).await;
+}
+
 /// The SRV answer of the agent's DNS for `name`, as `dig +short` prints it.
 fn dig_srv(agent: &ConsulAgent, name: &str) -> String {
     let port = format!("-p{}", agent.dns_port());
