@@ -12,7 +12,8 @@ Usage: scripts/bench.sh [--quick]
 Builds in release mode, starts a Consul dev agent on free ports, a counting proxy in front of it
 for each service, the ceiling server and the log, grading and portal services, then measures:
   - each HTTP figure with wrk (Debian's package, installed if missing): 2 threads,
-    32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk;
+    32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk, and
+    the CPU each process spent per request (from /proc/<pid>/stat);
   - discovery: 60 registrations seen by 4 watchers, and 10 SIGKILLs of a grading instance under
     a request loop (services/bench, discovery-bench);
   - idle cost: requests each service makes to Consul over 300 s when nothing changes (one
@@ -114,6 +115,7 @@ done
 other_pids+=($!)
 "$bin/ceiling" --listen "127.0.0.1:$ceiling_port" 2>"$work/ceiling.log" &
 other_pids+=($!)
+ceiling_pid=$!
 wait_200 "http://127.0.0.1:$log_proxy/_bench/counts" 10
 
 # start NAME BINARY PORT PROXY_PORT [args...]: a service whose Consul calls go through its proxy.
@@ -185,16 +187,33 @@ LUA
   cat "$work/report.lua"
 } >"$work/post-batch.lua"
 
-declare -A rps p50 p99 errs
-# measure KEY URL [SCRIPT]: warm-up, then the measured run; fills rps/p50/p99/errs[KEY].
+declare -A rps p50 p99 errs cpu_per_request
+declare -A pid_by_name=([ceiling]=$ceiling_pid [grading]=${pid_of[grading]} [log]=${pid_of[log]} \
+  [portal]=${pid_of[portal]})
+hz=$(getconf CLK_TCK)
+# CPU time (user + system) a process has used so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# measure KEY URL [SCRIPT]: warm-up, then the measured run; fills rps/p50/p99/errs[KEY], and
+# cpu_per_request[KEY] with the CPU each process busy during the run spent per request.
 measure() {
-  local key=$1 url=$2 script=${3:-$work/report.lua} out result
+  local key=$1 url=$2 script=${3:-$work/report.lua} out result name spent
+  local -A ticks_before
   say "wrk: $key ($url)"
   wrk -t"$threads" -c"$connections" -d1s -s "$script" "$url" >/dev/null 2>&1 || true
+  for name in "${!pid_by_name[@]}"; do ticks_before[$name]=$(cpu_ticks "${pid_by_name[$name]}"); done
   out=$(wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s "$script" "$url" 2>&1) \
     || die "wrk failed on $url: $out"
   result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
   read -r _ n us l50 l99 e_io e_status <<<"$result"
+  cpu_per_request[$key]=""
+  for name in ceiling portal grading log; do
+    spent=$(( $(cpu_ticks "${pid_by_name[$name]}") - ticks_before[$name] ))
+    # Below 1 % of a core over the run is background (health checks, watches), not this load.
+    if (( spent * 100 > duration * hz )); then
+      cpu_per_request[$key]+=$(awk -v t="$spent" -v hz="$hz" -v n="$n" -v name="$name" \
+        'BEGIN { printf "%s %.1f  ", name, t / hz * 1e6 / n }')
+    fi
+  done
   rps[$key]=$(awk -v n="$n" -v us="$us" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
   p50[$key]=$(awk -v x="$l50" 'BEGIN { printf "%.2f", x / 1000 }')
   p99[$key]=$(awk -v x="$l99" 'BEGIN { printf "%.2f", x / 1000 }')
@@ -259,6 +278,12 @@ http_row log_text "3. log POST /log text, fsync'd (records/s)" 0.45
 http_row log_batch "3. log POST /log batch of $batch_records (records/s)" 0.45 "$batch_records"
 http_row portal_index "4. portal / (via discovery)" 0.3
 http_row portal_student "4. portal /students/1 (via discovery)" 0.3
+echo
+echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
+echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
+for key in ceiling grading_one grading_all log_text log_batch portal_index portal_student ceiling_end; do
+  printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
+done
 echo
 row "discovery ($(d visibility_watchers) watchers)" "trials" "p50 ms" "p99 ms" "max ms" "target"
 row "---" "---:" "---:" "---:" "---:" "---"
