@@ -29,7 +29,7 @@ pub struct JsonCache {
 #[derive(Default)]
 struct Entries {
     /// The database's change stamp the entries were read under.
-    version: Option<ChangeStamp>,
+    stamp: Option<ChangeStamp>,
     students: Option<Bytes>,
     student: HashMap<StudentId, Bytes>,
 }
@@ -37,23 +37,23 @@ struct Entries {
 impl JsonCache {
     /// The JSON of every student, as `warp::reply::json(&store.students())` would write it.
     pub async fn students(&self, store: &Store) -> Result<Bytes, ApiError> {
-        let version = store.change_stamp();
-        if let Some(hit) = self.lookup(version, |e| e.students.clone()) {
+        let stamp = store.change_stamp();
+        if let Some(hit) = self.lookup(stamp, |e| e.students.clone()) {
             return Ok(hit);
         }
         let json = to_json(&store.students().await?);
-        self.keep(version, |e| e.students = Some(json.clone()));
+        self.keep(stamp, |e| e.students = Some(json.clone()));
         Ok(json)
     }
 
     /// The JSON of one student, as `warp::reply::json(&store.student(id))` would write it.
     pub async fn student(&self, store: &Store, id: StudentId) -> Result<Bytes, ApiError> {
-        let version = store.change_stamp();
-        if let Some(hit) = self.lookup(version, |e| e.student.get(&id).cloned()) {
+        let stamp = store.change_stamp();
+        if let Some(hit) = self.lookup(stamp, |e| e.student.get(&id).cloned()) {
             return Ok(hit);
         }
         let json = to_json(&store.student(id).await?);
-        self.keep(version, |e| {
+        self.keep(stamp, |e| {
             if e.student.len() < MAX_STUDENTS {
                 e.student.insert(id, json.clone());
             }
@@ -61,17 +61,17 @@ impl JsonCache {
         Ok(json)
     }
 
-    /// The entry `get` finds under `version`; everything is dropped when the version moved.
+    /// The entry `get` finds under `stamp`; everything is dropped when the stamp changed.
     fn lookup(
         &self,
-        version: Option<ChangeStamp>,
+        stamp: Option<ChangeStamp>,
         get: impl FnOnce(&Entries) -> Option<Bytes>,
     ) -> Option<Bytes> {
-        let version = version?;
+        let stamp = stamp?;
         let mut entries = self.lock();
-        if entries.version != Some(version) {
+        if entries.stamp != Some(stamp) {
             *entries = Entries {
-                version: Some(version),
+                stamp: Some(stamp),
                 ..Entries::default()
             };
             return None;
@@ -79,11 +79,11 @@ impl JsonCache {
         get(&entries)
     }
 
-    /// Keeps what was read after `version` was current, unless the database changed meanwhile
+    /// Keeps what was read after `stamp` was current, unless the database changed meanwhile
     /// (then the next lookup reads again).
-    fn keep(&self, version: Option<ChangeStamp>, put: impl FnOnce(&mut Entries)) {
+    fn keep(&self, stamp: Option<ChangeStamp>, put: impl FnOnce(&mut Entries)) {
         let mut entries = self.lock();
-        if version.is_some() && entries.version == version {
+        if stamp.is_some() && entries.stamp == stamp {
             put(&mut entries);
         }
     }
