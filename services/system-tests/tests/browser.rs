@@ -26,7 +26,7 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
     assert!(names.contains(&"Bruce Banner".to_owned()), "{names:?}");
 
     browser
-        .click(&browser.find("a[href='/students/2']").await)
+        .click_to_next_page(&browser.find("a[href='/students/2']").await)
         .await;
     assert_eq!(
         browser.text(&browser.find("h1").await).await,
@@ -47,7 +47,7 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
         .type_into(&browser.find("input[name=score]").await, "93.5")
         .await;
     browser
-        .click(&browser.find("button[type=submit]").await)
+        .click_to_next_page(&browser.find("button[type=submit]").await)
         .await;
 
     // The form posts, the portal answers 303, the browser lands back on the student's page.
@@ -71,7 +71,7 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
         .type_into(&browser.find("input[name=score]").await, "150")
         .await;
     browser
-        .click(&browser.find("button[type=submit]").await)
+        .click_to_next_page(&browser.find("button[type=submit]").await)
         .await;
     let alert = browser.text(&browser.find("[role=alert]").await).await;
     assert!(alert.contains("score"), "{alert}");

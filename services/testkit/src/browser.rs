@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -19,6 +19,9 @@ pub struct Browser {
     client: reqwest::Client,
     _profile: tempfile::TempDir,
 }
+
+/// How long a click may take to bring up the next page.
+const NAVIGATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A reference to an element on the current page.
 #[derive(Debug, Clone)]
@@ -105,6 +108,18 @@ impl Browser {
 
     /// One WebDriver command; a WebDriver error fails the test with its message.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|failure| panic!("WebDriver {method} {path}: {failure}"))
+    }
+
+    /// One WebDriver command; a WebDriver error comes back as its status and JSON answer.
+    async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "GET" => self.client.get(&url),
@@ -121,11 +136,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(
-            status.is_success(),
-            "WebDriver {method} {path}: {status} {answer}"
-        );
-        answer["value"].clone()
+        if status.is_success() {
+            Ok(answer["value"].clone())
+        } else {
+            Err(format!("{status} {answer}"))
+        }
     }
 
     /// Loads `url` and waits for the page to load.
@@ -199,6 +214,35 @@ impl Browser {
     pub async fn click(&self, element: &Element) {
         self.call("POST", &format!("/element/{}/click", element.0), None)
             .await;
+    }
+
+    /// Clicks a link or a submit button and waits until the next page has replaced this one.
+    /// WebDriver's click can return before the navigation starts, and a `find` right after it
+    /// then searches the old page (the browser test failed so in 5 of 20 runs under CPU load).
+    /// The old page is marked with a variable on its `window`, which a new page does not have.
+    pub async fn click_to_next_page(&self, element: &Element) {
+        let mark = json!({"script": "window.gradebookOldPage = true", "args": []});
+        self.call("POST", "/execute/sync", Some(mark)).await;
+        self.click(element).await;
+        let probe = json!({
+            "script": "return !window.gradebookOldPage && document.readyState === 'complete'",
+            "args": []
+        });
+        let deadline = Instant::now() + NAVIGATION_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            // While the documents swap, ChromeDriver may answer with a transient error.
+            match self
+                .try_call("POST", "/execute/sync", Some(probe.clone()))
+                .await
+            {
+                Ok(Value::Bool(true)) => return,
+                Ok(answer) => last = answer.to_string(),
+                Err(failure) => last = failure,
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        panic!("no new page within 10 s of the click; last answer: {last}");
     }
 
     /// Types `text` into an input, after clearing it.
