@@ -17,9 +17,9 @@ use crate::store::LogStore;
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Most records in one JSON batch.
 pub const MAX_BATCH_RECORDS: usize = 1000;
-/// `GET /log` answers with this many records unless `limit` says otherwise, and never more than
-/// the store keeps in memory.
+/// `GET /log` answers with this many records unless `limit` says otherwise.
 pub const DEFAULT_READ_LIMIT: usize = 100;
+/// The most records one `GET /log` answers with; `before` pages further back.
 pub const MAX_READ_LIMIT: usize = 10_000;
 
 /// The JSON batch form, as the services' log shipping sends it.
@@ -43,6 +43,8 @@ struct TextQuery {
 struct ReadQuery {
     service: Option<String>,
     limit: Option<String>,
+    /// Only records numbered below this: the `seq` of the oldest record of the previous page.
+    before: Option<String>,
 }
 
 /// The answer to a successful POST.
@@ -67,12 +69,15 @@ pub fn routes(
         .then(|content_type: Option<String>, query: TextQuery, body: Bytes, store: LogStore| async move {
             respond(post_log(content_type, query, body, store).await)
         });
-    let get = warp::path("log")
-        .and(warp::path::end())
-        .and(warp::get())
-        .and(warp::query::<ReadQuery>())
-        .and(with_store)
-        .map(|query: ReadQuery, store: LogStore| respond(read_log(query, &store)));
+    let get =
+        warp::path("log")
+            .and(warp::path::end())
+            .and(warp::get())
+            .and(warp::query::<ReadQuery>())
+            .and(with_store)
+            .then(|query: ReadQuery, store: LogStore| async move {
+                respond(read_log(query, &store).await)
+            });
     post.or(get).unify()
 }
 
@@ -150,7 +155,7 @@ fn parse_text(query: TextQuery, body: &[u8], now: SystemTime) -> Result<Record, 
     .map_err(ApiError::InvalidText)
 }
 
-fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply, ApiError> {
+async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply, ApiError> {
     let limit = match query.limit.as_deref() {
         None => DEFAULT_READ_LIMIT,
         Some(text) => text
@@ -161,8 +166,18 @@ fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply, ApiE
                 max: MAX_READ_LIMIT,
             })?,
     };
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or(ApiError::Before)?,
+        ),
+    };
     let service = query.service.as_deref().filter(|s| !s.is_empty());
-    Ok(warp::reply::json(&store.recent(service, limit)))
+    let records = store.read(service, before, limit).await?;
+    Ok(warp::reply::json(&records))
 }
 
 #[cfg(test)]
@@ -285,6 +300,47 @@ mod tests {
                 .reply(&api)
                 .await;
             assert_eq!(response.status(), 400, "limit={bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn records_carry_their_number_and_before_pages_back() {
+        let (_dir, store) = store();
+        for i in 1..=5 {
+            post(&store, "text/plain", format!("m{i}").as_bytes()).await;
+        }
+        let api = routes(store.clone()).recover(handle_rejection);
+        let page = |query: &'static str| {
+            let api = api.clone();
+            async move {
+                let response = warp::test::request().path(query).reply(&api).await;
+                let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+                (response.status().as_u16(), body)
+            }
+        };
+        let (status, newest) = page("/log?limit=2").await;
+        assert_eq!(status, 200);
+        assert_eq!(newest[0]["seq"], 4);
+        assert_eq!(newest[0]["message"], "m4");
+        let (_, older) = page("/log?limit=2&before=4").await;
+        let seqs: Vec<_> = older
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["seq"])
+            .collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(page("/log?before=1").await.1, serde_json::json!([]));
+
+        for bad in [
+            "/log?before=0",
+            "/log?before=-1",
+            "/log?before=x",
+            "/log?before=",
+        ] {
+            let (status, body) = page(bad).await;
+            assert_eq!(status, 400, "{bad}");
+            assert!(body["error"].as_str().unwrap().contains("before"), "{body}");
         }
     }
 }

@@ -26,10 +26,14 @@ pub enum ApiError {
     TooManyRecords { got: usize, max: usize },
     #[error("limit: must be a whole number from 1 to {max}")]
     Limit { max: usize },
+    #[error("before: must be a record number (seq), a whole number from 1")]
+    Before,
     #[error("disk full: the records were not stored")]
     DiskFull,
     #[error("storage unavailable: the records were not stored ({0})")]
     Storage(String),
+    #[error("could not read older records from the log file")]
+    ReadFailed,
 }
 
 impl ApiError {
@@ -39,13 +43,15 @@ impl ApiError {
             | ApiError::NotUtf8
             | ApiError::InvalidJson(_)
             | ApiError::EmptyBatch
-            | ApiError::Limit { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::Limit { .. }
+            | ApiError::Before => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ReadFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -56,6 +62,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Write(io) if io.raw_os_error() == Some(28) => ApiError::DiskFull,
             StoreError::Write(io) => ApiError::Storage(io.kind().to_string()),
+            StoreError::Read(_) => ApiError::ReadFailed,
             other => ApiError::Storage(other.to_string()),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`record`]: the record type and the validation applied to what clients send.
-//! - [`store`]: the durable, group-committing file store.
+//! - [`store`]: the durable, group-committing file store; [`history`] reads its older records.
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to a status in one place.
 //! - [`config`]: flags and environment variables.
 //! - [`App`]: build (open the store, bind) then run (register, serve, deregister, drain).
@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod record;
 pub mod store;
 
@@ -24,7 +25,7 @@ use crate::store::LogStore;
 
 /// Consul service name.
 pub const SERVICE_NAME: &str = "log";
-/// How many recent records `GET /log` can serve from memory.
+/// How many recent records `GET /log` serves from memory; older ones are read from the file.
 const RECENT_CAPACITY: usize = api::MAX_READ_LIMIT;
 
 /// Why the service could not start.

@@ -14,6 +14,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered};
 use crate::record::Record;
 
 /// Name of the records file inside the store directory.
@@ -72,6 +73,9 @@ pub enum StoreError {
     /// original one (e.g. `raw_os_error() == Some(28)` for a full disk).
     #[error("could not write log records durably: {0}")]
     Write(io::Error),
+    /// Records older than the in-memory window could not be read from the file.
+    #[error("could not read old log records: {0}")]
+    Read(io::Error),
     /// Another process holds the store: two writers would interleave their records and each
     /// serve only its own.
     #[error(
@@ -98,10 +102,16 @@ pub struct LogStore {
 
 /// State read by request handlers and updated by the writer thread.
 struct Shared {
+    /// The newest records, the last being record number `count`.
     recent: Mutex<VecDeque<Record>>,
     recent_capacity: usize,
+    /// Records in the file. Changes only while `recent` is locked, so the two agree under it.
     count: AtomicU64,
     syncs: AtomicU64,
+    /// Where blocks of records start in the file, for reads older than `recent`. Updated, like
+    /// `count`, while `recent` is locked.
+    index: Mutex<BlockIndex>,
+    path: PathBuf,
 }
 
 impl Shared {
@@ -143,13 +153,15 @@ impl LogStore {
     /// [`StoreError::Corrupt`]: the file is left untouched. The newest `recent_capacity` records
     /// are kept in memory for [`LogStore::recent`].
     pub fn open(dir: &Path, recent_capacity: usize) -> Result<LogStore, StoreError> {
-        Self::open_with(dir, recent_capacity, |file| file)
+        Self::open_with(dir, recent_capacity, BLOCK_RECORDS, |file| file)
     }
 
-    /// [`LogStore::open`] with the writer's file wrapped, so tests can inject write failures.
+    /// [`LogStore::open`] with the writer's file wrapped, so tests can inject write failures, and
+    /// blocks of the file index as small as a test needs.
     fn open_with<F: LogFile>(
         dir: &Path,
         recent_capacity: usize,
+        block_records: u64,
         wrap: impl FnOnce(File) -> F,
     ) -> Result<LogStore, StoreError> {
         let path = dir.join(FILE_NAME);
@@ -175,7 +187,7 @@ impl LogStore {
             source,
         })?;
 
-        let scan = scan(&file, &path, recent_capacity)?;
+        let scan = scan(&file, &path, recent_capacity, block_records)?;
         let file_len = file.metadata().map_err(open_error)?.len();
         if scan.valid_len < file_len {
             tracing::warn!(
@@ -192,6 +204,8 @@ impl LogStore {
             recent_capacity,
             count: AtomicU64::new(scan.count),
             syncs: AtomicU64::new(0),
+            index: Mutex::new(scan.index),
+            path: path.clone(),
         });
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
@@ -250,6 +264,59 @@ impl LogStore {
         found
     }
 
+    /// Up to `limit` of the newest records numbered below `before` (any, when `None`) and from
+    /// `service` (any, when `None`), oldest first, each with its number. Served from memory when
+    /// the newest records hold enough; otherwise older ones are read from the file, off the async
+    /// workers. Includes every record whose append has returned `Ok`.
+    pub async fn read(
+        &self,
+        service: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Numbered>, StoreError> {
+        let (mut newest_first, window_start, upper) = {
+            let recent = self.shared.lock_recent();
+            let count = self.shared.count.load(Ordering::Acquire);
+            let upper = before.map_or(count + 1, |before| before.min(count + 1));
+            let window_start = count + 1 - recent.len() as u64;
+            let found: Vec<Numbered> = recent
+                .iter()
+                .rev()
+                .zip((window_start..=count).rev())
+                .filter(|&(record, seq)| seq < upper && service.is_none_or(|s| record.service == s))
+                .take(limit)
+                .map(|(record, seq)| Numbered {
+                    seq,
+                    record: record.clone(),
+                })
+                .collect();
+            (found, window_start, upper)
+        };
+        let file_upper = upper.min(window_start);
+        let wanted = limit - newest_first.len();
+        let mut found = if wanted > 0 && file_upper > 1 {
+            let shared = Arc::clone(&self.shared);
+            let service = service.map(str::to_owned);
+            tokio::task::spawn_blocking(move || {
+                history::read_before(
+                    &shared.path,
+                    &shared.index,
+                    file_upper,
+                    service.as_deref(),
+                    wanted,
+                )
+            })
+            .await
+            .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
+            .map_err(StoreError::Read)?
+        } else {
+            Vec::new()
+        };
+        newest_first.reverse();
+        found.append(&mut newest_first);
+        Ok(found)
+    }
+
     /// Number of records in the file: those found at open plus those appended since.
     pub fn count(&self) -> u64 {
         self.shared.count.load(Ordering::Acquire)
@@ -268,9 +335,15 @@ struct Scan {
     valid_len: u64,
     count: u64,
     recent: VecDeque<Record>,
+    index: BlockIndex,
 }
 
-fn scan(file: &File, path: &Path, recent_capacity: usize) -> Result<Scan, StoreError> {
+fn scan(
+    file: &File,
+    path: &Path,
+    recent_capacity: usize,
+    block_records: u64,
+) -> Result<Scan, StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.to_owned(),
         source,
@@ -281,6 +354,7 @@ fn scan(file: &File, path: &Path, recent_capacity: usize) -> Result<Scan, StoreE
         valid_len: 0,
         count: 0,
         recent: VecDeque::new(),
+        index: BlockIndex::new(block_records),
     };
     let mut line_number = 0u64;
     loop {
@@ -306,8 +380,9 @@ fn scan(file: &File, path: &Path, recent_capacity: usize) -> Result<Scan, StoreE
                 line: line_number,
             });
         };
-        scan.valid_len += read as u64;
         scan.count += 1;
+        scan.index.note(scan.count, scan.valid_len);
+        scan.valid_len += read as u64;
         if recent_capacity > 0 {
             if scan.recent.len() == recent_capacity {
                 scan.recent.pop_front();
@@ -421,6 +496,7 @@ fn run_writer<F: LogFile>(mut writer: Writer<F>, queue: mpsc::Receiver<Request>,
 /// Writes a group with one write and one fsync, then answers every request in it.
 fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<Request>) {
     let joined;
+    let offset = writer.len;
     let bytes: &[u8] = match group.as_slice() {
         [only] => &only.lines,
         _ => {
@@ -444,12 +520,15 @@ fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<
     let mut replies = Vec::with_capacity(group.len());
     {
         let mut recent = shared.lock_recent();
+        let mut index = shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut offset = offset;
         for request in group {
             // Counted and readable before the reply, so a client that got Ok can read its
             // records back.
-            shared
-                .count
-                .fetch_add(request.records.len() as u64, Ordering::AcqRel);
+            let records = request.records.len() as u64;
+            let before = shared.count.fetch_add(records, Ordering::AcqRel);
+            index.note_lines(before + 1, records, offset, &request.lines);
+            offset += request.lines.len() as u64;
             for record in request.records {
                 shared.remember(&mut recent, record);
             }
@@ -674,7 +753,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A slow fsync, as on a real disk under load, so that appends arriving during one sync
         // have to wait for the next; the file is still really written and synced.
-        let store = LogStore::open_with(dir.path(), 1000, |file| TestFile {
+        let store = LogStore::open_with(dir.path(), 1000, BLOCK_RECORDS, |file| TestFile {
             sync_delay: Duration::from_millis(5),
             ..TestFile::new(file)
         })
@@ -737,6 +816,87 @@ mod tests {
             LogStore::open(dir.path(), 3).unwrap()
         };
         assert_eq!(reopened.recent(None, 10), all[2..].to_vec());
+    }
+
+    /// What `read` must answer, worked out from every record ever appended.
+    fn expected(
+        all: &[Record],
+        service: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<Numbered> {
+        let upper = before.unwrap_or(u64::MAX);
+        let mut found: Vec<Numbered> = (1..)
+            .zip(all)
+            .filter(|&(seq, record)| seq < upper && service.is_none_or(|s| record.service == s))
+            .map(|(seq, record)| Numbered {
+                seq,
+                record: record.clone(),
+            })
+            .collect();
+        found.drain(..found.len().saturating_sub(limit));
+        found
+    }
+
+    async fn assert_every_read_matches(store: &LogStore, all: &[Record]) {
+        for service in [None, Some("rare"), Some("nobody")] {
+            for before in (1..=all.len() as u64 + 2).map(Some).chain([None]) {
+                for limit in [1, 2, 5, 40] {
+                    assert_eq!(
+                        store.read(service, before, limit).await.unwrap(),
+                        expected(all, service, before, limit),
+                        "service {service:?}, before {before:?}, limit {limit}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_reach_past_memory_into_the_file_with_stable_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three records in memory and blocks of four in the index: most reads go to the file,
+        // and appends of 1 to 7 records cross block boundaries anywhere in a group.
+        let store = LogStore::open_with(dir.path(), 3, 4, |file| file).unwrap();
+        let mut all = Vec::new();
+        for group in [1, 5, 2, 7, 3, 6] {
+            let records: Vec<Record> = (all.len()..all.len() + group)
+                .map(|i| {
+                    let service = if i % 7 == 2 { "rare" } else { "common" };
+                    record(service, &format!("message {i} {}", "x".repeat(i % 5)))
+                })
+                .collect();
+            store.append(records.clone()).await.unwrap();
+            all.extend(records);
+        }
+        assert_every_read_matches(&store, &all).await;
+
+        // After a restart the index comes from scanning the file.
+        drop(store);
+        let reopened = LogStore::open_with(dir.path(), 3, 4, |file| file).unwrap();
+        assert_every_read_matches(&reopened, &all).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_write_takes_no_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = record("a", "fits");
+        let budget = line_of(&first).len() + 10;
+        let store = LogStore::open_with(dir.path(), 1, 2, |file| TestFile {
+            write_budget: Some(budget),
+            ..TestFile::new(file)
+        })
+        .unwrap();
+        store.append(vec![first.clone()]).await.unwrap();
+        let lost = vec![record("a", "does not fit"), record("a", "nor this")];
+        assert!(store.append(lost).await.is_err());
+        let later = vec![record("b", "later"), record("a", "last")];
+        store.append(later.clone()).await.unwrap();
+
+        let all = [vec![first], later].concat();
+        let read = store.read(None, None, 10).await.unwrap();
+        assert_eq!(read, expected(&all, None, None, 10));
+        assert_eq!(read.iter().map(|n| n.seq).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -833,6 +993,8 @@ mod tests {
             recent_capacity: 10,
             count: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            index: Mutex::new(BlockIndex::new(BLOCK_RECORDS)),
+            path: file_path(dir.path()),
         };
         let mut answers = Vec::new();
         let group = (0..3)
@@ -867,7 +1029,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = record("a", "fits");
         let budget = line_of(&first).len() + 10;
-        let store = LogStore::open_with(dir.path(), 10, |file| TestFile {
+        let store = LogStore::open_with(dir.path(), 10, BLOCK_RECORDS, |file| TestFile {
             write_budget: Some(budget),
             ..TestFile::new(file)
         })

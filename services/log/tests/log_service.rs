@@ -178,3 +178,81 @@ async fn a_second_instance_on_the_same_data_dir_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
 }
+
+/// Pages through `GET /log` with `before` from the newest record to the first.
+async fn every_record_paging_back(service: &ServiceProcess) -> Vec<serde_json::Value> {
+    let mut pages = Vec::new();
+    let mut url = format!("{}/log?limit=4000", service.base_url());
+    loop {
+        let page: Vec<serde_json::Value> = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let Some(oldest) = page.first() else { break };
+        url = format!(
+            "{}/log?limit=4000&before={}",
+            service.base_url(),
+            oldest["seq"]
+        );
+        pages.push(page);
+    }
+    pages.into_iter().rev().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_memory_holds_are_read_from_the_file() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = start_log_service(&agent, data.path(), port).await;
+    let client = http_client();
+    // 10,500 records, 500 more than the service keeps in memory; the first three from "early".
+    for batch in 0..11 {
+        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
+            .map(|i| {
+                let service = if i < 3 { "early" } else { "busy" };
+                serde_json::json!({"service": service, "message": format!("record {i}")})
+            })
+            .collect();
+        let response = client
+            .post(format!("{}/log", service.base_url()))
+            .json(&serde_json::json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+
+    for _run in ["before a restart", "after one"] {
+        let early: Vec<serde_json::Value> = client
+            .get(format!("{}/log?service=early", service.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let early: Vec<String> = early
+            .iter()
+            .map(|r| format!("{} {}", r["seq"], r["message"]))
+            .collect();
+        assert_eq!(
+            early,
+            [r#"1 "record 0""#, r#"2 "record 1""#, r#"3 "record 2""#]
+        );
+
+        let all = every_record_paging_back(&service).await;
+        assert_eq!(all.len(), 10_500);
+        for (i, record) in all.iter().enumerate() {
+            assert_eq!(record["seq"], i as u64 + 1);
+            assert_eq!(record["message"], format!("record {i}"));
+        }
+
+        service.sigkill();
+        service = start_log_service(&agent, data.path(), port).await;
+    }
+}

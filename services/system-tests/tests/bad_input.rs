@@ -203,6 +203,18 @@ fn log_cases() -> Vec<Case> {
             "limit: must be a whole number",
         ),
         case("GET", "/log?limit=0", 400, "limit: must be a whole number"),
+        case(
+            "GET",
+            "/log?before=0",
+            400,
+            "before: must be a record number",
+        ),
+        case(
+            "GET",
+            "/log?before=18446744073709551616",
+            400,
+            "before: must be a record number",
+        ),
         case("GET", "/logs", 404, "no such resource"),
         case("GET", "/log/1", 404, "no such resource"),
         case("DELETE", "/log", 405, "method not allowed"),
