@@ -128,6 +128,10 @@ pub struct LogsPage {
     pub records: Vec<LogRecord>,
     /// The service filter, empty for all.
     pub service: String,
+    /// The address of the next page back, when there may be older records.
+    pub older: Option<String>,
+    /// Whether this page starts below the newest records (so it links back to them).
+    pub paged: bool,
 }
 
 /// Any failure, as a page with its status and a message meant for the reader.

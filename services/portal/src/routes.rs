@@ -17,7 +17,9 @@ use crate::error::{PortalError, RejectedGrade, handle_rejection};
 use crate::pages::{
     self, DependencyView, GradeForm, LogsPage, ShippingView, StatusPage, StudentPage, StudentsPage,
 };
-use crate::upstream::{GradeOutcome, Grading, LogReader, NewGrade, is_service_name};
+use crate::upstream::{
+    GradeOutcome, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, is_service_name,
+};
 
 /// The largest grade form accepted; a real one is a few hundred bytes.
 pub const MAX_FORM_BYTES: u64 = 16 * 1024;
@@ -54,6 +56,8 @@ impl Portal {
 pub struct LogsQuery {
     /// Show only this service's records.
     pub service: Option<String>,
+    /// Show only records older than this one (its `seq`): the "Older records" link.
+    pub before: Option<String>,
 }
 
 /// All pages, answering every request themselves: warp's rejections become HTML pages here, so
@@ -211,12 +215,35 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
             "service: a service name is 1 to 100 letters, digits, '.', '_' or '-'.".to_owned(),
         ));
     }
-    let mut records = portal.log.recent(service.as_deref()).await?;
+    let before = match query.before.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| {
+                    PortalError::BadRequest(
+                        "before: a record number, a whole number from 1.".to_owned(),
+                    )
+                })?,
+        ),
+    };
+    let mut records = portal.log.recent(service.as_deref(), before).await?;
+    // A full page whose oldest record is not the first may have older ones behind it.
+    let older = match records.first().and_then(|oldest| oldest.seq) {
+        Some(oldest) if records.len() == LOG_PAGE_RECORDS && oldest > 1 => Some(match &service {
+            Some(service) => format!("/logs?service={service}&before={oldest}"),
+            None => format!("/logs?before={oldest}"),
+        }),
+        _ => None,
+    };
     // The log service answers oldest first; a reader wants the latest at the top.
     records.reverse();
     let page = LogsPage {
         records,
         service: service.unwrap_or_default(),
+        older,
+        paged: before.is_some(),
     };
     Ok(pages::render(StatusCode::OK, &page))
 }

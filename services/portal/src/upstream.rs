@@ -58,6 +58,10 @@ pub enum GradeOutcome {
 /// One record of the log service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LogRecord {
+    /// Its place in the log's file, which pages back with `before`; `None` from a log service
+    /// older than numbering.
+    #[serde(default)]
+    pub seq: Option<u64>,
     pub time: String,
     pub service: String,
     pub level: String,
@@ -162,14 +166,22 @@ impl LogReader {
         self.pool.watch()
     }
 
-    /// The latest [`LOG_PAGE_RECORDS`] records, oldest first, of one service or of all.
+    /// The latest [`LOG_PAGE_RECORDS`] records numbered below `before` (all, when `None`),
+    /// oldest first, of one service or of all.
     /// `service` must be a valid service name (see [`is_service_name`]): it goes into the URL as is.
-    pub async fn recent(&self, service: Option<&str>) -> Result<Vec<LogRecord>, PortalError> {
+    pub async fn recent(
+        &self,
+        service: Option<&str>,
+        before: Option<u64>,
+    ) -> Result<Vec<LogRecord>, PortalError> {
         let mut path = format!("/log?limit={LOG_PAGE_RECORDS}");
         if let Some(service) = service {
             debug_assert!(is_service_name(service));
             path.push_str("&service=");
             path.push_str(service);
+        }
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
         }
         let response = self
             .pool

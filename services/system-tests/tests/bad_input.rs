@@ -512,6 +512,13 @@ fn portal_cases() -> Vec<Case> {
             400,
             "service: a service name is",
         ),
+        case("GET", "/logs?before=0", 400, "before: a record number"),
+        case(
+            "GET",
+            "/logs?before=1%26limit%3D1",
+            400,
+            "before: a record number",
+        ),
         case("GET", "/nope", 404, "There is no page at this address."),
         case(
             "GET",

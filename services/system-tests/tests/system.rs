@@ -245,3 +245,52 @@ async fn consul_dns_answers_srv_queries_for_every_instance_and_by_tag() {
         "only tagged instances answer a tag query"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_page_pages_back_to_the_oldest_record() {
+    let gradebook = Gradebook::new().await;
+    let log = gradebook.start_log("log", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    let records: Vec<_> = (1..=150)
+        .map(|i| json!({"service": "demo", "message": format!("demo record {i}")}))
+        .collect();
+    let response = client()
+        .post(format!("{}/log", log.base_url()))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let page = |path: String| {
+        let url = format!("{}{path}", portal.base_url());
+        async move {
+            let response = client().get(url).send().await.ok()?;
+            (response.status() == 200).then_some(response.text().await.ok()?)
+        }
+    };
+    let newest = eventually("the portal shows the log", PATIENCE, || {
+        page("/logs?service=demo".to_owned())
+    })
+    .await;
+    assert_eq!(newest.matches("demo record ").count(), 100, "{newest}");
+    assert!(newest.contains("demo record 150<"), "{newest}");
+    assert!(!newest.contains("demo record 50<"), "{newest}");
+    // The link carries the filter; in HTML the & is written &amp; (askama escapes the href).
+    let (_, rest) = newest
+        .split_once(r#"<a href="/logs?service=demo&#38;before="#)
+        .unwrap_or_else(|| panic!("no link to older records: {newest}"));
+    let before: u64 = rest.split('"').next().unwrap().parse().unwrap();
+
+    let older = page(format!("/logs?service=demo&before={before}"))
+        .await
+        .unwrap();
+    assert_eq!(older.matches("demo record ").count(), 50, "{older}");
+    assert!(older.contains("demo record 1<"), "{older}");
+    assert!(older.contains("demo record 50<"), "{older}");
+    assert!(!older.contains("Older records"), "{older}");
+    assert!(
+        older.contains(r#"<a href="/logs?service=demo">Newest records</a>"#),
+        "{older}"
+    );
+}
