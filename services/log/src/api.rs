@@ -11,7 +11,7 @@ use warp::reply::Response;
 
 use crate::error::ApiError;
 use crate::record::{NewRecord, Record};
-use crate::store::LogStore;
+use crate::store::{LogStore, Selection};
 
 /// Largest request body accepted, text or JSON.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -45,6 +45,8 @@ struct ReadQuery {
     limit: Option<String>,
     /// Only records numbered below this: the `seq` of the oldest record of the previous page.
     before: Option<String>,
+    /// Only records numbered above this, the oldest first: the `seq` of the newest record seen.
+    after: Option<String>,
 }
 
 /// The answer to a successful POST.
@@ -166,17 +168,23 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
                 max: MAX_READ_LIMIT,
             })?,
     };
-    let before = match query.before.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .ok()
-                .filter(|&n| n >= 1)
-                .ok_or(ApiError::Before)?,
-        ),
+    let seq = |text: Option<&str>, error: ApiError| match text {
+        None => Ok(None),
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| error),
     };
-    let service = query.service.as_deref().filter(|s| !s.is_empty());
-    let records = store.read(service, before, limit).await?;
+    let before = seq(query.before.as_deref(), ApiError::Before)?;
+    if before == Some(0) {
+        return Err(ApiError::Before);
+    }
+    let after = seq(query.after.as_deref(), ApiError::After)?;
+    let records = store
+        .read(Selection {
+            service: query.service.as_deref().filter(|s| !s.is_empty()),
+            after,
+            before,
+            limit,
+        })
+        .await?;
     Ok(warp::reply::json(&records))
 }
 
@@ -304,7 +312,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_carry_their_number_and_before_pages_back() {
+    async fn records_carry_their_number_and_before_and_after_page() {
         let (_dir, store) = store();
         for i in 1..=5 {
             post(&store, "text/plain", format!("m{i}").as_bytes()).await;
@@ -331,16 +339,31 @@ mod tests {
             .collect();
         assert_eq!(seqs, [2, 3]);
         assert_eq!(page("/log?before=1").await.1, serde_json::json!([]));
+        let (_, next) = page("/log?limit=2&after=2").await;
+        let seqs: Vec<_> = next.as_array().unwrap().iter().map(|r| &r["seq"]).collect();
+        assert_eq!(seqs, [3, 4]);
+        let (_, between) = page("/log?after=1&before=4").await;
+        let seqs: Vec<_> = between
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["seq"])
+            .collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(page("/log?after=5").await.1, serde_json::json!([]));
 
-        for bad in [
-            "/log?before=0",
-            "/log?before=-1",
-            "/log?before=x",
-            "/log?before=",
+        for (bad, named) in [
+            ("/log?before=0", "before"),
+            ("/log?before=-1", "before"),
+            ("/log?before=x", "before"),
+            ("/log?before=", "before"),
+            ("/log?after=-1", "after"),
+            ("/log?after=1.5", "after"),
+            ("/log?after=", "after"),
         ] {
             let (status, body) = page(bad).await;
             assert_eq!(status, 400, "{bad}");
-            assert!(body["error"].as_str().unwrap().contains("before"), "{body}");
+            assert!(body["error"].as_str().unwrap().starts_with(named), "{body}");
         }
     }
 }

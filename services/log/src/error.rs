@@ -28,6 +28,8 @@ pub enum ApiError {
     Limit { max: usize },
     #[error("before: must be a record number (seq), a whole number from 1")]
     Before,
+    #[error("after: must be a record number (seq), a whole number from 0")]
+    After,
     #[error("disk full: the records were not stored")]
     DiskFull,
     #[error("storage unavailable: the records were not stored ({0})")]
@@ -44,7 +46,8 @@ impl ApiError {
             | ApiError::InvalidJson(_)
             | ApiError::EmptyBatch
             | ApiError::Limit { .. }
-            | ApiError::Before => StatusCode::BAD_REQUEST,
+            | ApiError::Before
+            | ApiError::After => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

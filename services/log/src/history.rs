@@ -77,68 +77,129 @@ impl BlockIndex {
     }
 }
 
-/// Up to `wanted` of the newest records numbered below `upper` (and from `service`, when given),
-/// oldest first, read from the file at `path`. Every record below `upper` must be complete in the
-/// file and noted in `index`. Blocking: run it off the async workers.
+/// Up to `wanted` of the newest records numbered above `lower` and below `upper` (and from
+/// `service`, when given), oldest first, read from the file at `path`. Every record below
+/// `upper` must be complete in the file and noted in `index`. Blocking: run it off the async
+/// workers.
 pub fn read_before(
     path: &Path,
     index: &Mutex<BlockIndex>,
+    lower: u64,
     upper: u64,
     service: Option<&str>,
     wanted: usize,
 ) -> io::Result<Vec<Numbered>> {
     let mut newest_first = Vec::new();
-    if upper <= 1 || wanted == 0 {
+    if lower + 1 >= upper || wanted == 0 {
         return Ok(newest_first);
     }
-    let mut reader = BufReader::new(File::open(path)?);
-    let block_records = lock(index).block_records;
-    let mut block = (upper - 2) / block_records;
-    let mut line = Vec::new();
+    let mut file = RecordReader::open(path, index)?;
+    let mut block = (upper - 2) / file.block_records;
     loop {
-        let start = lock(index)
-            .starts
-            .get(block as usize)
-            .copied()
-            .ok_or_else(|| {
-                io::Error::other(format!(
-                    "no index entry for block {block} of {}",
-                    path.display()
-                ))
-            })?;
-        reader.seek(SeekFrom::Start(start))?;
-        let first = block * block_records + 1;
-        let last = (first + block_records - 1).min(upper - 1);
+        let first = file.seek_block(block)?;
+        let last = (first + file.block_records - 1).min(upper - 1);
         let mut in_block = Vec::new();
         for seq in first..=last {
-            line.clear();
-            reader.read_until(b'\n', &mut line)?;
-            let Some(json) = line.strip_suffix(b"\n") else {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("record {seq} of {} is cut short", path.display()),
-                ));
-            };
-            let record: Record = serde_json::from_slice(json).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("record {seq} of {}: {e}", path.display()),
-                )
-            })?;
-            if service.is_none_or(|s| record.service == s) {
+            let record = file.next_record(seq)?;
+            if seq > lower && service.is_none_or(|s| record.service == s) {
                 in_block.push(Numbered { seq, record });
             }
         }
         let missing = wanted - newest_first.len();
         let keep_from = in_block.len().saturating_sub(missing);
         newest_first.extend(in_block.drain(keep_from..).rev());
-        if newest_first.len() == wanted || block == 0 {
+        if newest_first.len() == wanted || first <= lower + 1 {
             break;
         }
         block -= 1;
     }
     newest_first.reverse();
     Ok(newest_first)
+}
+
+/// Up to `wanted` of the oldest records numbered above `lower` and below `upper` (and from
+/// `service`, when given), oldest first, read from the file at `path`. Every record below
+/// `upper` must be complete in the file and noted in `index`. Blocking, like [`read_before`].
+pub fn read_after(
+    path: &Path,
+    index: &Mutex<BlockIndex>,
+    lower: u64,
+    upper: u64,
+    service: Option<&str>,
+    wanted: usize,
+) -> io::Result<Vec<Numbered>> {
+    let mut found = Vec::new();
+    if lower + 1 >= upper || wanted == 0 {
+        return Ok(found);
+    }
+    let mut file = RecordReader::open(path, index)?;
+    // Records follow each other in the file: one seek, then read on across blocks.
+    let first = file.seek_block(lower / file.block_records)?;
+    for seq in first..upper {
+        let record = file.next_record(seq)?;
+        if seq > lower && service.is_none_or(|s| record.service == s) {
+            found.push(Numbered { seq, record });
+            if found.len() == wanted {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The records file, read line by line from the start of a block.
+struct RecordReader<'a> {
+    reader: BufReader<File>,
+    line: Vec<u8>,
+    path: &'a Path,
+    index: &'a Mutex<BlockIndex>,
+    block_records: u64,
+}
+
+impl<'a> RecordReader<'a> {
+    fn open(path: &'a Path, index: &'a Mutex<BlockIndex>) -> io::Result<RecordReader<'a>> {
+        Ok(RecordReader {
+            reader: BufReader::new(File::open(path)?),
+            line: Vec::new(),
+            path,
+            block_records: lock(index).block_records,
+            index,
+        })
+    }
+
+    /// Moves to the first record of `block`; returns its number.
+    fn seek_block(&mut self, block: u64) -> io::Result<u64> {
+        let start = lock(self.index)
+            .starts
+            .get(block as usize)
+            .copied()
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "no index entry for block {block} of {}",
+                    self.path.display()
+                ))
+            })?;
+        self.reader.seek(SeekFrom::Start(start))?;
+        Ok(block * self.block_records + 1)
+    }
+
+    /// Reads the next line, which is record `seq`.
+    fn next_record(&mut self, seq: u64) -> io::Result<Record> {
+        self.line.clear();
+        self.reader.read_until(b'\n', &mut self.line)?;
+        let Some(json) = self.line.strip_suffix(b"\n") else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("record {seq} of {} is cut short", self.path.display()),
+            ));
+        };
+        serde_json::from_slice(json).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record {seq} of {}: {e}", self.path.display()),
+            )
+        })
+    }
 }
 
 /// The index is only ever appended to, so a panic elsewhere cannot leave it inconsistent.

@@ -134,6 +134,29 @@ impl Shared {
     }
 }
 
+/// Which records [`LogStore::read`] answers with: those numbered between `after` and `before`
+/// (both excluded) and from `service`, at most `limit` of them. Without `after` they are the
+/// newest such records; with it, the oldest, so a reader can page forwards or follow the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub service: Option<&'a str>,
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+impl Selection<'_> {
+    /// The newest `limit` records.
+    pub fn newest(limit: usize) -> Selection<'static> {
+        Selection {
+            service: None,
+            after: None,
+            before: None,
+            limit,
+        }
+    }
+}
+
 /// One `append` call on its way to the writer thread.
 struct Request {
     records: Vec<Record>,
@@ -264,57 +287,84 @@ impl LogStore {
         found
     }
 
-    /// Up to `limit` of the newest records numbered below `before` (any, when `None`) and from
-    /// `service` (any, when `None`), oldest first, each with its number. Served from memory when
-    /// the newest records hold enough; otherwise older ones are read from the file, off the async
+    /// The records `want` selects, oldest first, each with its number. Served from memory when
+    /// the newest records hold them; otherwise older ones are read from the file, off the async
     /// workers. Includes every record whose append has returned `Ok`.
-    pub async fn read(
-        &self,
-        service: Option<&str>,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Numbered>, StoreError> {
-        let (mut newest_first, window_start, upper) = {
+    pub async fn read(&self, want: Selection<'_>) -> Result<Vec<Numbered>, StoreError> {
+        let lower = want.after.unwrap_or(0);
+        let (in_memory, window_start, upper) = {
             let recent = self.shared.lock_recent();
             let count = self.shared.count.load(Ordering::Acquire);
-            let upper = before.map_or(count + 1, |before| before.min(count + 1));
+            let upper = want
+                .before
+                .map_or(count + 1, |before| before.min(count + 1));
             let window_start = count + 1 - recent.len() as u64;
-            let found: Vec<Numbered> = recent
-                .iter()
-                .rev()
-                .zip((window_start..=count).rev())
-                .filter(|&(record, seq)| seq < upper && service.is_none_or(|s| record.service == s))
-                .take(limit)
-                .map(|(record, seq)| Numbered {
-                    seq,
-                    record: record.clone(),
-                })
-                .collect();
+            let selected = |&(record, seq): &(&Record, u64)| {
+                seq > lower && seq < upper && want.service.is_none_or(|s| record.service == s)
+            };
+            let numbered_clone = |(record, seq): (&Record, u64)| Numbered {
+                seq,
+                record: record.clone(),
+            };
+            let found: Vec<Numbered> = if want.after.is_some() {
+                recent
+                    .iter()
+                    .zip(window_start..)
+                    .filter(selected)
+                    .take(want.limit)
+                    .map(numbered_clone)
+                    .collect()
+            } else {
+                let mut newest_first: Vec<Numbered> = recent
+                    .iter()
+                    .rev()
+                    .zip((window_start..=count).rev())
+                    .filter(selected)
+                    .take(want.limit)
+                    .map(numbered_clone)
+                    .collect();
+                newest_first.reverse();
+                newest_first
+            };
             (found, window_start, upper)
         };
         let file_upper = upper.min(window_start);
-        let wanted = limit - newest_first.len();
-        let mut found = if wanted > 0 && file_upper > 1 {
-            let shared = Arc::clone(&self.shared);
-            let service = service.map(str::to_owned);
-            tokio::task::spawn_blocking(move || {
-                history::read_before(
-                    &shared.path,
-                    &shared.index,
-                    file_upper,
-                    service.as_deref(),
-                    wanted,
-                )
+        if lower + 1 >= file_upper {
+            return Ok(in_memory);
+        }
+        let service = want.service.map(str::to_owned);
+        let mut found = if want.after.is_some() {
+            // The oldest come first, so the file is read even when memory alone has enough.
+            let limit = want.limit;
+            self.read_file(move |path, index| {
+                history::read_after(path, index, lower, file_upper, service.as_deref(), limit)
             })
+            .await?
+        } else {
+            let wanted = want.limit - in_memory.len();
+            if wanted == 0 {
+                return Ok(in_memory);
+            }
+            self.read_file(move |path, index| {
+                history::read_before(path, index, lower, file_upper, service.as_deref(), wanted)
+            })
+            .await?
+        };
+        let room = want.limit - found.len();
+        found.extend(in_memory.into_iter().take(room));
+        Ok(found)
+    }
+
+    /// Runs a read of the records file in tokio's blocking pool.
+    async fn read_file<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Path, &Mutex<BlockIndex>) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || read(&shared.path, &shared.index))
             .await
             .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
-            .map_err(StoreError::Read)?
-        } else {
-            Vec::new()
-        };
-        newest_first.reverse();
-        found.append(&mut newest_first);
-        Ok(found)
+            .map_err(StoreError::Read)
     }
 
     /// Number of records in the file: those found at open plus those appended since.
@@ -819,34 +869,45 @@ mod tests {
     }
 
     /// What `read` must answer, worked out from every record ever appended.
-    fn expected(
-        all: &[Record],
-        service: Option<&str>,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Vec<Numbered> {
-        let upper = before.unwrap_or(u64::MAX);
+    fn expected(all: &[Record], want: Selection) -> Vec<Numbered> {
+        let lower = want.after.unwrap_or(0);
+        let upper = want.before.unwrap_or(u64::MAX);
         let mut found: Vec<Numbered> = (1..)
             .zip(all)
-            .filter(|&(seq, record)| seq < upper && service.is_none_or(|s| record.service == s))
+            .filter(|&(seq, record)| {
+                seq > lower && seq < upper && want.service.is_none_or(|s| record.service == s)
+            })
             .map(|(seq, record)| Numbered {
                 seq,
                 record: record.clone(),
             })
             .collect();
-        found.drain(..found.len().saturating_sub(limit));
+        if want.after.is_some() {
+            found.truncate(want.limit);
+        } else {
+            found.drain(..found.len().saturating_sub(want.limit));
+        }
         found
     }
 
     async fn assert_every_read_matches(store: &LogStore, all: &[Record]) {
+        let seqs = || (0..=all.len() as u64 + 2).map(Some).chain([None]);
         for service in [None, Some("rare"), Some("nobody")] {
-            for before in (1..=all.len() as u64 + 2).map(Some).chain([None]) {
-                for limit in [1, 2, 5, 40] {
-                    assert_eq!(
-                        store.read(service, before, limit).await.unwrap(),
-                        expected(all, service, before, limit),
-                        "service {service:?}, before {before:?}, limit {limit}"
-                    );
+            for after in seqs() {
+                for before in seqs().filter(|&before| before != Some(0)) {
+                    for limit in [1, 2, 5, 40] {
+                        let want = Selection {
+                            service,
+                            after,
+                            before,
+                            limit,
+                        };
+                        assert_eq!(
+                            store.read(want).await.unwrap(),
+                            expected(all, want),
+                            "{want:?}"
+                        );
+                    }
                 }
             }
         }
@@ -894,8 +955,8 @@ mod tests {
         store.append(later.clone()).await.unwrap();
 
         let all = [vec![first], later].concat();
-        let read = store.read(None, None, 10).await.unwrap();
-        assert_eq!(read, expected(&all, None, None, 10));
+        let read = store.read(Selection::newest(10)).await.unwrap();
+        assert_eq!(read, expected(&all, Selection::newest(10)));
         assert_eq!(read.iter().map(|n| n.seq).collect::<Vec<_>>(), [1, 2, 3]);
     }
 

@@ -203,6 +203,28 @@ async fn every_record_paging_back(service: &ServiceProcess) -> Vec<serde_json::V
     pages.into_iter().rev().flatten().collect()
 }
 
+/// Follows `GET /log` with `after` from the first record to the newest, as a reader tailing the
+/// log would.
+async fn every_record_paging_forward(service: &ServiceProcess) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!("{}/log?limit=4000&after={after}", service.base_url());
+        let page: Vec<serde_json::Value> = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let Some(newest) = page.last() else { break };
+        after = newest["seq"].as_u64().unwrap();
+        all.extend(page);
+    }
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_older_than_memory_holds_are_read_from_the_file() {
     let agent = ConsulAgent::start().await;
@@ -245,11 +267,15 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
             [r#"1 "record 0""#, r#"2 "record 1""#, r#"3 "record 2""#]
         );
 
-        let all = every_record_paging_back(&service).await;
-        assert_eq!(all.len(), 10_500);
-        for (i, record) in all.iter().enumerate() {
-            assert_eq!(record["seq"], i as u64 + 1);
-            assert_eq!(record["message"], format!("record {i}"));
+        for all in [
+            every_record_paging_back(&service).await,
+            every_record_paging_forward(&service).await,
+        ] {
+            assert_eq!(all.len(), 10_500);
+            for (i, record) in all.iter().enumerate() {
+                assert_eq!(record["seq"], i as u64 + 1);
+                assert_eq!(record["message"], format!("record {i}"));
+            }
         }
 
         service.sigkill();

@@ -211,6 +211,12 @@ fn log_cases() -> Vec<Case> {
         ),
         case(
             "GET",
+            "/log?after=-1",
+            400,
+            "after: must be a record number",
+        ),
+        case(
+            "GET",
             "/log?before=18446744073709551616",
             400,
             "before: must be a record number",
