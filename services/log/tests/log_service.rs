@@ -31,16 +31,16 @@ async fn start_log_service(
     .await
 }
 
+/// The records a `GET /log` at `url` answers with.
+async fn get_records(url: &str) -> Vec<serde_json::Value> {
+    let response = http_client().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
 async fn messages(service: &ServiceProcess) -> Vec<String> {
-    let records: Vec<serde_json::Value> = http_client()
-        .get(format!("{}/log?limit=1000", service.base_url()))
-        .send()
+    get_records(&format!("{}/log?limit=1000", service.base_url()))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    records
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_owned())
         .collect()
@@ -184,14 +184,7 @@ async fn every_record_paging_back(service: &ServiceProcess) -> Vec<serde_json::V
     let mut pages = Vec::new();
     let mut url = format!("{}/log?limit=4000", service.base_url());
     loop {
-        let page: Vec<serde_json::Value> = http_client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_records(&url).await;
         let Some(oldest) = page.first() else { break };
         url = format!(
             "{}/log?limit=4000&before={}",
@@ -210,14 +203,7 @@ async fn every_record_paging_forward(service: &ServiceProcess) -> Vec<serde_json
     let mut after = 0;
     loop {
         let url = format!("{}/log?limit=4000&after={after}", service.base_url());
-        let page: Vec<serde_json::Value> = http_client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_records(&url).await;
         let Some(newest) = page.last() else { break };
         after = newest["seq"].as_u64().unwrap();
         all.extend(page);
@@ -250,15 +236,8 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
     }
 
     for _run in ["before a restart", "after one"] {
-        let early: Vec<serde_json::Value> = client
-            .get(format!("{}/log?service=early", service.base_url()))
-            .send()
+        let early: Vec<String> = get_records(&format!("{}/log?service=early", service.base_url()))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let early: Vec<String> = early
             .iter()
             .map(|r| format!("{} {}", r["seq"], r["message"]))
             .collect();
