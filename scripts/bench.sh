@@ -227,6 +227,16 @@ measure ceiling "$ceiling_url/students/1"
 measure grading_one "$grading_url/students/1"
 measure grading_all "$grading_url/students"
 measure log_text "$log_url/log?service=bench" "$work/post-text.lua"
+# The same load while 10 readers long-poll (GET /log?after=..&wait=..) for a service that never
+# logs: every append wakes them all, and that must not make appends much dearer.
+followers=()
+for _ in $(seq 10); do
+  curl -s -o /dev/null -m $((duration * 3 + 30)) "$log_url/log?service=nobody&after=0&wait=5m" &
+  followers+=($!)
+done
+measure log_text_followed "$log_url/log?service=bench" "$work/post-text.lua"
+kill "${followers[@]}" 2>/dev/null || true
+wait "${followers[@]}" 2>/dev/null || true
 measure log_batch "$log_url/log" "$work/post-batch.lua"
 measure portal_index "$portal_url/"
 measure portal_student "$portal_url/students/1"
@@ -275,13 +285,15 @@ http_row ceiling_end "1. ceiling again, after the other loads" -
 http_row grading_one "2. grading GET /students/1" 0.75
 http_row grading_all "2. grading GET /students" 0.75
 http_row log_text "3. log POST /log text, fsync'd (records/s)" 0.45
+http_row log_text_followed "3. the same, 10 readers waiting on ?wait" -
 http_row log_batch "3. log POST /log batch of $batch_records (records/s)" 0.45 "$batch_records"
 http_row portal_index "4. portal / (via discovery)" 0.3
 http_row portal_student "4. portal /students/1 (via discovery)" 0.3
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling grading_one grading_all log_text log_batch portal_index portal_student ceiling_end; do
+for key in ceiling grading_one grading_all log_text log_text_followed log_batch portal_index \
+  portal_student ceiling_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo

@@ -1,6 +1,6 @@
 //! The HTTP API: `POST /log` (a text/plain message, or a JSON batch) and `GET /log`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use discovery::http::{Object, body_limit, respond};
@@ -21,6 +21,8 @@ pub const MAX_BATCH_RECORDS: usize = 1000;
 pub const DEFAULT_READ_LIMIT: usize = 100;
 /// The most records one `GET /log` answers with; `before` pages further back.
 pub const MAX_READ_LIMIT: usize = 10_000;
+/// The longest `wait` of a `GET /log` (Consul's own default for blocking queries).
+pub const MAX_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// The JSON batch form, as the services' log shipping sends it.
 #[derive(Debug, Deserialize, Serialize)]
@@ -47,6 +49,8 @@ struct ReadQuery {
     before: Option<String>,
     /// Only records numbered above this, the oldest first: the `seq` of the newest record seen.
     after: Option<String>,
+    /// With `after`: when nothing newer is stored yet, wait up to this long (`30s`, `5m`) for it.
+    wait: Option<String>,
 }
 
 /// The answer to a successful POST.
@@ -177,15 +181,48 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
         return Err(ApiError::Before);
     }
     let after = seq(query.after.as_deref(), ApiError::After)?;
-    let records = store
-        .read(Selection {
-            service: query.service.as_deref().filter(|s| !s.is_empty()),
-            after,
-            before,
-            limit,
-        })
-        .await?;
-    Ok(warp::reply::json(&records))
+    let wait = match query.wait.as_deref() {
+        None => None,
+        Some(_) if after.is_none() => return Err(ApiError::WaitWithoutAfter),
+        Some(text) => Some(
+            humantime::parse_duration(text)
+                .ok()
+                .filter(|wait| *wait <= MAX_WAIT)
+                .ok_or(ApiError::Wait)?,
+        ),
+    };
+    let selection = Selection {
+        service: query.service.as_deref().filter(|s| !s.is_empty()),
+        after,
+        before,
+        limit,
+    };
+    let Some(wait) = wait else {
+        return Ok(warp::reply::json(&store.read(selection).await?));
+    };
+    // A long poll, like Consul's blocking queries: answer as soon as a selected record exists.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut news = store.news();
+    let mut selection = selection;
+    tracing::debug!(after, ?wait, "reader waiting for new records");
+    loop {
+        let (count, closing) = {
+            let seen = news.borrow_and_update();
+            (seen.count, seen.closing)
+        };
+        let records = store.read(selection).await?;
+        if !records.is_empty() || closing {
+            return Ok(warp::reply::json(&records));
+        }
+        // Nothing up to `count` was selected, so the next read starts after it: a waiting
+        // reader looks at each new record once, not at the whole log on every append.
+        selection.after = selection.after.max(Some(count));
+        match tokio::time::timeout_at(deadline, news.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the store is gone): nothing new, which is an answer too.
+            Ok(Err(_)) | Err(_) => return Ok(warp::reply::json(&records)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +380,8 @@ mod tests {
         assert_eq!(seqs("/log?limit=2&after=2").await, [3, 4]);
         assert_eq!(seqs("/log?after=1&before=4").await, [2, 3]);
         assert_eq!(seqs("/log?after=5").await, [0u64; 0]);
+        assert_eq!(seqs("/log?after=18446744073709551615").await, [0u64; 0]);
+        assert_eq!(seqs("/log?after=3&before=2").await, [0u64; 0]);
 
         for (bad, named) in [
             ("/log?before=0", "before"),
@@ -352,10 +391,95 @@ mod tests {
             ("/log?after=-1", "after"),
             ("/log?after=1.5", "after"),
             ("/log?after=", "after"),
+            ("/log?wait=10s", "wait: only with after"),
+            ("/log?after=1&wait=6m", "wait: must be a duration"),
+            ("/log?after=1&wait=soon", "wait: must be a duration"),
         ] {
             let (status, body) = page(bad).await;
             assert_eq!(status, 400, "{bad}");
             assert!(body["error"].as_str().unwrap().starts_with(named), "{body}");
         }
+    }
+
+    /// Bounds a wait that must end by itself, so a broken long poll fails instead of hanging.
+    async fn within_a_minute<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not end"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_read_answers_with_the_first_new_record_of_its_service() {
+        let (_dir, store) = store();
+        post(&store, "text/plain", b"before the wait").await;
+        let api = routes(store.clone()).recover(handle_rejection);
+        let waiting = tokio::spawn({
+            let api = api.clone();
+            async move {
+                let response = warp::test::request()
+                    .path("/log?after=1&wait=5m&service=wanted")
+                    .reply(&api)
+                    .await;
+                serde_json::from_slice::<serde_json::Value>(response.body()).unwrap()
+            }
+        });
+        // Appends of another service wake the reader, which keeps waiting.
+        post(&store, "text/plain", b"not this one").await;
+        let wanted = warp::test::request()
+            .method("POST")
+            .path("/log?service=wanted")
+            .body("this one")
+            .reply(&api)
+            .await;
+        assert_eq!(wanted.status(), 201);
+
+        let answer = within_a_minute("the waiting read", waiting).await.unwrap();
+        assert_eq!(answer[0]["message"], "this one", "{answer}");
+        assert_eq!(answer[0]["seq"], 3, "{answer}");
+        assert_eq!(answer.as_array().unwrap().len(), 1, "{answer}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_ends_empty_at_its_deadline_or_when_readers_are_closed() {
+        let (_dir, store) = store();
+        let api = routes(store.clone()).recover(handle_rejection);
+        let response = warp::test::request()
+            .path("/log?after=0&wait=50ms")
+            .reply(&api)
+            .await;
+        assert_eq!(
+            (response.status().as_u16(), response.body().as_ref()),
+            (200, &b"[]"[..])
+        );
+
+        let waiting = tokio::spawn({
+            let api = api.clone();
+            async move {
+                warp::test::request()
+                    .path("/log?after=0&wait=5m")
+                    .reply(&api)
+                    .await
+            }
+        });
+        // The reader is waiting once it holds a subscription; then shut down.
+        while store.subscribed_readers() == 0 {
+            tokio::task::yield_now().await;
+        }
+        store.close_readers();
+        let response = within_a_minute("the closed wait", waiting).await.unwrap();
+        assert_eq!(
+            (response.status().as_u16(), response.body().as_ref()),
+            (200, &b"[]"[..])
+        );
+
+        // Later waits do not wait at all.
+        let response = within_a_minute(
+            "a wait after closing",
+            warp::test::request()
+                .path("/log?after=0&wait=5m")
+                .reply(&api),
+        )
+        .await;
+        assert_eq!(response.body().as_ref(), b"[]");
     }
 }

@@ -30,6 +30,10 @@ pub enum ApiError {
     Before,
     #[error("after: must be a record number (seq), a whole number from 0")]
     After,
+    #[error("wait: must be a duration such as 30s or 5m, at most 5m")]
+    Wait,
+    #[error("wait: only with after=SEQ (the newest record already seen)")]
+    WaitWithoutAfter,
     #[error("disk full: the records were not stored")]
     DiskFull,
     #[error("storage unavailable: the records were not stored ({0})")]
@@ -47,7 +51,9 @@ impl ApiError {
             | ApiError::EmptyBatch
             | ApiError::Limit { .. }
             | ApiError::Before
-            | ApiError::After => StatusCode::BAD_REQUEST,
+            | ApiError::After
+            | ApiError::Wait
+            | ApiError::WaitWithoutAfter => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

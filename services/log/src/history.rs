@@ -90,7 +90,7 @@ pub fn read_before(
     wanted: usize,
 ) -> io::Result<Vec<Numbered>> {
     let mut newest_first = Vec::new();
-    if lower + 1 >= upper || wanted == 0 {
+    if lower.saturating_add(1) >= upper || wanted == 0 {
         return Ok(newest_first);
     }
     let mut file = RecordReader::open(path, index)?;
@@ -108,7 +108,7 @@ pub fn read_before(
         let missing = wanted - newest_first.len();
         let keep_from = in_block.len().saturating_sub(missing);
         newest_first.extend(in_block.drain(keep_from..).rev());
-        if newest_first.len() == wanted || first <= lower + 1 {
+        if newest_first.len() == wanted || first <= lower.saturating_add(1) {
             break;
         }
         block -= 1;
@@ -129,7 +129,7 @@ pub fn read_after(
     wanted: usize,
 ) -> io::Result<Vec<Numbered>> {
     let mut found = Vec::new();
-    if lower + 1 >= upper || wanted == 0 {
+    if lower.saturating_add(1) >= upper || wanted == 0 {
         return Ok(found);
     }
     let mut file = RecordReader::open(path, index)?;

@@ -71,8 +71,15 @@ impl App {
         self.service.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then deregisters and drains.
+    /// Serves until `shutdown` resolves, then deregisters and drains. Readers waiting for new
+    /// records (`GET /log?after=…&wait=…`) get their answer at once, so they do not hold up the
+    /// drain.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let store = self.store.clone();
+        let shutdown = async move {
+            shutdown.await;
+            store.close_readers();
+        };
         self.service.run(api::routes(self.store), shutdown).await;
     }
 }

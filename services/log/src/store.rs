@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered};
 use crate::record::Record;
@@ -112,6 +112,17 @@ struct Shared {
     /// `count`, while `recent` is locked.
     index: Mutex<BlockIndex>,
     path: PathBuf,
+    /// Tells waiting readers that records were appended, or that they should stop waiting.
+    news: watch::Sender<News>,
+}
+
+/// What a reader waiting for new records learns: the record count after each append, and
+/// whether the service is shutting down (so a long poll ends at once instead of holding up the
+/// drain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct News {
+    pub count: u64,
+    pub closing: bool,
 }
 
 impl Shared {
@@ -229,6 +240,10 @@ impl LogStore {
             syncs: AtomicU64::new(0),
             index: Mutex::new(scan.index),
             path: path.clone(),
+            news: watch::Sender::new(News {
+                count: scan.count,
+                closing: false,
+            }),
         });
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
@@ -299,26 +314,32 @@ impl LogStore {
                 .before
                 .map_or(count + 1, |before| before.min(count + 1));
             let window_start = count + 1 - recent.len() as u64;
-            let selected = |&(record, seq): &(&Record, u64)| {
-                seq > lower && seq < upper && want.service.is_none_or(|s| record.service == s)
-            };
+            // Only the part of memory between `after` and `before`: a reader following the log
+            // looks at the few newest records, not all 10,000.
+            let position = |seq: u64| (seq.saturating_sub(window_start) as usize).min(recent.len());
+            // `after` may be at or past `before`: then the range is empty, not reversed.
+            let from = position(lower.saturating_add(1));
+            let to = position(upper).max(from);
+            let seqs = window_start + from as u64..window_start + to as u64;
+            let selected =
+                |&(record, _): &(&Record, u64)| want.service.is_none_or(|s| record.service == s);
             let numbered_clone = |(record, seq): (&Record, u64)| Numbered {
                 seq,
                 record: record.clone(),
             };
             let found: Vec<Numbered> = if want.after.is_some() {
                 recent
-                    .iter()
-                    .zip(window_start..)
+                    .range(from..to)
+                    .zip(seqs)
                     .filter(selected)
                     .take(want.limit)
                     .map(numbered_clone)
                     .collect()
             } else {
                 let mut newest_first: Vec<Numbered> = recent
-                    .iter()
+                    .range(from..to)
                     .rev()
-                    .zip((window_start..=count).rev())
+                    .zip(seqs.rev())
                     .filter(selected)
                     .take(want.limit)
                     .map(numbered_clone)
@@ -329,7 +350,7 @@ impl LogStore {
             (found, window_start, upper)
         };
         let file_upper = upper.min(window_start);
-        if lower + 1 >= file_upper {
+        if lower.saturating_add(1) >= file_upper {
             return Ok(in_memory);
         }
         let service = want.service.map(str::to_owned);
@@ -353,6 +374,23 @@ impl LogStore {
         let room = want.limit - found.len();
         found.extend(in_memory.into_iter().take(room));
         Ok(found)
+    }
+
+    /// A receiver that wakes after every append (and on [`LogStore::close_readers`]). Subscribe
+    /// before reading, so an append between the read and the wait is not missed.
+    pub fn news(&self) -> watch::Receiver<News> {
+        self.shared.news.subscribe()
+    }
+
+    /// Ends every wait for new records, now and later: the service is shutting down.
+    pub fn close_readers(&self) {
+        self.shared.news.send_modify(|news| news.closing = true);
+    }
+
+    /// How many receivers of [`LogStore::news`] exist: readers waiting (or about to).
+    #[cfg(test)]
+    pub(crate) fn subscribed_readers(&self) -> usize {
+        self.shared.news.receiver_count()
     }
 
     /// Runs a read of the records file in tokio's blocking pool.
@@ -585,6 +623,8 @@ fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<
             replies.push(request.reply);
         }
     }
+    let count = shared.count.load(Ordering::Acquire);
+    shared.news.send_modify(|news| news.count = count);
     for reply in replies {
         let _ = reply.send(Ok(()));
     }
@@ -1056,6 +1096,10 @@ mod tests {
             syncs: AtomicU64::new(0),
             index: Mutex::new(BlockIndex::new(BLOCK_RECORDS)),
             path: file_path(dir.path()),
+            news: watch::Sender::new(News {
+                count: 0,
+                closing: false,
+            }),
         };
         let mut answers = Vec::new();
         let group = (0..3)

@@ -13,6 +13,15 @@ async fn start_log_service(
     data_dir: &std::path::Path,
     port: u16,
 ) -> ServiceProcess {
+    start_log_service_logging(agent, data_dir, port, "info").await
+}
+
+async fn start_log_service_logging(
+    agent: &ConsulAgent,
+    data_dir: &std::path::Path,
+    port: u16,
+    rust_log: &str,
+) -> ServiceProcess {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_log-service").as_ref(),
@@ -25,7 +34,7 @@ async fn start_log_service(
         ],
         &[
             ("CONSUL_HTTP_ADDR", agent.http_addr()),
-            ("RUST_LOG", "info".into()),
+            ("RUST_LOG", rust_log.into()),
         ],
     )
     .await
@@ -260,4 +269,58 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
         service.sigkill();
         service = start_log_service(&agent, data.path(), port).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_reader_gets_the_next_record_and_sigterm_ends_a_wait_at_once() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    // At debug level the service says when a reader starts waiting.
+    let mut service =
+        start_log_service_logging(&agent, data.path(), free_port(), "info,log_service=debug").await;
+    let waiting_readers = |service: &ServiceProcess| {
+        service
+            .output()
+            .matches("reader waiting for new records")
+            .count()
+    };
+    let client = http_client();
+    let base = service.base_url();
+    let newest = get_records(&format!("{base}/log?limit=1")).await;
+    let after = newest.last().map_or(0, |r| r["seq"].as_u64().unwrap());
+
+    // Follow the log as a script would: wait for whatever comes after the newest record.
+    let follow = |after: u64| {
+        let request = client.get(format!("{base}/log?after={after}&wait=5m&service=demo"));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    let waiting = follow(after);
+    let response = client
+        .post(format!("{base}/log?service=demo"))
+        .body("news")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answer: Vec<serde_json::Value> = waiting.await.unwrap().json().await.unwrap();
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0]["message"], "news");
+
+    // A reader still waiting when the service is stopped gets an empty answer, and the
+    // service drains instead of giving up on the open connection.
+    let seen = answer[0]["seq"].as_u64().unwrap();
+    let waiting = follow(seen);
+    eventually("the second reader waits", PATIENCE, || async {
+        (waiting_readers(&service) == 2).then_some(())
+    })
+    .await;
+    service.sigterm();
+    let response = waiting.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "[]");
+    let status = service.wait_exit(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", service.output());
+    let output = service.output();
+    assert!(output.contains("drained; bye"), "{output}");
+    assert!(!output.contains("connections still open"), "{output}");
 }

@@ -215,6 +215,13 @@ fn log_cases() -> Vec<Case> {
             400,
             "after: must be a record number",
         ),
+        case("GET", "/log?wait=1s", 400, "wait: only with after"),
+        case(
+            "GET",
+            "/log?after=1&wait=1h",
+            400,
+            "wait: must be a duration",
+        ),
         case(
             "GET",
             "/log?before=18446744073709551616",
