@@ -158,7 +158,8 @@ pub struct Selection<'a> {
 
 impl Selection<'_> {
     /// The newest `limit` records.
-    pub fn newest(limit: usize) -> Selection<'static> {
+    #[cfg(test)]
+    pub(crate) fn newest(limit: usize) -> Selection<'static> {
         Selection {
             service: None,
             after: None,
@@ -185,7 +186,7 @@ impl LogStore {
     /// newline, or a last line that does not parse) is cut off, so it is never taken for a record
     /// and later appends start on a clean line. A bad line before the last one is
     /// [`StoreError::Corrupt`]: the file is left untouched. The newest `recent_capacity` records
-    /// are kept in memory for [`LogStore::recent`].
+    /// are kept in memory for [`LogStore::read`].
     pub fn open(dir: &Path, recent_capacity: usize) -> Result<LogStore, StoreError> {
         Self::open_with(dir, recent_capacity, BLOCK_RECORDS, |file| file)
     }
@@ -286,9 +287,10 @@ impl LogStore {
     }
 
     /// Up to `limit` of the most recent records held in memory, newest last; only those whose
-    /// service equals `service` when given. Includes every record whose append has returned `Ok`
-    /// (within the in-memory capacity).
-    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<Record> {
+    /// service equals `service` when given. A synchronous view of memory alone, for tests that
+    /// check what a store holds; requests go through [`LogStore::read`].
+    #[cfg(test)]
+    pub(crate) fn recent(&self, service: Option<&str>, limit: usize) -> Vec<Record> {
         let recent = self.shared.lock_recent();
         let mut found: Vec<Record> = recent
             .iter()
