@@ -48,36 +48,8 @@ fi
 command -v apt-get >/dev/null 2>&1 || die "no consul on PATH and no apt-get to fetch one; install Consul and put it on PATH"
 command -v dpkg >/dev/null 2>&1 || die "no consul on PATH and no dpkg to unpack one"
 
-# The mirror of the Debian archive this machine already uses: the URI of a source that serves a
-# plain Debian suite (not a security or third-party repository), from deb822 .sources files or
-# one-line sources.list entries.
-find_debian_mirror() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk '
-      BEGIN { RS=""; FS="\n" }
-      {
-        uri=""; suites=""; enabled=1
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^URIs:/)    { sub(/^URIs:[ \t]*/, "", $i); split($i, u, /[ \t]+/); uri=u[1] }
-          if ($i ~ /^Suites:/)  { sub(/^Suites:[ \t]*/, "", $i); suites=$i }
-          if ($i ~ /^Enabled:[ \t]*no/) { enabled=0 }
-        }
-        if (enabled && uri ~ /\/debian\/?$/ && suites !~ /security/ && suites != "") { print uri; exit }
-      }' "$f"
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    awk '$1 == "deb" {
-           uri = ""; for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { uri = $i; break }
-           if (uri ~ /\/debian\/?$/) { print uri; exit }
-         }' "$f"
-  done
-}
-
-mirror=$(find_debian_mirror | head -n 1)
-[ -n "$mirror" ] || die "no Debian mirror found in /etc/apt/sources.list{,.d}; cannot fetch consul from $suite"
+# The mirror of the Debian archive this machine already uses, so no mirror is named here.
+mirror=$("$repo_root/scripts/debian-mirror.sh") || die "cannot fetch consul from $suite without a Debian mirror"
 
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$keyring" ] || die "missing $keyring (package debian-archive-keyring)"
