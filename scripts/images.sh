@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds every image docker-compose.yml needs without an image registry, from Debian's packages
+# and this machine's release build, then points the compose file at them through .env.
+set -euo pipefail
+
+usage() {
+  cat <<'TXT'
+Usage: scripts/images.sh [--help]
+
+Builds, without pulling anything from an image registry:
+  gradebook-base:bookworm  a Debian bookworm base: debootstrap --variant=minbase (with curl) from
+                           the Debian mirror this machine's APT sources already name, brought in
+                           with `docker import`. Needs root and debootstrap (installed if missing).
+  gradebook-consul:VERSION the agent scripts/install-consul.sh provides, on that base.
+  $GRADEBOOK_IMAGE         (default gradebook:latest) the three service binaries from
+                           `cargo build --release`, on that base: the Dockerfile's `prebuilt` stage.
+and writes CONSUL_IMAGE=gradebook-consul:VERSION into .env beside docker-compose.yml, so that
+`docker compose up -d --no-build` (or docker-compose) runs the stack on these images.
+
+Quick when nothing changed: the base is reused while its package list is the same, the other two
+are cached layer by layer, and cargo rebuilds only what changed.
+The release binaries must run on bookworm's C library (glibc 2.36): build on bookworm or older.
+
+Environment:
+  GRADEBOOK_IMAGE   tag of the service image (default gradebook:latest)
+  BASE_PACKAGES     packages added to the minbase base (default: curl ca-certificates)
+TXT
+}
+
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+die() { echo "images: $*" >&2; exit 1; }
+say() { echo "images: $*" >&2; }
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+base_image=gradebook-base:bookworm
+service_image=${GRADEBOOK_IMAGE:-gradebook:latest}
+base_packages=${BASE_PACKAGES:-curl ca-certificates}
+build_dir="$repo_root/tools/images"
+
+docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info failed); start dockerd"
+
+# --- the Debian base -------------------------------------------------------------------------
+# Labelled with what it was made from; the same label means the same base, so it is kept.
+base_recipe="bookworm minbase +${base_packages// /,}"
+existing=$(docker image inspect -f '{{ index .Config.Labels "org.gradebook.recipe" }}' "$base_image" 2>/dev/null || true)
+if [ "$existing" = "$base_recipe" ]; then
+  say "$base_image is up to date ($base_recipe)"
+else
+  [ "$(id -u)" = 0 ] || die "debootstrap needs root to build $base_image; run: sudo $0"
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    say "installing debootstrap"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  fi
+  mirror=$(scripts/debian-mirror.sh) || die "no Debian mirror to debootstrap from"
+  rootfs="$build_dir/rootfs"
+  rm -rf "$rootfs"
+  mkdir -p "$rootfs"
+  say "debootstrap bookworm from $mirror (about 2 minutes the first time)"
+  debootstrap --variant=minbase --include="${base_packages// /,}" bookworm "$rootfs" "$mirror" \
+    >"$build_dir/debootstrap.log" 2>&1 \
+    || die "debootstrap failed; see $build_dir/debootstrap.log"
+  # Downloaded packages and package lists are of no use inside an image that never runs apt.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" --numeric-owner -c . \
+    | docker import \
+        --change "LABEL org.gradebook.recipe=\"$base_recipe\"" \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["/bin/bash"]' \
+        - "$base_image" >/dev/null
+  rm -rf "$rootfs"
+  say "built $base_image"
+fi
+
+# --- Consul ----------------------------------------------------------------------------------
+consul_bin=$(scripts/install-consul.sh)
+consul_version=$("$consul_bin" version | sed -n '1s/^Consul v\([0-9][0-9.]*\).*/\1/p')
+[ -n "$consul_version" ] || die "cannot read the version of $consul_bin"
+consul_image="gradebook-consul:$consul_version"
+consul_context="$build_dir/consul"
+rm -rf "$consul_context"
+mkdir -p "$consul_context"
+cp "$consul_bin" "$consul_context/consul"
+docker build -q --build-arg BASE_IMAGE="$base_image" -t "$consul_image" \
+  -f docker/consul.Dockerfile "$consul_context" >/dev/null \
+  || die "building $consul_image failed"
+say "built $consul_image"
+
+# --- the services ----------------------------------------------------------------------------
+say "cargo build --release (the first build takes several minutes)"
+cargo build --release --locked -p log-service -p grading-service -p portal
+service_context="$build_dir/service"
+rm -rf "$service_context"
+mkdir -p "$service_context/docker"
+cp docker/gradebook-entrypoint docker/gradebook-health "$service_context/docker/"
+cp target/release/log-service target/release/grading-service target/release/portal "$service_context/"
+docker build -q --target prebuilt --build-arg BASE_IMAGE="$base_image" -t "$service_image" \
+  -f Dockerfile "$service_context" >/dev/null \
+  || die "building $service_image failed"
+# A host whose C library is newer than bookworm's builds binaries the image cannot run: say so now.
+docker run --rm "$service_image" log-service --version >/dev/null \
+  || die "the release binaries do not run in $service_image (built against a newer glibc than bookworm's?)"
+say "built $service_image"
+
+# --- point docker-compose.yml at them ----------------------------------------------------------
+env_file="$repo_root/.env"
+touch "$env_file"
+grep -v '^CONSUL_IMAGE=' "$env_file" >"$env_file.new" || true
+echo "CONSUL_IMAGE=$consul_image" >>"$env_file.new"
+mv "$env_file.new" "$env_file"
+say "wrote CONSUL_IMAGE=$consul_image to .env; now: docker compose up -d --no-build"
