@@ -12,6 +12,11 @@ Installs Consul if needed (scripts/install-consul.sh), and dig, chromium and
 chromedriver from Debian's packages when missing; builds every binary, then runs
 `cargo test --workspace`. Tests start their own Consul agents on free ports, so a
 Consul already running on :8500 is left alone.
+
+When a Docker engine answers (and no extra arguments are given), it then builds the
+images with scripts/images.sh and runs the compose tests, which start
+docker-compose.yml as projects named gradebook-test-*. Under CI=true a missing
+engine is a failure.
 TXT
     exit 0 ;;
 esac
@@ -43,6 +48,35 @@ echo "test: using $("$CONSUL_BIN" version | head -n 1) at $CONSUL_BIN"
 cargo build --workspace --bins
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo test --workspace "$@" 2>&1 | tee "$results"
-# One closing line for the whole run (cargo prints one per test binary, the last being doc tests).
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+status=0
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee -a "$results" || status=1
+
+# The compose tests need the Docker engine and the images scripts/images.sh builds; a plain
+# `cargo test` ignores them. With extra arguments (a subset of the tests) they are left out.
+engine_missing=0
+if [ $# -gt 0 ]; then
+  echo "test: extra arguments given: the compose tests (services/system-tests/tests/compose.rs) were not run"
+elif docker info >/dev/null 2>&1; then
+  compose_started=$(date +%s)
+  if scripts/images.sh; then
+    cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
+  else
+    echo "test: scripts/images.sh failed: the compose tests could not run"
+    engine_missing=1
+    status=1
+  fi
+  echo "test: images and compose tests took $(( $(date +%s) - compose_started )) s"
+elif [ "${CI:-}" = true ]; then
+  echo "test: CI=true but no Docker engine answers (docker info): the compose tests cannot run" >&2
+  engine_missing=1
+  status=1
+else
+  echo "test: WARNING: no Docker engine answers (docker info): the compose tests did NOT run" >&2
+fi
+
+# One closing line for the whole run (cargo prints one per test binary, the last being doc
+# tests); compose tests that could not run at all count as one failure.
+awk -v extra="$engine_missing" '/^test result:/ { passed += $4; failed += $6 }
+  END { printf "tests: %d passed, %d failed\n", passed, failed + extra }' "$results"
+exit $status

@@ -2,6 +2,8 @@
 //! `cargo build --workspace --bins`, which `scripts/test.sh` does first) against a real Consul
 //! agent, each on a free port, with data in a temporary directory.
 
+pub mod compose;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

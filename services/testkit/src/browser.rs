@@ -71,6 +71,8 @@ impl Browser {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            // Screenshots the size of a laptop's browser window.
+            "--window-size=1280,900",
             &format!("--user-data-dir={}", browser._profile.path().display()),
         ];
         let capabilities = json!({"capabilities": {"alwaysMatch": {
@@ -252,6 +254,22 @@ impl Browser {
         let path = format!("/element/{}/value", element.0);
         self.call("POST", &path, Some(json!({ "text": text })))
             .await;
+    }
+
+    /// Saves a PNG of the browser window to `path` (its folder is created), for the README's
+    /// pictures of what a user sees.
+    pub async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let encoded = self.call("GET", "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("WebDriver sent a screenshot that is not base64: {e}"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        }
+        std::fs::write(path, png)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
 
     /// The HTML of the current page as the browser holds it.

@@ -55,7 +55,7 @@ pub fn free_port() -> u16 {
 
 /// `n` distinct ports free for both TCP and UDP a moment ago: all are held while choosing, so
 /// they differ, and UDP matters for Consul's DNS and gossip ports.
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let mut held = Vec::with_capacity(n);
     for _ in 0..n * 20 {
         if held.len() == n {
