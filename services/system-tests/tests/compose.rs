@@ -247,6 +247,13 @@ async fn three_scaled_grading_instances_share_the_load_and_a_docker_kill_fails_n
     )
     .await;
 
+    let browser = Browser::start().await;
+    browser.goto(&status_url).await;
+    browser
+        .screenshot(&screenshot_path("compose-portal-status.png"))
+        .await;
+    browser.quit().await;
+
     for _ in 0..150 {
         assert_eq!(get(&format!("{}/", stack.portal_url())).await.0, 200);
     }
