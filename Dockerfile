@@ -5,8 +5,8 @@
 #   without a registry: scripts/images.sh                (stage `prebuilt`: the host's release
 #                       binaries on a Debian base made by debootstrap; never reaches the Rust stages)
 #
-# The stages run in file order, and the classic builder (docker-compose v1, docker without
-# BuildKit) builds every stage up to the target: so `prebuilt` must come before the Rust stages.
+# The classic builder (docker-compose v1, docker without BuildKit) builds every stage up to the
+# target, in file order: so `prebuilt` comes before the Rust stages, and builds from either context.
 
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG RUST_IMAGE=rust:1-bookworm
@@ -31,9 +31,11 @@ HEALTHCHECK --interval=5s --timeout=2s --start-period=10s --retries=3 CMD ["grad
 ENTRYPOINT ["gradebook-entrypoint"]
 CMD ["--help"]
 
-# The host's release build (scripts/images.sh sends a context holding only the three binaries).
+# The host's release build: scripts/images.sh sends a context of its own with the three binaries
+# in docker/prebuilt/. The classic builder builds this stage on the way to `runtime` too; from
+# the repository, where that folder holds only its README, it is quick and unused.
 FROM runtime-base AS prebuilt
-COPY log-service grading-service portal /usr/local/bin/
+COPY docker/prebuilt/ /usr/local/bin/
 
 # Dependencies in their own layer: the manifests with empty sources, so a change to the code
 # reuses the compiled crates.io dependencies.

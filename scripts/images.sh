@@ -98,9 +98,10 @@ say "cargo build --release (the first build takes several minutes)"
 cargo build --release --locked -p log-service -p grading-service -p portal
 service_context="$build_dir/service"
 rm -rf "$service_context"
-mkdir -p "$service_context/docker"
+mkdir -p "$service_context/docker/prebuilt"
 cp docker/gradebook-entrypoint docker/gradebook-health "$service_context/docker/"
-cp target/release/log-service target/release/grading-service target/release/portal "$service_context/"
+cp target/release/log-service target/release/grading-service target/release/portal \
+  "$service_context/docker/prebuilt/"
 docker build -q --target prebuilt --build-arg BASE_IMAGE="$base_image" -t "$service_image" \
   -f Dockerfile "$service_context" >/dev/null \
   || die "building $service_image failed"
