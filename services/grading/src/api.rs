@@ -73,7 +73,7 @@ pub fn routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reject
         .unify()
 }
 
-/// `GET /students`, `POST /students`, `GET /students/{id}`.
+/// `GET /students`, `POST /students` (with an optional `Idempotency-Key`), `GET /students/{id}`.
 fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_store = warp::any().map(move || store.clone());
     let cache = JsonCache::default();
@@ -87,11 +87,16 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
         });
     let create = warp::path!("students")
         .and(warp::post())
+        .and(warp::header::optional::<String>(
+            discovery::pool::IDEMPOTENCY_KEY,
+        ))
         .and(json_body())
         .and(with_store.clone())
-        .then(|body: StudentRequest, store: Store| async move {
-            respond(create_student(body, store).await)
-        });
+        .then(
+            |key: Option<String>, body: StudentRequest, store: Store| async move {
+                respond(create_student(key, body, store).await)
+            },
+        );
     let one = warp::path!("students" / String)
         .and(warp::get())
         .and(with_store)
@@ -102,8 +107,8 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
     list.or(create).unify().or(one).unify()
 }
 
-/// `POST /students/{id}/grades` (with an optional `Idempotency-Key`),
-/// `GET /students/{id}/grades/{gradeId}`.
+/// `POST /students/{id}/grades` (with an optional `Idempotency-Key`), and
+/// `GET`, `PUT` and `DELETE` of `/students/{id}/grades/{gradeId}`.
 fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with_store = warp::any().map(move || store.clone());
     let add = warp::path!("students" / String / "grades")
@@ -120,11 +125,26 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
         );
     let one = warp::path!("students" / String / "grades" / String)
         .and(warp::get())
-        .and(with_store)
+        .and(with_store.clone())
         .then(|id: String, grade: String, store: Store| async move {
             respond(get_grade(id, grade, store).await)
         });
-    add.or(one).unify()
+    let replace = warp::path!("students" / String / "grades" / String)
+        .and(warp::put())
+        .and(json_body())
+        .and(with_store.clone())
+        .then(
+            |id: String, grade: String, body: GradeRequest, store: Store| async move {
+                respond(replace_grade(id, grade, body, store).await)
+            },
+        );
+    let delete = warp::path!("students" / String / "grades" / String)
+        .and(warp::delete())
+        .and(with_store)
+        .then(|id: String, grade: String, store: Store| async move {
+            respond(delete_grade(id, grade, store).await)
+        });
+    add.or(one).unify().or(replace).unify().or(delete).unify()
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -148,9 +168,15 @@ fn json_bytes(body: bytes::Bytes) -> Response {
     response
 }
 
+/// A request sent again with the same `Idempotency-Key` gets the student the first one added.
 #[tracing::instrument(level = "debug", skip_all)]
-async fn create_student(body: StudentRequest, store: Store) -> Result<impl Reply, ApiError> {
-    let student = store.add_student(body.validate()?).await?;
+async fn create_student(
+    key: Option<String>,
+    body: StudentRequest,
+    store: Store,
+) -> Result<impl Reply, ApiError> {
+    let key = key.as_deref().map(RequestKey::parse).transpose()?;
+    let student = store.add_student(body.validate()?, key).await?;
     tracing::info!(student = %student.id, "student added");
     Ok(created(format!("/students/{}", student.id), &student))
 }
@@ -178,6 +204,31 @@ async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Re
     let id = StudentId::parse(&id)?;
     let grade_id = GradeId::parse(&grade_id)?;
     Ok(warp::reply::json(&store.grade(id, grade_id).await?))
+}
+
+/// PUT replaces the whole grade, so sending it twice leaves the same grade.
+#[tracing::instrument(level = "debug", skip(body, store))]
+async fn replace_grade(
+    id: String,
+    grade_id: String,
+    body: GradeRequest,
+    store: Store,
+) -> Result<impl Reply, ApiError> {
+    let id = StudentId::parse(&id)?;
+    let grade_id = GradeId::parse(&grade_id)?;
+    let grade = store.update_grade(id, grade_id, body.validate()?).await?;
+    tracing::info!(student = %id, grade = %grade.id, "grade changed");
+    Ok(warp::reply::json(&grade))
+}
+
+/// 204 once the grade is gone; a grade already deleted is a 404, like one that never was.
+#[tracing::instrument(level = "debug", skip(store))]
+async fn delete_grade(id: String, grade_id: String, store: Store) -> Result<impl Reply, ApiError> {
+    let id = StudentId::parse(&id)?;
+    let grade_id = GradeId::parse(&grade_id)?;
+    store.delete_grade(id, grade_id).await?;
+    tracing::info!(student = %id, grade = %grade_id, "grade deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A JSON object of at most [`MAX_BODY_BYTES`]; malformed JSON, wrong types (an array for an
@@ -406,6 +457,99 @@ mod tests {
             call(&api, "PUT", "/students", Some("{}")).await.0,
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    #[tokio::test]
+    async fn a_grade_is_replaced_with_put_and_removed_with_delete() {
+        let (_dir, api) = api().await;
+        let changed = r#"{"title": "Quiz 1 (retake)", "type": "Quiz", "score": 99}"#;
+        let (status, _, grade) = call(&api, "PUT", "/students/2/grades/4", Some(changed)).await;
+        assert_eq!(status, StatusCode::OK, "{grade}");
+        let expected = json!({"id": 4, "title": "Quiz 1 (retake)", "type": "Quiz", "score": 99.0});
+        assert_eq!(grade, expected);
+        // PUT again: the same grade, not a second change.
+        assert_eq!(
+            call(&api, "PUT", "/students/2/grades/4", Some(changed))
+                .await
+                .2,
+            expected
+        );
+        assert_eq!(
+            call(&api, "GET", "/students/2/grades/4", None).await.2,
+            expected
+        );
+
+        let (status, _, body) = call(&api, "DELETE", "/students/2/grades/4", None).await;
+        assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+        let (_, _, bruce) = call(&api, "GET", "/students/2", None).await;
+        let ids: Vec<i64> = bruce["grades"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [5, 6]);
+        assert_eq!(bruce["average"], json!(96.0));
+        // Gone: a second delete and a change of it are 404s, as is a grade of another student.
+        assert_eq!(
+            call(&api, "DELETE", "/students/2/grades/4", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&api, "PUT", "/students/2/grades/4", Some(changed))
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+        let (status, _, error) = call(&api, "DELETE", "/students/1/grades/5", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(error["error"], "student 1 has no grade with id 5");
+        let (status, _, error) = call(&api, "DELETE", "/students/99/grades/5", None).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no student with id 99"))
+        );
+
+        // A change is validated like a new grade.
+        let bad = r#"{"title": "x", "type": "Exam", "score": 50}"#;
+        let (status, _, error) = call(&api, "PUT", "/students/2/grades/5", Some(bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            error["error"].as_str().unwrap().starts_with("type:"),
+            "{error}"
+        );
+        assert_eq!(
+            call(&api, "GET", "/students/2/grades/5", None).await.2["type"],
+            "Homework"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_student_sent_again_with_its_idempotency_key_is_added_once() {
+        let (_dir, api) = api().await;
+        let post = |key: &'static str, body: &'static str| {
+            let request = warp::test::request()
+                .method("POST")
+                .path("/students")
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body);
+            let api = api.clone();
+            async move { answer(request.reply(&api).await) }
+        };
+        let wanda = r#"{"firstName": "Wanda", "lastName": "Maximoff"}"#;
+        let first = post("s-1", wanda).await;
+        assert_eq!(first.0, StatusCode::CREATED);
+        assert_eq!(first.1.as_deref(), Some("/students/5"));
+        assert_eq!(post("s-1", wanda).await, first, "the same answer again");
+        let (status, _, error) = post("s-1", r#"{"firstName": "Vision", "lastName": "X"}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            error["error"],
+            "Idempotency-Key: already used for a different request"
+        );
+        let (_, _, all) = call(&api, "GET", "/students", None).await;
+        assert_eq!(all.as_array().map(Vec::len), Some(5));
     }
 
     /// A keyed POST, as a client sends it again after losing the answer.

@@ -160,7 +160,7 @@ mod tests {
             first_name: Name::parse("firstName", "Wanda").unwrap(),
             last_name: Name::parse("lastName", "Maximoff").unwrap(),
         };
-        store.add_student(new).await.unwrap();
+        store.add_student(new, None).await.unwrap();
         let after: Value = serde_json::from_slice(&cache.students(&store).await.unwrap()).unwrap();
         let before: Value = serde_json::from_slice(&before).unwrap();
         assert_eq!(

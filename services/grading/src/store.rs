@@ -52,6 +52,11 @@ const SCHEMA: &str = "
         key TEXT PRIMARY KEY,
         grade_id INTEGER NOT NULL REFERENCES grades (id) ON DELETE CASCADE
     ) WITHOUT ROWID;
+    -- The same for students added with a key (the portal's form sends one).
+    CREATE TABLE IF NOT EXISTS student_requests (
+        key TEXT PRIMARY KEY,
+        student_id INTEGER NOT NULL REFERENCES students (id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
 ";
 
 /// The students a new database starts with, as in the original course, with their scores in
@@ -200,11 +205,82 @@ impl Store {
             .await
     }
 
-    /// Adds a student (without grades) and returns it with its new id.
-    pub async fn add_student(&self, new: NewStudent) -> Result<Student, StoreError> {
+    /// Adds a student (without grades) and returns it with its new id. With a `key`, a request
+    /// already applied under that key is not applied again: the student it added is returned.
+    pub async fn add_student(
+        &self,
+        new: NewStudent,
+        key: Option<RequestKey>,
+    ) -> Result<Student, StoreError> {
         self.write(move |tx| {
+            if let Some(key) = &key
+                && let Some(id) = keyed_student(tx, key)?
+            {
+                let student = student_in(tx, id)?;
+                let same =
+                    student.first_name == new.first_name && student.last_name == new.last_name;
+                return if same {
+                    Ok(student)
+                } else {
+                    Err(StoreError::KeyReused)
+                };
+            }
             let id = insert_student(tx, new.first_name.as_str(), new.last_name.as_str())?;
+            if let Some(key) = &key {
+                tx.prepare_cached(
+                    "INSERT INTO student_requests (key, student_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![key.as_str(), id.0])?;
+            }
             Ok(Student::new(id, new.first_name, new.last_name, Vec::new()))
+        })
+        .await
+    }
+
+    /// Replaces a grade's title, type and score; the same change made twice leaves one result.
+    pub async fn update_grade(
+        &self,
+        student: StudentId,
+        grade: GradeId,
+        new: NewGrade,
+    ) -> Result<Grade, StoreError> {
+        self.write(move |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE grades SET title = ?1, type = ?2, score = ?3
+                     WHERE id = ?4 AND student_id = ?5",
+                )?
+                .execute(params![
+                    new.title.as_str(),
+                    new.grade_type.as_str(),
+                    new.score.get(),
+                    grade.0,
+                    student.0
+                ])?;
+            if changed == 0 {
+                // Says which of the two is unknown.
+                find_grade(tx, student, grade)?;
+            }
+            Ok(Grade {
+                id: grade,
+                title: new.title,
+                grade_type: new.grade_type,
+                score: new.score,
+            })
+        })
+        .await
+    }
+
+    /// Removes a grade (and the record of the key it was added with, if any).
+    pub async fn delete_grade(&self, student: StudentId, grade: GradeId) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM grades WHERE id = ?1 AND student_id = ?2")?
+                .execute(params![grade.0, student.0])?;
+            if deleted == 0 {
+                find_grade(tx, student, grade)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -420,6 +496,13 @@ fn insert_grade(
     Ok(GradeId(tx.last_insert_rowid()))
 }
 
+/// The student added under `key`, if any.
+fn keyed_student(conn: &Connection, key: &RequestKey) -> rusqlite::Result<Option<StudentId>> {
+    conn.prepare_cached("SELECT student_id FROM student_requests WHERE key = ?1")?
+        .query_row([key.as_str()], |row| Ok(StudentId(row.get(0)?)))
+        .optional()
+}
+
 /// The grade added under `key`, with its student, if any.
 fn keyed_grade(
     conn: &Connection,
@@ -484,7 +567,13 @@ fn list_students(conn: &Connection) -> Result<Vec<Student>, StoreError> {
 }
 
 fn find_student(conn: &Connection, id: StudentId) -> Result<Student, StoreError> {
+    // One snapshot for both queries.
     let tx = conn.unchecked_transaction()?;
+    student_in(&tx, id)
+}
+
+/// One student with their grades, read inside the caller's transaction.
+fn student_in(tx: &Connection, id: StudentId) -> Result<Student, StoreError> {
     let names = tx
         .prepare_cached("SELECT first_name, last_name FROM students WHERE id = ?1")?
         .query_row([id.0], |row| Ok((Name(row.get(0)?), Name(row.get(1)?))))
@@ -545,7 +634,7 @@ mod tests {
         let before = store.change_stamp().unwrap();
         assert_eq!(store.change_stamp(), Some(before), "nothing was committed");
         store
-            .add_student(new_student("Peter", "Parker"))
+            .add_student(new_student("Peter", "Parker"), None)
             .await
             .unwrap();
         assert_ne!(store.change_stamp(), Some(before));
@@ -593,7 +682,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let added = store
-            .add_student(new_student("Wanda", "<b>Maximoff</b>"))
+            .add_student(new_student("Wanda", "<b>Maximoff</b>"), None)
             .await
             .unwrap();
         let grade = store
@@ -682,7 +771,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let student = store
-            .add_student(new_student("Many", "Grades"))
+            .add_student(new_student("Many", "Grades"), None)
             .await
             .unwrap()
             .id;
