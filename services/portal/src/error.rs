@@ -8,18 +8,16 @@ use warp::Rejection;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use crate::pages::{self, ErrorPage, GradeForm, StudentPage};
+use crate::pages::{self, ErrorPage};
 use crate::routes::MAX_FORM_BYTES;
-use crate::upstream::Student;
 
 /// What went wrong, in terms a teacher (or the portal's operator, through the log) can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
     #[error("There is no student with id {0}.")]
     StudentNotFound(u64),
-    /// The grade form was refused: the student page is shown again with the message.
-    #[error("{}", .0.message)]
-    InvalidGrade(Box<RejectedGrade>),
+    #[error("Student {student} has no grade with id {grade}.")]
+    GradeNotFound { student: u64, grade: u64 },
     #[error("The {service} service is unavailable right now. Please try again in a moment.")]
     Unavailable { service: &'static str },
     /// The dependency answered, but not as its contract says; `detail` is logged, not shown.
@@ -43,21 +41,12 @@ pub enum PortalError {
     Internal(String),
 }
 
-/// A grade form that was refused, with what is needed to show it again.
-#[derive(Debug)]
-pub struct RejectedGrade {
-    pub student: Student,
-    /// What the teacher typed, kept so nothing has to be typed twice.
-    pub form: GradeForm,
-    /// Why, naming the field.
-    pub message: String,
-}
-
 impl PortalError {
     fn status(&self) -> StatusCode {
         match self {
-            PortalError::StudentNotFound(_) | PortalError::NotFound => StatusCode::NOT_FOUND,
-            PortalError::InvalidGrade(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            PortalError::StudentNotFound(_)
+            | PortalError::GradeNotFound { .. }
+            | PortalError::NotFound => StatusCode::NOT_FOUND,
             PortalError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             PortalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -93,21 +82,6 @@ impl From<PortalError> for Response {
             _ => {}
         }
         match err {
-            PortalError::InvalidGrade(rejected) => {
-                let RejectedGrade {
-                    student,
-                    form,
-                    message,
-                } = *rejected;
-                pages::render(
-                    status,
-                    &StudentPage {
-                        student,
-                        form,
-                        error: Some(message),
-                    },
-                )
-            }
             PortalError::Unavailable { .. } => {
                 let page = pages::render(status, &ErrorPage::new(status, err.public_message()));
                 // Consul lists a returning instance within a second or so: worth retrying soon.

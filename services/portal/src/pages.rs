@@ -9,13 +9,20 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use crate::upstream::{LogRecord, Student};
+use crate::upstream::{Grade, LogRecord, Student};
 
-/// The list of students with their averages (`GET /`).
+/// The list of students with their averages and the form to add one (`GET /`, and a refused
+/// student form).
 #[derive(Template)]
 #[template(path = "students.html")]
 pub struct StudentsPage {
     pub students: Vec<Student>,
+    /// Pre-fills the form: empty at first, what was typed after a refusal.
+    pub form: StudentForm,
+    /// Why the form was refused, shown above it.
+    pub error: Option<String>,
+    /// What the last change did, shown once after its redirect.
+    pub flash: Option<Flash>,
 }
 
 /// One student's grades and the form to add one (`GET /students/{id}`, and a refused form).
@@ -27,6 +34,90 @@ pub struct StudentPage {
     pub form: GradeForm,
     /// Why the form was refused, shown above it.
     pub error: Option<String>,
+    /// What the last change did, shown once after its redirect.
+    pub flash: Option<Flash>,
+}
+
+/// The form to change one grade (`GET /students/{id}/grades/{gradeId}/edit`, and a refused one).
+#[derive(Template)]
+#[template(path = "edit_grade.html")]
+pub struct EditGradePage {
+    pub student: Student,
+    pub grade_id: u64,
+    pub form: GradeForm,
+    pub error: Option<String>,
+}
+
+/// The question before a grade is deleted (`GET /students/{id}/grades/{gradeId}/delete`).
+#[derive(Template)]
+#[template(path = "delete_grade.html")]
+pub struct DeleteGradePage {
+    pub student: Student,
+    pub grade: Grade,
+}
+
+/// The student form as the browser sends it; every field is text, missing ones are empty.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StudentForm {
+    pub first_name: String,
+    pub last_name: String,
+    /// A key the page hands out with the form, sent to grading as the `Idempotency-Key`.
+    pub request: String,
+}
+
+impl StudentForm {
+    /// An empty form with a new request key.
+    pub fn fresh() -> Self {
+        StudentForm {
+            request: discovery::pool::new_idempotency_key(),
+            ..StudentForm::default()
+        }
+    }
+}
+
+/// The message a page shows once after a change and its redirect ("post, redirect, get"). It
+/// travels as a short code in a cookie, so the message itself is always the portal's own text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flash {
+    StudentAdded,
+    GradeAdded,
+    GradeChanged,
+    GradeDeleted,
+}
+
+impl Flash {
+    const ALL: [Flash; 4] = [
+        Flash::StudentAdded,
+        Flash::GradeAdded,
+        Flash::GradeChanged,
+        Flash::GradeDeleted,
+    ];
+
+    /// The cookie value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Flash::StudentAdded => "student-added",
+            Flash::GradeAdded => "grade-added",
+            Flash::GradeChanged => "grade-changed",
+            Flash::GradeDeleted => "grade-deleted",
+        }
+    }
+
+    /// The flash a cookie value names; anything else is ignored.
+    pub fn from_code(code: &str) -> Option<Flash> {
+        Flash::ALL.into_iter().find(|flash| flash.code() == code)
+    }
+
+    /// What the page says.
+    pub fn message(self) -> &'static str {
+        match self {
+            Flash::StudentAdded => "Student added.",
+            Flash::GradeAdded => "Grade added.",
+            Flash::GradeChanged => "Grade changed.",
+            Flash::GradeDeleted => "Grade deleted.",
+        }
+    }
 }
 
 /// The grade form as the browser sends it. Every field is text, and missing ones are empty, so
@@ -52,6 +143,16 @@ impl GradeForm {
         GradeForm {
             request: discovery::pool::new_idempotency_key(),
             ..GradeForm::default()
+        }
+    }
+
+    /// The form filled with a grade as it is, to change it.
+    pub fn of(grade: &Grade) -> Self {
+        GradeForm {
+            title: grade.title.clone(),
+            kind: grade.kind.clone(),
+            score: grade.score.to_string(),
+            request: String::new(),
         }
     }
 
@@ -97,7 +198,8 @@ impl From<&discovery::telemetry::ShippingStats> for ShippingView {
 pub struct DependencyView {
     pub service: String,
     pub providers: Vec<Provider>,
-    /// `starting`, `live` or `stale`; also the CSS class of the badge.
+    /// `starting`, `live`, `stale` or `down` (Consul answers, but with no healthy instance);
+    /// also the CSS class of the badge.
     pub status: &'static str,
     pub age: String,
     pub changed: String,
@@ -109,8 +211,10 @@ impl From<&ProviderSet> for DependencyView {
         DependencyView {
             service: set.service.to_string(),
             providers: set.providers.to_vec(),
+            // No instance is what a reader must see first, however fresh the view of it is.
             status: match set.status {
                 WatchStatus::Starting => "starting",
+                _ if set.providers.is_empty() => "down",
                 WatchStatus::Live => "live",
                 WatchStatus::Stale { .. } => "stale",
             },
@@ -215,6 +319,12 @@ mod tests {
     fn names_and_titles_are_escaped() {
         let page = StudentsPage {
             students: vec![student("<script>alert(1)</script>", None)],
+            form: StudentForm {
+                first_name: "<b>Wanda</b>".into(),
+                ..StudentForm::default()
+            },
+            error: None,
+            flash: None,
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<script>alert(1)</script>"), "{html}");
@@ -222,11 +332,16 @@ mod tests {
             html.contains("&#60;script&#62;alert(1)&#60;/script&#62; Stark"),
             "{html}"
         );
+        assert!(
+            html.contains(r#"value="&#60;b&#62;Wanda&#60;/b&#62;""#),
+            "{html}"
+        );
 
         let page = StudentPage {
             student: student("Tony", None),
             form: GradeForm::default(),
             error: None,
+            flash: None,
         };
         assert!(page.render().unwrap().contains("Quiz &#60;1&#62;"));
     }
@@ -238,6 +353,9 @@ mod tests {
         assert_eq!(student("Tony", None).average_text(), "—");
         let html = StudentsPage {
             students: vec![student("Tony", Some(87.46))],
+            form: StudentForm::fresh(),
+            error: None,
+            flash: None,
         }
         .render()
         .unwrap();
@@ -259,6 +377,7 @@ mod tests {
                 request: "k-7".into(),
             },
             error: Some("score: must be a number".into()),
+            flash: None,
         };
         let html = page.render().unwrap();
         assert!(html.contains("score: must be a number"), "{html}");
@@ -274,6 +393,72 @@ mod tests {
         );
         assert!(html.contains("<option>Quiz</option>"), "{html}");
         assert!(html.contains(r#"action="/students/7/grades""#), "{html}");
+    }
+
+    #[test]
+    fn a_flash_is_the_portals_own_text_named_by_a_code() {
+        for flash in Flash::ALL {
+            assert_eq!(Flash::from_code(flash.code()), Some(flash));
+        }
+        assert_eq!(Flash::from_code("<script>"), None);
+        let page = StudentPage {
+            student: student("Tony", None),
+            form: GradeForm::fresh(),
+            error: None,
+            flash: Some(Flash::GradeDeleted),
+        };
+        let html = page.render().unwrap();
+        assert!(
+            html.contains(r#"<p class="flash" role="status">Grade deleted.</p>"#),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn each_grade_links_to_its_edit_form_and_its_delete_question() {
+        let tony = student("Tony", Some(92.5));
+        let html = StudentPage {
+            student: tony.clone(),
+            form: GradeForm::fresh(),
+            error: None,
+            flash: None,
+        }
+        .render()
+        .unwrap();
+        assert!(
+            html.contains(r#"href="/students/7/grades/1/edit""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"href="/students/7/grades/1/delete""#),
+            "{html}"
+        );
+
+        let grade = tony.grades[0].clone();
+        let edit = EditGradePage {
+            student: tony.clone(),
+            grade_id: 1,
+            form: GradeForm::of(&grade),
+            error: None,
+        }
+        .render()
+        .unwrap();
+        assert!(edit.contains(r#"action="/students/7/grades/1""#), "{edit}");
+        assert!(edit.contains(r#"value="Quiz &#60;1&#62;""#), "{edit}");
+        assert!(edit.contains(r#"value="92.5""#), "{edit}");
+        assert!(edit.contains("<option selected>Quiz</option>"), "{edit}");
+
+        let question = DeleteGradePage {
+            student: tony,
+            grade,
+        }
+        .render()
+        .unwrap();
+        assert!(question.contains("Delete this grade?"), "{question}");
+        assert!(
+            question.contains(r#"action="/students/7/grades/1/delete""#),
+            "{question}"
+        );
     }
 
     #[test]

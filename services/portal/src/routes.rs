@@ -11,14 +11,17 @@ use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
+use warp::http::header::{self, HeaderValue};
 use warp::reply::{Reply, Response};
 
-use crate::error::{PortalError, RejectedGrade, handle_rejection};
+use crate::error::{PortalError, handle_rejection};
 use crate::pages::{
-    self, DependencyView, GradeForm, LogsPage, ShippingView, StatusPage, StudentPage, StudentsPage,
+    self, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogsPage, ShippingView,
+    StatusPage, StudentForm, StudentPage, StudentsPage,
 };
 use crate::upstream::{
-    GradeOutcome, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, is_service_name,
+    Grade, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, NewStudent, Student, Verdict,
+    is_service_name,
 };
 
 /// The largest grade form accepted; a real one is a few hundred bytes.
@@ -61,25 +64,67 @@ pub struct LogsQuery {
 }
 
 /// All pages, answering every request themselves: warp's rejections become HTML pages here, so
-/// the JSON mapping that `discovery::Service::run` adds never sees one.
+/// the JSON mapping that `discovery::Service::run` adds never sees one. A form's address also
+/// answers GET with a redirect to the page it belongs to, so reloading it from the address bar
+/// after a refused form lands somewhere useful instead of on a 405.
 pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
     let with_portal = warp::any().map(move || portal.clone());
+    let flash = warp::cookie::optional::<String>(FLASH_COOKIE)
+        .map(|code: Option<String>| code.as_deref().and_then(Flash::from_code));
+
     let students = warp::path::end()
         .and(warp::get())
+        .and(flash)
         .and(with_portal.clone())
         .then(list_students)
         .map(respond);
+    let new_student = warp::path!("students")
+        .and(warp::post())
+        .and(form_body())
+        .and(with_portal.clone())
+        .then(add_student)
+        .map(respond);
+    let students_again = warp::path!("students")
+        .and(warp::get())
+        .map(|| see_other("/".to_owned(), None));
     let student = warp::path!("students" / u64)
         .and(warp::get())
+        .and(flash)
         .and(with_portal.clone())
         .then(show_student)
         .map(respond);
     let new_grade = warp::path!("students" / u64 / "grades")
         .and(warp::post())
-        .and(body_limit(MAX_FORM_BYTES))
-        .and(warp::body::form::<GradeForm>())
+        .and(form_body())
         .and(with_portal.clone())
         .then(add_grade)
+        .map(respond);
+    let grades_again = warp::path!("students" / u64 / "grades")
+        .and(warp::get())
+        .map(|id: u64| see_other(format!("/students/{id}"), None));
+    let edit_form = warp::path!("students" / u64 / "grades" / u64 / "edit")
+        .and(warp::get())
+        .and(with_portal.clone())
+        .then(show_grade_form)
+        .map(respond);
+    let change_grade = warp::path!("students" / u64 / "grades" / u64)
+        .and(warp::post())
+        .and(form_body())
+        .and(with_portal.clone())
+        .then(change_grade)
+        .map(respond);
+    let grade_again = warp::path!("students" / u64 / "grades" / u64)
+        .and(warp::get())
+        .map(|id: u64, grade: u64| see_other(format!("/students/{id}/grades/{grade}/edit"), None));
+    let delete_question = warp::path!("students" / u64 / "grades" / u64 / "delete")
+        .and(warp::get())
+        .and(with_portal.clone())
+        .then(confirm_delete)
+        .map(respond);
+    let delete_grade = warp::path!("students" / u64 / "grades" / u64 / "delete")
+        .and(warp::post())
+        .and(with_portal.clone())
+        .then(delete_grade)
         .map(respond);
     let status = warp::path!("status")
         .and(warp::get())
@@ -92,9 +137,25 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .then(show_logs)
         .map(respond);
     students
+        .or(new_student)
+        .unify()
+        .or(students_again)
+        .unify()
         .or(student)
         .unify()
         .or(new_grade)
+        .unify()
+        .or(grades_again)
+        .unify()
+        .or(edit_form)
+        .unify()
+        .or(change_grade)
+        .unify()
+        .or(grade_again)
+        .unify()
+        .or(delete_question)
+        .unify()
+        .or(delete_grade)
         .unify()
         .or(status)
         .unify()
@@ -105,28 +166,52 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[tracing::instrument(level = "debug", skip_all)]
-async fn list_students(portal: Portal) -> Result<Response, PortalError> {
-    let students = portal.grading.students().await?;
-    Ok(pages::render(StatusCode::OK, &StudentsPage { students }))
+/// A urlencoded form of at most [`MAX_FORM_BYTES`].
+fn form_body<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone {
+    body_limit(MAX_FORM_BYTES).and(warp::body::form())
 }
 
-#[tracing::instrument(level = "debug", skip(portal))]
-async fn show_student(id: u64, portal: Portal) -> Result<Response, PortalError> {
-    let student = portal.grading.student(id).await?;
-    let page = StudentPage {
-        student,
-        form: GradeForm::fresh(),
-        error: None,
-    };
-    Ok(pages::render(StatusCode::OK, &page))
+/// The cookie that carries a [`Flash`] across the redirect after a change.
+const FLASH_COOKIE: &str = "flash";
+
+/// A 303 to `location`: the answer to a change that worked, so that reloading the page that
+/// follows does not make the change again. With a flash, the next page says what was done.
+fn see_other(location: String, flash: Option<Flash>) -> Response {
+    let mut response =
+        warp::reply::with_status(warp::reply(), StatusCode::SEE_OTHER).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("our own paths are valid header values"),
+    );
+    if let Some(flash) = flash {
+        let cookie = format!(
+            "{FLASH_COOKIE}={}; Path=/; Max-Age=60; HttpOnly; SameSite=Strict",
+            flash.code()
+        );
+        headers.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("flash codes are plain words"),
+        );
+    }
+    response
 }
 
-/// Post, then redirect: a reload of the page that follows does not add the grade twice.
-#[tracing::instrument(level = "debug", skip(form, portal))]
-async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
-    // Forms are decoded leniently, invalid UTF-8 becoming U+FFFD: refuse rather than store that.
-    if [&form.title, &form.kind, &form.score, &form.request]
+/// A page that showed a flash clears its cookie, so the message is shown once.
+fn shown_once(mut page: Response, flash: Option<Flash>) -> Response {
+    if flash.is_some() {
+        page.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_static("flash=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+        );
+    }
+    page
+}
+
+/// Forms are decoded leniently, invalid UTF-8 becoming U+FFFD: refuse rather than store that.
+fn refuse_mangled(fields: &[&str]) -> Result<(), PortalError> {
+    if fields
         .iter()
         .any(|field| field.contains(char::REPLACEMENT_CHARACTER))
     {
@@ -134,15 +219,81 @@ async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Respo
             "The form is not valid UTF-8 text.".to_owned(),
         ));
     }
-    // A form from a page of ours carries its key; one from elsewhere gets its own.
-    if form.request.is_empty() {
-        form.request = discovery::pool::new_idempotency_key();
-    } else if !is_request_key(&form.request) {
+    Ok(())
+}
+
+/// A form from a page of ours carries its request key; one from elsewhere gets its own.
+fn request_key(sent: &mut String) -> Result<(), PortalError> {
+    if sent.is_empty() {
+        *sent = discovery::pool::new_idempotency_key();
+    } else if !is_request_key(sent) {
         return Err(PortalError::BadRequest(
             "request: the form's request key is 1 to 100 letters, digits, '-', '_', '.' or ':'; reload the page.".to_owned(),
         ));
     }
-    let outcome = match parse_score(&form.score) {
+    Ok(())
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn list_students(flash: Option<Flash>, portal: Portal) -> Result<Response, PortalError> {
+    let students = portal.grading.students().await?;
+    let page = StudentsPage {
+        students,
+        form: StudentForm::fresh(),
+        error: None,
+        flash,
+    };
+    Ok(shown_once(pages::render(StatusCode::OK, &page), flash))
+}
+
+/// Post, then redirect to the new student's page.
+#[tracing::instrument(level = "debug", skip(form, portal))]
+async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, PortalError> {
+    refuse_mangled(&[&form.first_name, &form.last_name, &form.request])?;
+    request_key(&mut form.request)?;
+    let student = NewStudent {
+        first_name: &form.first_name,
+        last_name: &form.last_name,
+    };
+    match portal.grading.add_student(&student, &form.request).await? {
+        Verdict::Done(id) => Ok(see_other(
+            format!("/students/{id}"),
+            Some(Flash::StudentAdded),
+        )),
+        Verdict::Refused(message) => {
+            let page = StudentsPage {
+                students: portal.grading.students().await?,
+                form,
+                error: Some(message),
+                flash: None,
+            };
+            Ok(pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page))
+        }
+    }
+}
+
+#[tracing::instrument(level = "debug", skip(portal))]
+async fn show_student(
+    id: u64,
+    flash: Option<Flash>,
+    portal: Portal,
+) -> Result<Response, PortalError> {
+    let student = portal.grading.student(id).await?;
+    let page = StudentPage {
+        student,
+        form: GradeForm::fresh(),
+        error: None,
+        flash,
+    };
+    Ok(shown_once(pages::render(StatusCode::OK, &page), flash))
+}
+
+/// Post, then redirect: a reload of the page that follows does not add the grade twice.
+#[tracing::instrument(level = "debug", skip(form, portal))]
+async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
+    refuse_mangled(&[&form.title, &form.kind, &form.score, &form.request])?;
+    request_key(&mut form.request)?;
+    let verdict = match parse_score(&form.score) {
         Some(score) => {
             let grade = NewGrade {
                 title: &form.title,
@@ -152,25 +303,109 @@ async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Respo
             portal.grading.add_grade(id, &grade, &form.request).await?
         }
         // Checked here because the form's text cannot become grading's JSON number otherwise.
-        None => GradeOutcome::Rejected("score: must be a number".to_owned()),
+        None => Verdict::Refused("score: must be a number".to_owned()),
     };
-    match outcome {
-        GradeOutcome::Added => {
-            let see_other = warp::reply::with_status(warp::reply(), StatusCode::SEE_OTHER);
-            Ok(
-                warp::reply::with_header(see_other, "location", format!("/students/{id}"))
-                    .into_response(),
-            )
-        }
-        GradeOutcome::Rejected(message) => {
-            let student = portal.grading.student(id).await?;
-            Err(PortalError::InvalidGrade(Box::new(RejectedGrade {
-                student,
+    match verdict {
+        Verdict::Done(()) => Ok(see_other(
+            format!("/students/{id}"),
+            Some(Flash::GradeAdded),
+        )),
+        Verdict::Refused(message) => {
+            let page = StudentPage {
+                student: portal.grading.student(id).await?,
                 form,
-                message,
-            })))
+                error: Some(message),
+                flash: None,
+            };
+            Ok(pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page))
         }
     }
+}
+
+/// The student and one of their grades, for the pages that change or delete it.
+async fn student_and_grade(
+    portal: &Portal,
+    id: u64,
+    grade_id: u64,
+) -> Result<(Student, Grade), PortalError> {
+    let student = portal.grading.student(id).await?;
+    let grade = student
+        .grades
+        .iter()
+        .find(|grade| grade.id == grade_id)
+        .cloned()
+        .ok_or(PortalError::GradeNotFound {
+            student: id,
+            grade: grade_id,
+        })?;
+    Ok((student, grade))
+}
+
+#[tracing::instrument(level = "debug", skip(portal))]
+async fn show_grade_form(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+    let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
+    let page = EditGradePage {
+        student,
+        grade_id,
+        form: GradeForm::of(&grade),
+        error: None,
+    };
+    Ok(pages::render(StatusCode::OK, &page))
+}
+
+/// Post, then redirect; the change is a PUT to grading, so a retry applies it once.
+#[tracing::instrument(level = "debug", skip(form, portal))]
+async fn change_grade(
+    id: u64,
+    grade_id: u64,
+    form: GradeForm,
+    portal: Portal,
+) -> Result<Response, PortalError> {
+    refuse_mangled(&[&form.title, &form.kind, &form.score])?;
+    let verdict = match parse_score(&form.score) {
+        Some(score) => {
+            let grade = NewGrade {
+                title: &form.title,
+                kind: &form.kind,
+                score,
+            };
+            portal.grading.change_grade(id, grade_id, &grade).await?
+        }
+        None => Verdict::Refused("score: must be a number".to_owned()),
+    };
+    match verdict {
+        Verdict::Done(()) => Ok(see_other(
+            format!("/students/{id}"),
+            Some(Flash::GradeChanged),
+        )),
+        Verdict::Refused(message) => {
+            let page = EditGradePage {
+                student: portal.grading.student(id).await?,
+                grade_id,
+                form,
+                error: Some(message),
+            };
+            Ok(pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page))
+        }
+    }
+}
+
+#[tracing::instrument(level = "debug", skip(portal))]
+async fn confirm_delete(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+    let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
+    Ok(pages::render(
+        StatusCode::OK,
+        &DeleteGradePage { student, grade },
+    ))
+}
+
+#[tracing::instrument(level = "debug", skip(portal))]
+async fn delete_grade(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+    portal.grading.delete_grade(id, grade_id).await?;
+    Ok(see_other(
+        format!("/students/{id}"),
+        Some(Flash::GradeDeleted),
+    ))
 }
 
 /// Whether `key` is one grading takes as an `Idempotency-Key`.
@@ -258,6 +493,18 @@ mod tests {
     /// Sends `request` to a portal whose Consul agent is unreachable, so no dependency has an
     /// instance: pages that need one must say so rather than fail or hang. Every answer is HTML.
     async fn send(request: RequestBuilder) -> (u16, HeaderMap, String) {
+        let response = request.reply(&test_routes()).await;
+        let html = String::from_utf8_lossy(response.body()).into_owned();
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/html"),
+            "{content_type}: {html}"
+        );
+        (response.status().as_u16(), response.headers().clone(), html)
+    }
+
+    /// The portal's routes over a Consul agent that is not there.
+    fn test_routes() -> BoxedFilter<(Response,)> {
         let consul = ConsulSettings::local("http://127.0.0.1:1");
         let http = discovery::runtime::http_client();
         let pool = |name| ProviderPool::new(ProviderWatch::spawn(&consul, name), http.clone());
@@ -266,14 +513,7 @@ mod tests {
             pool("log"),
             "http://127.0.0.1:1/ui/".into(),
         );
-        let response = request.reply(&routes(portal)).await;
-        let html = String::from_utf8_lossy(response.body()).into_owned();
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert!(
-            content_type.starts_with("text/html"),
-            "{content_type}: {html}"
-        );
-        (response.status().as_u16(), response.headers().clone(), html)
+        routes(portal)
     }
 
     fn get(path: &str) -> RequestBuilder {
@@ -328,6 +568,20 @@ mod tests {
             let (got, _, html) = send(request).await;
             assert_eq!(got, status, "{html}");
             assert!(html.contains(text), "{text:?} missing from {html}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_form_address_opened_with_get_leads_back_to_its_page() {
+        let cases = [
+            ("/students", "/"),
+            ("/students/2/grades", "/students/2"),
+            ("/students/2/grades/5", "/students/2/grades/5/edit"),
+        ];
+        for (path, location) in cases {
+            let response = get(path).reply(&test_routes()).await;
+            assert_eq!(response.status(), 303, "{path}");
+            assert_eq!(response.headers()["location"], location, "{path}");
         }
     }
 

@@ -47,12 +47,20 @@ pub struct NewGrade<'a> {
     pub score: f64,
 }
 
-/// What grading made of a new grade; refusing it is an answer, not a failure.
+/// A student to add, as grading's `POST /students` takes it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewStudent<'a> {
+    pub first_name: &'a str,
+    pub last_name: &'a str,
+}
+
+/// What grading made of a change; refusing it is an answer, not a failure.
 #[derive(Debug, PartialEq)]
-pub enum GradeOutcome {
-    Added,
+pub enum Verdict<T> {
+    Done(T),
     /// Grading's own message, which names the field (e.g. `score: must be between 0 and 100`).
-    Rejected(String),
+    Refused(String),
 }
 
 /// One record of the log service.
@@ -119,33 +127,113 @@ impl Grading {
 
     /// Adds a grade, at most once per `key` (grading's `Idempotency-Key`): a form sent twice,
     /// or a request retried on another instance after one died mid-request, adds one grade.
-    /// A 400 or 422 from grading is its verdict on the input, returned as
-    /// [`GradeOutcome::Rejected`] with its message.
     pub async fn add_grade(
         &self,
         id: u64,
         grade: &NewGrade<'_>,
         key: &str,
-    ) -> Result<GradeOutcome, PortalError> {
-        let path = format!("/students/{id}/grades");
+    ) -> Result<Verdict<()>, PortalError> {
         let response = self
             .pool
-            .post_json_once(&path, grade, key)
+            .post_json_once(&format!("/students/{id}/grades"), grade, key)
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        Ok(
+            match judge(response, PortalError::StudentNotFound(id)).await? {
+                Verdict::Done(_) => Verdict::Done(()),
+                Verdict::Refused(message) => Verdict::Refused(message),
+            },
+        )
+    }
+
+    /// Adds a student, at most once per `key`; done, it is the new student's id.
+    pub async fn add_student(
+        &self,
+        student: &NewStudent<'_>,
+        key: &str,
+    ) -> Result<Verdict<u64>, PortalError> {
+        let response = self
+            .pool
+            .post_json_once("/students", student, key)
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        let not_found = PortalError::Upstream {
+            service: GRADING_SERVICE,
+            detail: "POST /students answered 404".to_owned(),
+        };
+        Ok(match judge(response, not_found).await? {
+            Verdict::Done(response) => {
+                let added: Student = read_json(GRADING_SERVICE, response).await?;
+                Verdict::Done(added.id)
+            }
+            Verdict::Refused(message) => Verdict::Refused(message),
+        })
+    }
+
+    /// Replaces a grade's title, type and score (a PUT: safe to retry on another instance).
+    pub async fn change_grade(
+        &self,
+        id: u64,
+        grade_id: u64,
+        grade: &NewGrade<'_>,
+    ) -> Result<Verdict<()>, PortalError> {
+        let bytes =
+            serde_json::to_vec(grade).expect("serializing our own request types cannot fail");
+        let payload = discovery::pool::Payload {
+            content_type: "application/json",
+            bytes: bytes.into(),
+        };
+        let path = format!("/students/{id}/grades/{grade_id}");
+        let response = self
+            .pool
+            .send(reqwest::Method::PUT, &path, Some(payload))
+            .await
+            .map_err(pool_failure(GRADING_SERVICE))?;
+        let not_found = PortalError::GradeNotFound {
+            student: id,
+            grade: grade_id,
+        };
+        Ok(match judge(response, not_found).await? {
+            Verdict::Done(_) => Verdict::Done(()),
+            Verdict::Refused(message) => Verdict::Refused(message),
+        })
+    }
+
+    /// Deletes a grade. One already gone counts as deleted: a confirmation sent twice, or a
+    /// retry after a lost answer, ends where the teacher wanted.
+    pub async fn delete_grade(&self, id: u64, grade_id: u64) -> Result<(), PortalError> {
+        let path = format!("/students/{id}/grades/{grade_id}");
+        let response = self
+            .pool
+            .send(reqwest::Method::DELETE, &path, None)
             .await
             .map_err(pool_failure(GRADING_SERVICE))?;
         match response.status() {
-            status if status.is_success() => Ok(GradeOutcome::Added),
-            StatusCode::NOT_FOUND => Err(PortalError::StudentNotFound(id)),
-            status @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
-                let body: Result<ErrorBody, _> =
-                    serde_json::from_slice(&response.bytes().await.unwrap_or_default());
-                let message = body.map(|b| b.error).unwrap_or_else(|_| {
-                    format!("grading refused the grade ({status}) without saying why")
-                });
-                Ok(GradeOutcome::Rejected(message))
-            }
+            status if status.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Ok(()),
             status => Err(unexpected_status(GRADING_SERVICE, status)),
         }
+    }
+}
+
+/// Sorts grading's answer to a change: success (the answer, to read further), its verdict on the
+/// input (a 400 or 422, with its message), `not_found` for a 404, or the dependency failing.
+async fn judge(
+    response: reqwest::Response,
+    not_found: PortalError,
+) -> Result<Verdict<reqwest::Response>, PortalError> {
+    match response.status() {
+        status if status.is_success() => Ok(Verdict::Done(response)),
+        StatusCode::NOT_FOUND => Err(not_found),
+        status @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
+            let body: Result<ErrorBody, _> =
+                serde_json::from_slice(&response.bytes().await.unwrap_or_default());
+            let message = body.map(|b| b.error).unwrap_or_else(|_| {
+                format!("grading refused the change ({status}) without saying why")
+            });
+            Ok(Verdict::Refused(message))
+        }
+        status => Err(unexpected_status(GRADING_SERVICE, status)),
     }
 }
 
