@@ -25,7 +25,7 @@ COPY docker/gradebook-entrypoint docker/gradebook-health /usr/local/bin/
 USER gradebook
 WORKDIR /var/lib/gradebook
 # log, portal, grading.
-EXPOSE 4000 5000 6000
+EXPOSE 4000 5000 6100
 # The port comes from the running binary (or GRADEBOOK_LISTEN), so one image serves all three.
 HEALTHCHECK --interval=5s --timeout=2s --start-period=10s --retries=3 CMD ["gradebook-health"]
 ENTRYPOINT ["gradebook-entrypoint"]

@@ -9,7 +9,7 @@ Usage: scripts/run-local.sh [--release]
 
 Installs Consul if needed, builds the services, starts a Consul dev agent with
 consul/dev.hcl (UI and API on :8500, DNS on :8600) unless an agent already answers
-there, then starts log (:4000), grading (:6000) and portal (:5000) with their data
+there, then starts log (:4000), grading (:6100) and portal (:5000) with their data
 under ./data. Prints the URLs, then waits: Ctrl-C stops everything (each service
 deregisters from Consul before it exits).
 
@@ -90,7 +90,7 @@ start() { # start NAME BINARY PORT [ARGS...]
   exit 1
 }
 start log log-service 4000 --data-dir data/log
-start grading grading-service 6000 --data-dir data/grading
+start grading grading-service 6100 --data-dir data/grading
 start portal portal 5000
 
 cat <<TXT
@@ -99,7 +99,7 @@ gradebook is running:
   Consul UI   http://127.0.0.1:8500/ui/
   Consul DNS  dig @127.0.0.1 -p 8600 grading.service.consul SRV
   log         http://127.0.0.1:4000/log
-  grading     http://127.0.0.1:6000/students
+  grading     http://127.0.0.1:6100/students
   portal      http://127.0.0.1:5000/
 
 Logs: data/run/*.log.  Press Ctrl-C to stop everything.

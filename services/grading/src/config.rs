@@ -12,7 +12,7 @@ use discovery::ConsulArgs;
 #[command(name = "grading-service", version, about, long_about = None)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:6000")]
+    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:6100")]
     pub listen: SocketAddr,
 
     /// HOST:PORT that Consul and other services use to reach this instance [default: the listen address].

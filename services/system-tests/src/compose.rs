@@ -209,7 +209,7 @@ impl Stack {
     /// Grading instance `index` (from 1), through the host port Docker chose for it.
     pub async fn grading_url(&self, index: usize) -> String {
         let index = format!("--index={index}");
-        let published = self.compose(&["port", &index, "grading", "6000"]).await;
+        let published = self.compose(&["port", &index, "grading", "6100"]).await;
         format!("http://{}", published.trim())
     }
 
