@@ -34,6 +34,17 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Environment variable with the least severe level shipped (`info` unless set).
 pub const SHIP_LEVEL_ENV: &str = "GRADEBOOK_SHIP_LEVEL";
 
+/// The settings read from the environment only, for `--help` of a service that does not ship
+/// its events (the log service).
+pub const ENV_HELP: &str = "Environment only:
+  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]";
+
+/// The same for the services that ship their events to the log service.
+pub const ENV_HELP_SHIPPING: &str = "Environment only:
+  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]
+  GRADEBOOK_SHIP_LEVEL  least severe level shipped to the log service: trace, debug, info,
+                        warn, error or off [default: info]";
+
 /// One record as the log service's batch form takes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ShippedRecord {
@@ -68,11 +79,28 @@ struct Shipping {
 
 static SHIPPING: OnceLock<Shipping> = OnceLock::new();
 
+/// The target of warp's event for every connection that ends mid-request: logged as an ERROR
+/// ("server connection error: IncompleteMessage"), though a client hanging up (a dropped long
+/// poll, a closed tab, a port scan) is the client's business. Off unless `RUST_LOG` names warp.
+const CONNECTION_ERRORS: &str = "warp::server";
+
+/// `RUST_LOG` (default `info`), with warp's per-connection errors off unless it names warp.
+fn stderr_filter(rust_log: Option<&str>) -> EnvFilter {
+    let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
+    let directives = if directives.contains("warp") {
+        directives.to_owned()
+    } else {
+        format!("{directives},{CONNECTION_ERRORS}=off")
+    };
+    EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{CONNECTION_ERRORS}=off")))
+}
+
 fn stderr_layer<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = stderr_filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -110,7 +138,11 @@ pub fn init_with_shipping(service: &'static str) {
         sender,
         stats,
     }
-    .with_filter(level);
+    .with_filter(level)
+    // Never ship them either: a client could otherwise fill the log by hanging up.
+    .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        !meta.target().starts_with(CONNECTION_ERRORS)
+    }));
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)

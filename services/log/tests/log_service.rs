@@ -324,3 +324,30 @@ async fn a_waiting_reader_gets_the_next_record_and_sigterm_ends_a_wait_at_once()
     assert!(output.contains("drained; bye"), "{output}");
     assert!(!output.contains("connections still open"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_a_long_poll_is_not_an_error_in_the_log() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let service = start_log_service(&agent, data.path(), free_port()).await;
+    // Three long polls the client gives up on after 200 ms, as `curl` stopped with Ctrl-C does.
+    for _ in 0..3 {
+        let poll = http_client()
+            .get(format!("{}/log?after=0&wait=30s", service.base_url()))
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await;
+        assert!(poll.is_err(), "the poll waits: nothing was stored");
+    }
+    // Something logged after the hang-ups, so their events (if any) are in the output by then.
+    let stored = http_client()
+        .post(format!("{}/log", service.base_url()))
+        .body("after the hang-ups")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let output = service.output();
+    assert!(!output.contains("ERROR"), "{output}");
+    assert!(!output.contains("IncompleteMessage"), "{output}");
+}

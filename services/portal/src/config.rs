@@ -8,7 +8,7 @@ use discovery::ConsulArgs;
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "portal", version, about, long_about = None)]
+#[command(name = "portal", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP_SHIPPING)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:5000")]
@@ -24,4 +24,19 @@ pub struct Config {
 
     #[command(flatten)]
     pub consul: ConsulArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_lists_the_settings_read_only_from_the_environment() {
+        let help = super::Config::command().render_help().to_string();
+        assert!(help.contains("RUST_LOG"), "{help}");
+        assert!(
+            help.contains("GRADEBOOK_SHIP_LEVEL"),
+            "only a service that ships its events names the ship level: {help}"
+        );
+    }
 }
