@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::error::ApiError;
-use crate::record::{NewRecord, Record};
+use crate::record::{Level, NewRecord, Record};
 use crate::store::{LogStore, Selection};
 
 /// Largest request body accepted, text or JSON.
@@ -44,6 +44,8 @@ struct TextQuery {
 #[derive(Debug, Deserialize)]
 struct ReadQuery {
     service: Option<String>,
+    /// Only records at this level or more severe.
+    level: Option<String>,
     limit: Option<String>,
     /// Only records numbered below this: the `seq` of the oldest record of the previous page.
     before: Option<String>,
@@ -191,8 +193,13 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
                 .ok_or(ApiError::Wait)?,
         ),
     };
+    let level = match query.level.as_deref().filter(|l| !l.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<Level>().map_err(|_| ApiError::LevelFilter)?),
+    };
     let selection = Selection {
         service: query.service.as_deref().filter(|s| !s.is_empty()),
+        level,
         after,
         before,
         limit,
@@ -338,6 +345,24 @@ mod tests {
             .reply(&api)
             .await;
         assert_eq!(response.body().as_ref(), b"[]");
+
+        let warning =
+            br#"{"records":[{"service":"tests","level":"warn","message":"disk almost full"}]}"#;
+        assert_eq!(post(&store, "application/json", warning).await.0, 201);
+        let api = routes(store.clone()).recover(handle_rejection);
+        for (level, expected) in [("WARNING", 1), ("info", 2), ("error", 0)] {
+            let response = warp::test::request()
+                .path(&format!("/log?limit=2&level={level}"))
+                .reply(&api)
+                .await;
+            let records: Vec<Record> = serde_json::from_slice(response.body()).unwrap();
+            assert_eq!(records.len(), expected, "level={level}");
+        }
+        let response = warp::test::request()
+            .path("/log?level=loud")
+            .reply(&api)
+            .await;
+        assert_eq!(response.status(), 400);
 
         for bad in ["0", "-1", "10001", "x"] {
             let response = warp::test::request()

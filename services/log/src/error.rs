@@ -32,6 +32,8 @@ pub enum ApiError {
     After,
     #[error("wait: must be a duration such as 30s or 5m, at most 5m")]
     Wait,
+    #[error("level: must be trace, debug, info, warn or error")]
+    LevelFilter,
     #[error("wait: only with after=SEQ (the newest record already seen)")]
     WaitWithoutAfter,
     #[error("disk full: the records were not stored")]
@@ -53,6 +55,7 @@ impl ApiError {
             | ApiError::Before
             | ApiError::After
             | ApiError::Wait
+            | ApiError::LevelFilter
             | ApiError::WaitWithoutAfter => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY

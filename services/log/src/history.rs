@@ -77,8 +77,8 @@ impl BlockIndex {
     }
 }
 
-/// Up to `wanted` of the newest records numbered above `lower` and below `upper` (and from
-/// `service`, when given), oldest first, read from the file at `path`. Every record below
+/// Up to `wanted` of the newest records numbered above `lower` and below `upper` (and
+/// `admitted`), oldest first, read from the file at `path`. Every record below
 /// `upper` must be complete in the file and noted in `index`. Blocking: run it off the async
 /// workers.
 pub fn read_before(
@@ -86,7 +86,7 @@ pub fn read_before(
     index: &Mutex<BlockIndex>,
     lower: u64,
     upper: u64,
-    service: Option<&str>,
+    admitted: impl Fn(&Record) -> bool,
     wanted: usize,
 ) -> io::Result<Vec<Numbered>> {
     let mut newest_first = Vec::new();
@@ -101,7 +101,7 @@ pub fn read_before(
         let mut in_block = Vec::new();
         for seq in first..=last {
             let record = file.next_record(seq)?;
-            if seq > lower && service.is_none_or(|s| record.service == s) {
+            if seq > lower && admitted(&record) {
                 in_block.push(Numbered { seq, record });
             }
         }
@@ -117,15 +117,15 @@ pub fn read_before(
     Ok(newest_first)
 }
 
-/// Up to `wanted` of the oldest records numbered above `lower` and below `upper` (and from
-/// `service`, when given), oldest first, read from the file at `path`. Every record below
+/// Up to `wanted` of the oldest records numbered above `lower` and below `upper` (and
+/// `admitted`), oldest first, read from the file at `path`. Every record below
 /// `upper` must be complete in the file and noted in `index`. Blocking, like [`read_before`].
 pub fn read_after(
     path: &Path,
     index: &Mutex<BlockIndex>,
     lower: u64,
     upper: u64,
-    service: Option<&str>,
+    admitted: impl Fn(&Record) -> bool,
     wanted: usize,
 ) -> io::Result<Vec<Numbered>> {
     let mut found = Vec::new();
@@ -137,7 +137,7 @@ pub fn read_after(
     let first = file.seek_block(lower / file.block_records)?;
     for seq in first..upper {
         let record = file.next_record(seq)?;
-        if seq > lower && service.is_none_or(|s| record.service == s) {
+        if seq > lower && admitted(&record) {
             found.push(Numbered { seq, record });
             if found.len() == wanted {
                 break;

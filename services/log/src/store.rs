@@ -15,7 +15,7 @@ use std::thread;
 use tokio::sync::{oneshot, watch};
 
 use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered};
-use crate::record::Record;
+use crate::record::{Level, Record};
 
 /// Name of the records file inside the store directory.
 const FILE_NAME: &str = "records.jsonl";
@@ -151,22 +151,34 @@ impl Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct Selection<'a> {
     pub service: Option<&'a str>,
+    /// The least severe level selected: `warn` selects warnings and errors.
+    pub level: Option<Level>,
     pub after: Option<u64>,
     pub before: Option<u64>,
     pub limit: usize,
 }
 
 impl Selection<'_> {
+    /// Whether `record` is of the service and severity selected (whatever its number).
+    pub fn admits(&self, record: &Record) -> bool {
+        admits(self.service, self.level, record)
+    }
     /// The newest `limit` records.
     #[cfg(test)]
     pub(crate) fn newest(limit: usize) -> Selection<'static> {
         Selection {
             service: None,
+            level: None,
             after: None,
             before: None,
             limit,
         }
     }
+}
+
+/// Whether `record` is from `service` (any, when `None`) at `level` or more severe.
+fn admits(service: Option<&str>, level: Option<Level>, record: &Record) -> bool {
+    service.is_none_or(|s| record.service == s) && level.is_none_or(|l| record.level >= l)
 }
 
 /// One `append` call on its way to the writer thread.
@@ -323,8 +335,7 @@ impl LogStore {
             let from = position(lower.saturating_add(1));
             let to = position(upper).max(from);
             let seqs = window_start + from as u64..window_start + to as u64;
-            let selected =
-                |&(record, _): &(&Record, u64)| want.service.is_none_or(|s| record.service == s);
+            let selected = |&(record, _): &(&Record, u64)| want.admits(record);
             let numbered_clone = |(record, seq): (&Record, u64)| Numbered {
                 seq,
                 record: record.clone(),
@@ -355,12 +366,13 @@ impl LogStore {
         if lower.saturating_add(1) >= file_upper {
             return Ok(in_memory);
         }
-        let service = want.service.map(str::to_owned);
+        let (service, level) = (want.service.map(str::to_owned), want.level);
+        let admitted = move |record: &Record| admits(service.as_deref(), level, record);
         let mut found = if want.after.is_some() {
             // The oldest come first, so the file is read even when memory alone has enough.
             let limit = want.limit;
             self.read_file(move |path, index| {
-                history::read_after(path, index, lower, file_upper, service.as_deref(), limit)
+                history::read_after(path, index, lower, file_upper, admitted, limit)
             })
             .await?
         } else {
@@ -369,7 +381,7 @@ impl LogStore {
                 return Ok(in_memory);
             }
             self.read_file(move |path, index| {
-                history::read_before(path, index, lower, file_upper, service.as_deref(), wanted)
+                history::read_before(path, index, lower, file_upper, admitted, wanted)
             })
             .await?
         };
@@ -917,7 +929,10 @@ mod tests {
         let mut found: Vec<Numbered> = (1..)
             .zip(all)
             .filter(|&(seq, record)| {
-                seq > lower && seq < upper && want.service.is_none_or(|s| record.service == s)
+                seq > lower
+                    && seq < upper
+                    && want.service.is_none_or(|s| record.service == s)
+                    && want.level.is_none_or(|l| record.level >= l)
             })
             .map(|(seq, record)| Numbered {
                 seq,
@@ -935,20 +950,23 @@ mod tests {
     async fn assert_every_read_matches(store: &LogStore, all: &[Record]) {
         let seqs = || (0..=all.len() as u64 + 2).map(Some).chain([None]);
         for service in [None, Some("rare"), Some("nobody")] {
-            for after in seqs() {
-                for before in seqs().filter(|&before| before != Some(0)) {
-                    for limit in [1, 2, 5, 40] {
-                        let want = Selection {
-                            service,
-                            after,
-                            before,
-                            limit,
-                        };
-                        assert_eq!(
-                            store.read(want).await.unwrap(),
-                            expected(all, want),
-                            "{want:?}"
-                        );
+            for level in [None, Some(Level::Warn), Some(Level::Error)] {
+                for after in seqs() {
+                    for before in seqs().filter(|&before| before != Some(0)) {
+                        for limit in [1, 2, 5, 40] {
+                            let want = Selection {
+                                service,
+                                level,
+                                after,
+                                before,
+                                limit,
+                            };
+                            assert_eq!(
+                                store.read(want).await.unwrap(),
+                                expected(all, want),
+                                "{want:?}"
+                            );
+                        }
                     }
                 }
             }
@@ -966,7 +984,10 @@ mod tests {
             let records: Vec<Record> = (all.len()..all.len() + group)
                 .map(|i| {
                     let service = if i % 7 == 2 { "rare" } else { "common" };
-                    record(service, &format!("message {i} {}", "x".repeat(i % 5)))
+                    let mut record = record(service, &format!("message {i} {}", "x".repeat(i % 5)));
+                    // Some warnings and errors, for the level filter.
+                    record.level = [Level::Info, Level::Warn, Level::Info, Level::Error][i % 4];
+                    record
                 })
                 .collect();
             store.append(records.clone()).await.unwrap();
