@@ -22,8 +22,19 @@ pub struct Config {
     #[arg(long, env = "GRADEBOOK_CONSUL_UI_URL")]
     pub consul_ui_url: Option<String>,
 
+    /// IANA time zone of the times on the logs page, e.g. Europe/Paris.
+    #[arg(long, env = "GRADEBOOK_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
+    pub time_zone: jiff::tz::TimeZone,
+
     #[command(flatten)]
     pub consul: ConsulArgs,
+}
+
+/// A zone of the tz database by name, so a typo stops the start rather than showing UTC.
+fn parse_time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(name).map_err(|_| {
+        format!("{name:?} is not a time zone of the tz database (e.g. UTC, Europe/Paris)")
+    })
 }
 
 #[cfg(test)]

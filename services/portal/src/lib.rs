@@ -73,7 +73,8 @@ impl App {
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
             consul_ui,
-        );
+        )
+        .with_time_zone(config.time_zone);
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
     }

@@ -229,13 +229,175 @@ impl From<&ProviderSet> for DependencyView {
 #[derive(Template)]
 #[template(path = "logs.html")]
 pub struct LogsPage {
-    pub records: Vec<LogRecord>,
+    pub rows: Vec<LogRow>,
     /// The service filter, empty for all.
     pub service: String,
+    /// The level filter (that level or more severe), empty for all.
+    pub level: String,
+    /// The services the filter offers.
+    pub services: Vec<String>,
+    /// The zone the times are shown in.
+    pub zone: String,
     /// The address of the next page back, when there may be older records.
     pub older: Option<String>,
     /// Whether this page starts below the newest records (so it links back to them).
     pub paged: bool,
+}
+
+impl LogsPage {
+    /// The levels the filter offers, least severe first.
+    pub const LEVELS: [&'static str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+    /// The choices of the service filter: the services that log (the gradebook's own and
+    /// `anonymous`, curl's default), those on this page, and the one chosen.
+    pub fn service_choices(rows: &[LogRow], chosen: &str) -> Vec<String> {
+        let mut services: Vec<String> = ["anonymous", "grading", "portal"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(rows.iter().map(|row| row.service.clone()))
+            .chain((!chosen.is_empty()).then(|| chosen.to_owned()))
+            .collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
+    /// Whether `choice` is the service filtered on, to keep the select on it.
+    pub fn is_service(&self, choice: &str) -> bool {
+        self.service == choice
+    }
+
+    /// Whether `choice` is the level filtered on.
+    pub fn is_level(&self, choice: &str) -> bool {
+        self.level == choice
+    }
+
+    /// The query string of this page's filters, for the paging links: `service=…&level=…&`.
+    pub fn filters(&self) -> String {
+        let mut query = String::new();
+        if !self.service.is_empty() {
+            query.push_str(&format!("service={}&", self.service));
+        }
+        if !self.level.is_empty() {
+            query.push_str(&format!("level={}&", self.level));
+        }
+        query
+    }
+}
+
+/// One record as the logs page shows it: the time in the portal's zone (the exact one on hover),
+/// and the message apart from the `key=value` fields that tracing appended to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub exact_time: String,
+    pub local_time: String,
+    pub service: String,
+    pub level: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+    pub trace_id: Option<String>,
+}
+
+impl LogRow {
+    /// `record` with its time shown in `zone`; a time that does not parse is shown as it is.
+    pub fn new(record: LogRecord, zone: &jiff::tz::TimeZone) -> LogRow {
+        let local_time = record
+            .time
+            .parse::<jiff::Timestamp>()
+            .map(|time| {
+                time.to_zoned_datetime(zone.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| record.time.clone());
+        let (message, fields) = split_fields(&record.message);
+        LogRow {
+            local_time,
+            service: record.service,
+            level: record.level,
+            message: message.to_owned(),
+            fields: fields
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
+            trace_id: record.trace_id,
+            exact_time: record.time,
+        }
+    }
+}
+
+/// Splits the ` key=value` fields that tracing appends to an event's message (values as Rust
+/// writes them: a quoted string with escapes, or a run without spaces) from the message before
+/// them. Reads from the end, each character once, so a hostile message costs linear time.
+fn split_fields(message: &str) -> (&str, Vec<(&str, String)>) {
+    let mut end = message.len();
+    let mut fields = Vec::new();
+    while let Some((start, key, value)) = last_field(&message[..end]) {
+        fields.push((key, value));
+        end = start;
+    }
+    fields.reverse();
+    (&message[..end], fields)
+}
+
+/// A string as Rust's `Debug` escaped it, back as it was; an escape it does not know stays.
+fn unescape(escaped: &str) -> String {
+    let mut text = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            text.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => text.push('\n'),
+            Some('r') => text.push('\r'),
+            Some('t') => text.push('\t'),
+            Some('0') => text.push('\0'),
+            Some(other @ ('"' | '\'' | '\\')) => text.push(other),
+            Some(other) => {
+                text.push('\\');
+                text.push(other);
+            }
+            None => text.push('\\'),
+        }
+    }
+    text
+}
+
+/// The last ` key=value` of `text`: where its space starts, the key and the value (unquoted).
+fn last_field(text: &str) -> Option<(usize, &str, String)> {
+    let (value_start, value) = if text.ends_with('"') && text.len() >= 2 {
+        // The opening quote is the nearest one before the end not escaped by a backslash.
+        let bytes = text.as_bytes();
+        let mut i = text.len() - 1;
+        loop {
+            i = text[..i].rfind('"')?;
+            let backslashes = bytes[..i].iter().rev().take_while(|&&b| b == b'\\').count();
+            if backslashes % 2 == 0 {
+                break;
+            }
+        }
+        let quoted = &text[i + 1..text.len() - 1];
+        (i, unescape(quoted))
+    } else {
+        let start = text.rfind(' ').map_or(0, |space| space + 1);
+        let token = &text[start..];
+        let equals = token.find('=')?;
+        (start + equals + 1, token[equals + 1..].to_owned())
+    };
+    let before_value = text[..value_start].strip_suffix('=')?;
+    let key_start = before_value.rfind(' ')?;
+    let key = &before_value[key_start + 1..];
+    let is_key = !key.is_empty()
+        && key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    is_key.then_some((key_start, key, value))
 }
 
 /// Any failure, as a page with its status and a message meant for the reader.
@@ -393,6 +555,92 @@ mod tests {
         );
         assert!(html.contains("<option>Quiz</option>"), "{html}");
         assert!(html.contains(r#"action="/students/7/grades""#), "{html}");
+    }
+
+    #[test]
+    fn tracing_fields_are_split_from_the_message() {
+        let (message, fields) = split_fields(
+            r#"registered with Consul service_id="grading-127.0.0.1-6100" port=6100 reason="the agent was \"away\"""#,
+        );
+        assert_eq!(message, "registered with Consul");
+        assert_eq!(
+            fields,
+            [
+                ("service_id", "grading-127.0.0.1-6100".to_owned()),
+                ("port", "6100".to_owned()),
+                ("reason", r#"the agent was "away""#.to_owned()),
+            ]
+        );
+        // A value with spaces and an equals sign inside its quotes is one value.
+        let (message, fields) = split_fields(r#"grade added note="a b=c" student=5"#);
+        assert_eq!(message, "grade added");
+        assert_eq!(fields[0], ("note", "a b=c".to_owned()));
+        // Plain messages are left whole, quotes and equals signs included.
+        for plain in [
+            "hello from the host",
+            r#"He said "hi""#,
+            "x=1",
+            "2+2=4 is true",
+            "",
+            "ends with a backslash \\",
+            r#"a "=" b"#,
+        ] {
+            assert_eq!(split_fields(plain), (plain, vec![]), "{plain:?}");
+        }
+        assert_eq!(unescape(r#"line\nnext \\ \q"#), "line\nnext \\ \\q");
+    }
+
+    #[test]
+    fn log_times_are_shown_in_the_portals_zone_with_the_exact_one_kept() {
+        let record = LogRecord {
+            seq: Some(7),
+            time: "2026-11-29T21:47:06.219Z".into(),
+            service: "grading".into(),
+            level: "info".into(),
+            message: "grade added student=5".into(),
+            trace_id: None,
+        };
+        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        let row = LogRow::new(record.clone(), &paris);
+        assert_eq!(row.local_time, "2026-11-29 22:47:06");
+        assert_eq!(row.exact_time, "2026-11-29T21:47:06.219Z");
+        assert_eq!(row.fields, [("student".to_owned(), "5".to_owned())]);
+        let utc = LogRow::new(record.clone(), &jiff::tz::TimeZone::UTC);
+        assert_eq!(utc.local_time, "2026-11-29 21:47:06");
+        let odd = LogRow::new(
+            LogRecord {
+                time: "yesterday".into(),
+                ..record
+            },
+            &paris,
+        );
+        assert_eq!(odd.local_time, "yesterday");
+
+        let page = LogsPage {
+            services: LogsPage::service_choices(std::slice::from_ref(&row), "grading"),
+            rows: vec![row],
+            service: "grading".into(),
+            level: "warn".into(),
+            zone: "Europe/Paris".into(),
+            older: Some("/logs?service=grading&level=warn&before=7".into()),
+            paged: true,
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains("Time (Europe/Paris)"), "{html}");
+        assert!(
+            html.contains(r#"title="2026-11-29T21:47:06.219Z">2026-11-29 22:47:06</time>"#),
+            "{html}"
+        );
+        assert!(html.contains("<option selected>grading</option>"), "{html}");
+        assert!(
+            html.contains(r#"<option value="warn" selected>warn and above</option>"#),
+            "{html}"
+        );
+        assert!(html.contains("<dt>student</dt><dd>5</dd>"), "{html}");
+        assert!(
+            html.contains(r#"href="/logs?service=grading&#38;level=warn&#38;""#),
+            "{html}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use warp::reply::{Reply, Response};
 
 use crate::error::{PortalError, handle_rejection};
 use crate::pages::{
-    self, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogsPage, ShippingView,
-    StatusPage, StudentForm, StudentPage, StudentsPage,
+    self, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow, LogsPage,
+    ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
 };
 use crate::upstream::{
     Grade, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, NewStudent, Student, Verdict,
@@ -33,16 +33,26 @@ pub struct Portal {
     grading: Grading,
     log: LogReader,
     consul_ui: Arc<str>,
+    /// The zone of the times on the logs page.
+    time_zone: jiff::tz::TimeZone,
 }
 
 impl Portal {
-    /// A portal over pools of grading and log instances, linking to the Consul UI at `consul_ui`.
+    /// A portal over pools of grading and log instances, linking to the Consul UI at `consul_ui`,
+    /// showing log times in UTC (see [`Portal::with_time_zone`]).
     pub fn new(grading: ProviderPool, log: ProviderPool, consul_ui: String) -> Self {
         Portal {
             grading: Grading::new(grading),
             log: LogReader::new(log),
             consul_ui: consul_ui.into(),
+            time_zone: jiff::tz::TimeZone::UTC,
         }
+    }
+
+    /// The same portal showing log times in `zone`.
+    pub fn with_time_zone(mut self, zone: jiff::tz::TimeZone) -> Self {
+        self.time_zone = zone;
+        self
     }
 
     /// Waits until Consul has answered about both dependencies, or `limit`.
@@ -59,6 +69,8 @@ impl Portal {
 pub struct LogsQuery {
     /// Show only this service's records.
     pub service: Option<String>,
+    /// Show only records at this level or more severe.
+    pub level: Option<String>,
     /// Show only records older than this one (its `seq`): the "Older records" link.
     pub before: Option<String>,
 }
@@ -463,23 +475,46 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
                 })?,
         ),
     };
-    let mut records = portal.log.recent(service.as_deref(), before).await?;
-    // A full page whose oldest record is not the first may have older ones behind it.
-    let older = match records.first().and_then(|oldest| oldest.seq) {
-        Some(oldest) if records.len() == LOG_PAGE_RECORDS && oldest > 1 => Some(match &service {
-            Some(service) => format!("/logs?service={service}&before={oldest}"),
-            None => format!("/logs?before={oldest}"),
-        }),
-        _ => None,
-    };
+    let level = query
+        .level
+        .map(|l| l.trim().to_ascii_lowercase())
+        .filter(|l| !l.is_empty());
+    if let Some(level) = &level
+        && !LogsPage::LEVELS.contains(&level.as_str())
+    {
+        return Err(PortalError::BadRequest(
+            "level: one of trace, debug, info, warn or error.".to_owned(),
+        ));
+    }
+    let records = portal
+        .log
+        .recent(service.as_deref(), level.as_deref(), before)
+        .await?;
+    let oldest = records.first().and_then(|oldest| oldest.seq);
+    let full = records.len() == LOG_PAGE_RECORDS;
     // The log service answers oldest first; a reader wants the latest at the top.
-    records.reverse();
-    let page = LogsPage {
-        records,
-        service: service.unwrap_or_default(),
-        older,
+    let rows: Vec<LogRow> = records
+        .into_iter()
+        .rev()
+        .map(|record| LogRow::new(record, &portal.time_zone))
+        .collect();
+    let service = service.unwrap_or_default();
+    let mut page = LogsPage {
+        services: LogsPage::service_choices(&rows, &service),
+        rows,
+        service,
+        level: level.unwrap_or_default(),
+        zone: portal.time_zone.iana_name().unwrap_or("UTC").to_owned(),
+        older: None,
         paged: before.is_some(),
     };
+    // A full page whose oldest record is not the first may have older ones behind it.
+    if let Some(oldest) = oldest
+        && full
+        && oldest > 1
+    {
+        page.older = Some(format!("/logs?{}before={oldest}", page.filters()));
+    }
     Ok(pages::render(StatusCode::OK, &page))
 }
 

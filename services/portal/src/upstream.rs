@@ -257,9 +257,11 @@ impl LogReader {
     /// The latest [`LOG_PAGE_RECORDS`] records numbered below `before` (all, when `None`),
     /// oldest first, of one service or of all.
     /// `service` must be a valid service name (see [`is_service_name`]): it goes into the URL as is.
+    /// `level` (that level or more severe) must be a level name as the log service takes it.
     pub async fn recent(
         &self,
         service: Option<&str>,
+        level: Option<&str>,
         before: Option<u64>,
     ) -> Result<Vec<LogRecord>, PortalError> {
         let mut path = format!("/log?limit={LOG_PAGE_RECORDS}");
@@ -267,6 +269,10 @@ impl LogReader {
             debug_assert!(is_service_name(service));
             path.push_str("&service=");
             path.push_str(service);
+        }
+        if let Some(level) = level {
+            path.push_str("&level=");
+            path.push_str(level);
         }
         if let Some(before) = before {
             path.push_str(&format!("&before={before}"));
