@@ -644,6 +644,48 @@ mod tests {
     }
 
     #[test]
+    fn a_dependency_that_consul_lists_with_no_instance_is_shown_as_down() {
+        let set = |status, providers: Vec<Provider>| ProviderSet {
+            service: "grading".into(),
+            providers: providers.into(),
+            generation: 1,
+            status,
+            changed_at: std::time::Instant::now(),
+            failed_polls: 0,
+        };
+        let one = Provider {
+            address: "127.0.0.1:6100".into(),
+            id: "grading-127.0.0.1-6100".into(),
+        };
+        assert_eq!(
+            DependencyView::from(&set(WatchStatus::Live, vec![one])).status,
+            "live"
+        );
+        assert_eq!(
+            DependencyView::from(&set(WatchStatus::Live, vec![])).status,
+            "down"
+        );
+        let stale = WatchStatus::Stale {
+            since: std::time::Instant::now(),
+        };
+        assert_eq!(DependencyView::from(&set(stale, vec![])).status, "down");
+        assert_eq!(
+            DependencyView::from(&set(WatchStatus::Starting, vec![])).status,
+            "starting"
+        );
+        let page = StatusPage {
+            dependencies: vec![DependencyView::from(&set(WatchStatus::Live, vec![]))],
+            consul_ui: "http://127.0.0.1:8500/ui/".into(),
+            shipping: None,
+        };
+        let html = page.render().unwrap();
+        assert!(
+            html.contains(r#"<span class="badge down">no healthy instance</span>"#),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn a_flash_is_the_portals_own_text_named_by_a_code() {
         for flash in Flash::ALL {
             assert_eq!(Flash::from_code(flash.code()), Some(flash));
