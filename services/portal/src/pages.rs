@@ -272,16 +272,32 @@ impl LogsPage {
         self.level == choice
     }
 
-    /// The query string of this page's filters, for the paging links: `service=…&level=…&`.
+    /// The query string of this page's filters, for the paging links: `service=…&level=…`.
     pub fn filters(&self) -> String {
-        let mut query = String::new();
+        let mut filters = Vec::new();
         if !self.service.is_empty() {
-            query.push_str(&format!("service={}&", self.service));
+            filters.push(format!("service={}", self.service));
         }
         if !self.level.is_empty() {
-            query.push_str(&format!("level={}&", self.level));
+            filters.push(format!("level={}", self.level));
         }
-        query
+        filters.join("&")
+    }
+
+    /// This page's filters with `before`: the address of the page of older records.
+    pub fn older_than(&self, before: u64) -> String {
+        match self.filters().as_str() {
+            "" => format!("/logs?before={before}"),
+            filters => format!("/logs?{filters}&before={before}"),
+        }
+    }
+
+    /// The newest records with this page's filters.
+    pub fn newest(&self) -> String {
+        match self.filters().as_str() {
+            "" => "/logs".to_owned(),
+            filters => format!("/logs?{filters}"),
+        }
     }
 }
 

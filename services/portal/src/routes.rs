@@ -513,7 +513,7 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
         && full
         && oldest > 1
     {
-        page.older = Some(format!("/logs?{}before={oldest}", page.filters()));
+        page.older = Some(page.older_than(oldest));
     }
     Ok(pages::render(StatusCode::OK, &page))
 }

@@ -405,7 +405,29 @@ fn grading_cases() -> Vec<Case> {
         case("GET", "/students/1/grades", 405, "method not allowed"),
         case("DELETE", "/students/1", 405, "method not allowed"),
         case("PATCH", "/students", 405, "method not allowed").json("{}"),
-        case("PUT", "/students/1/grades/1", 405, "method not allowed").json(grade),
+        case("PATCH", "/students/1/grades/1", 405, "method not allowed").json(grade),
+        case(
+            "PUT",
+            "/students/1/grades/1",
+            422,
+            "score: must be between 0 and 100",
+        )
+        .json(r#"{"title": "Quiz", "type": "Quiz", "score": 101}"#),
+        case("PUT", "/students/1/grades/1", 400, "invalid JSON body").json("{"),
+        case(
+            "PUT",
+            "/students/1/grades/99",
+            404,
+            "student 1 has no grade with id 99",
+        )
+        .json(grade),
+        case("DELETE", "/students/1/grades/x", 404, "grade"),
+        case(
+            "DELETE",
+            "/students/1/grades/99",
+            404,
+            "student 1 has no grade with id 99",
+        ),
     ]);
     cases
 }
@@ -526,6 +548,35 @@ fn portal_cases() -> Vec<Case> {
             "service: a service name is",
         ),
         case("GET", "/logs?before=0", 400, "before: a record number"),
+        case("GET", "/logs?level=loud", 400, "level: one of trace"),
+        case("POST", "/students", 422, "firstName: must not be empty")
+            .body(form, "first_name=&last_name=X"),
+        case(
+            "POST",
+            "/students/1/grades/1",
+            422,
+            "score: must be a number",
+        )
+        .body(form, "title=T&type=Test&score=abc"),
+        case(
+            "POST",
+            "/students/1/grades/99",
+            404,
+            "Student 1 has no grade with id 99.",
+        )
+        .body(form, "title=T&type=Test&score=50"),
+        case(
+            "GET",
+            "/students/1/grades/99/edit",
+            404,
+            "Student 1 has no grade with id 99.",
+        ),
+        case(
+            "GET",
+            "/students/1/grades/99/delete",
+            404,
+            "Student 1 has no grade with id 99.",
+        ),
         case(
             "GET",
             "/logs?before=1%26limit%3D1",
@@ -534,7 +585,7 @@ fn portal_cases() -> Vec<Case> {
         ),
         case("GET", "/nope", 404, "There is no page at this address."),
         case(
-            "GET",
+            "DELETE",
             "/students/1/grades",
             405,
             "This page does not accept that method.",
