@@ -654,7 +654,7 @@ mod tests {
         );
         assert!(html.contains("<dt>student</dt><dd>5</dd>"), "{html}");
         assert!(
-            html.contains(r#"href="/logs?service=grading&#38;level=warn&#38;""#),
+            html.contains(r#"href="/logs?service=grading&#38;level=warn">Newest records"#),
             "{html}"
         );
     }
