@@ -305,17 +305,9 @@ async fn show_student(
 async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.title, &form.kind, &form.score, &form.request])?;
     request_key(&mut form.request)?;
-    let verdict = match parse_score(&form.score) {
-        Some(score) => {
-            let grade = NewGrade {
-                title: &form.title,
-                kind: &form.kind,
-                score,
-            };
-            portal.grading.add_grade(id, &grade, &form.request).await?
-        }
-        // Checked here because the form's text cannot become grading's JSON number otherwise.
-        None => Verdict::Refused("score: must be a number".to_owned()),
+    let verdict = match grade_of(&form) {
+        Ok(grade) => portal.grading.add_grade(id, &grade, &form.request).await?,
+        Err(refused) => refused,
     };
     match verdict {
         Verdict::Done(()) => Ok(see_other(
@@ -374,16 +366,9 @@ async fn change_grade(
     portal: Portal,
 ) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.title, &form.kind, &form.score])?;
-    let verdict = match parse_score(&form.score) {
-        Some(score) => {
-            let grade = NewGrade {
-                title: &form.title,
-                kind: &form.kind,
-                score,
-            };
-            portal.grading.change_grade(id, grade_id, &grade).await?
-        }
-        None => Verdict::Refused("score: must be a number".to_owned()),
+    let verdict = match grade_of(&form) {
+        Ok(grade) => portal.grading.change_grade(id, grade_id, &grade).await?,
+        Err(refused) => refused,
     };
     match verdict {
         Verdict::Done(()) => Ok(see_other(
@@ -426,6 +411,19 @@ fn is_request_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The grade a form describes, for grading to judge; a score that is not a number is refused
+/// here, since the form's text cannot become grading's JSON number otherwise.
+fn grade_of(form: &GradeForm) -> Result<NewGrade<'_>, Verdict<()>> {
+    match parse_score(&form.score) {
+        Some(score) => Ok(NewGrade {
+            title: &form.title,
+            kind: &form.kind,
+            score,
+        }),
+        None => Err(Verdict::Refused("score: must be a number".to_owned())),
+    }
 }
 
 /// A score as typed: surrounding spaces are forgiven, anything but a finite number is not.

@@ -216,23 +216,14 @@ impl Stack {
     /// The instances of `service` passing their checks, as `address:port`, from the Consul
     /// server's health API; `None` while it does not answer.
     pub async fn passing(&self, service: &str) -> Option<Vec<String>> {
-        let url = format!("{}/v1/health/service/{service}?passing", self.consul_url());
-        let entries: Vec<Value> = testkit::http_client()
-            .get(url)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let entries = self
+            .consul_list(&format!("/v1/health/service/{service}?passing"))
+            .await?;
         let mut addresses: Vec<String> = entries
             .iter()
             .map(|e| {
-                format!(
-                    "{}:{}",
-                    e["Service"]["Address"].as_str().unwrap_or("?"),
-                    e["Service"]["Port"]
-                )
+                let address = e["Service"]["Address"].as_str().unwrap_or("?");
+                format!("{address}:{}", e["Service"]["Port"])
             })
             .collect();
         addresses.sort();
@@ -241,16 +232,22 @@ impl Stack {
 
     /// The instances of `service` in the catalogue, passing or not.
     pub async fn registered(&self, service: &str) -> Option<usize> {
-        let url = format!("{}/v1/catalog/service/{service}", self.consul_url());
-        let entries: Vec<Value> = testkit::http_client()
-            .get(url)
+        let entries = self
+            .consul_list(&format!("/v1/catalog/service/{service}"))
+            .await?;
+        Some(entries.len())
+    }
+
+    /// A JSON list from the Consul server's API; `None` while it does not answer.
+    async fn consul_list(&self, path: &str) -> Option<Vec<Value>> {
+        testkit::http_client()
+            .get(format!("{}{path}", self.consul_url()))
             .send()
             .await
             .ok()?
             .json()
             .await
-            .ok()?;
-        Some(entries.len())
+            .ok()
     }
 
     /// `down -v`: containers, network and volumes, whatever state they are in. Blocking, so that

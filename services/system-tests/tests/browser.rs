@@ -25,17 +25,10 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
     let names = browser.texts("tbody td a").await;
     assert!(names.contains(&"Bruce Banner".to_owned()), "{names:?}");
 
-    browser
-        .click_to_next_page(&browser.find("a[href='/students/2']").await)
-        .await;
-    assert_eq!(
-        browser.text(&browser.find("h1").await).await,
-        "Bruce Banner"
-    );
+    browser.follow("a[href='/students/2']").await;
+    assert_eq!(browser.text_of("h1").await, "Bruce Banner");
 
-    browser
-        .type_into(&browser.find("input[name=title]").await, "Gamma lab report")
-        .await;
+    browser.fill("input[name=title]", "Gamma lab report").await;
     browser
         .click(
             &browser
@@ -43,12 +36,8 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
                 .await,
         )
         .await;
-    browser
-        .type_into(&browser.find("input[name=score]").await, "93.5")
-        .await;
-    browser
-        .click_to_next_page(&browser.find("button[type=submit]").await)
-        .await;
+    browser.fill("input[name=score]", "93.5").await;
+    browser.follow("button[type=submit]").await;
 
     // The form posts, the portal answers 303, the browser lands back on the student's page.
     assert!(
@@ -64,36 +53,48 @@ async fn a_teacher_opens_a_student_and_adds_a_grade_in_the_browser() {
     );
 
     // A bad score comes back as the same form with the message, keeping what was typed.
-    browser
-        .type_into(&browser.find("input[name=title]").await, "Too good")
-        .await;
-    browser
-        .type_into(&browser.find("input[name=score]").await, "150")
-        .await;
-    browser
-        .click_to_next_page(&browser.find("button[type=submit]").await)
-        .await;
-    let alert = browser.text(&browser.find("[role=alert]").await).await;
+    browser.fill("input[name=title]", "Too good").await;
+    browser.fill("input[name=score]", "150").await;
+    browser.follow("button[type=submit]").await;
+    let alert = browser.text_of("[role=alert]").await;
     assert!(alert.contains("score"), "{alert}");
     browser.quit().await;
 
     // And the grade is really stored in grading, not just shown.
+    let titles: Vec<String> = stored_grades(&grading, 2)
+        .await
+        .into_iter()
+        .map(|(_, title)| title)
+        .collect();
+    assert!(
+        titles.contains(&"Gamma lab report".to_owned()),
+        "{titles:?}"
+    );
+    assert!(!titles.contains(&"Too good".to_owned()));
+}
+
+/// The grades of student `id` as grading stores them (id and title), to check that what the
+/// browser showed was really stored.
+async fn stored_grades(grading: &testkit::ServiceProcess, id: u64) -> Vec<(u64, String)> {
     let student: serde_json::Value = client()
-        .get(format!("{}/students/2", grading.base_url()))
+        .get(format!("{}/students/{id}", grading.base_url()))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let titles: Vec<&str> = student["grades"]
+    student["grades"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["title"].as_str().unwrap())
-        .collect();
-    assert!(titles.contains(&"Gamma lab report"), "{titles:?}");
-    assert!(!titles.contains(&"Too good"));
+        .map(|g| {
+            (
+                g["id"].as_u64().unwrap(),
+                g["title"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Where the README's pictures go: `$GRADEBOOK_SCREENSHOTS`, else target/screenshots.
@@ -125,27 +126,18 @@ async fn a_teacher_adds_a_student_changes_and_deletes_a_grade_and_reads_the_logs
     })
     .await;
     let browser = Browser::start().await;
-    let flash = || async { browser.text(&browser.find("[role=status]").await).await };
+    let flash = || async { browser.text_of("[role=status]").await };
 
     // A new student, from the form under the list.
     browser.goto(&format!("{}/", portal.base_url())).await;
     browser
         .screenshot(&screenshot_path("portal-students.png"))
         .await;
-    browser
-        .type_into(&browser.find("input[name=first_name]").await, "Wanda")
-        .await;
-    browser
-        .type_into(&browser.find("input[name=last_name]").await, "Maximoff")
-        .await;
-    browser
-        .click_to_next_page(&browser.find("button[type=submit]").await)
-        .await;
+    browser.fill("input[name=first_name]", "Wanda").await;
+    browser.fill("input[name=last_name]", "Maximoff").await;
+    browser.follow("button[type=submit]").await;
     assert!(browser.current_url().await.ends_with("/students/5"));
-    assert_eq!(
-        browser.text(&browser.find("h1").await).await,
-        "Wanda Maximoff"
-    );
+    assert_eq!(browser.text_of("h1").await, "Wanda Maximoff");
     assert_eq!(flash().await, "Student added.");
     // The message is shown once: a reload no longer has it.
     browser.goto(&browser.current_url().await).await;
@@ -155,25 +147,14 @@ async fn a_teacher_adds_a_student_changes_and_deletes_a_grade_and_reads_the_logs
     browser
         .goto(&format!("{}/students/2", portal.base_url()))
         .await;
-    browser
-        .click_to_next_page(&browser.find("a[href='/students/2/grades/4/edit']").await)
-        .await;
-    assert_eq!(
-        browser.text(&browser.find("h1").await).await,
-        "Change a grade"
-    );
-    browser
-        .type_into(&browser.find("input[name=title]").await, "Quiz 1 (retake)")
-        .await;
-    browser
-        .type_into(&browser.find("input[name=score]").await, "99")
-        .await;
+    browser.follow("a[href='/students/2/grades/4/edit']").await;
+    assert_eq!(browser.text_of("h1").await, "Change a grade");
+    browser.fill("input[name=title]", "Quiz 1 (retake)").await;
+    browser.fill("input[name=score]", "99").await;
     browser
         .screenshot(&screenshot_path("portal-edit-grade.png"))
         .await;
-    browser
-        .click_to_next_page(&browser.find("button[type=submit]").await)
-        .await;
+    browser.follow("button[type=submit]").await;
     assert!(browser.current_url().await.ends_with("/students/2"));
     assert_eq!(flash().await, "Grade changed.");
     let rows = browser.texts("tbody tr").await;
@@ -185,37 +166,22 @@ async fn a_teacher_adds_a_student_changes_and_deletes_a_grade_and_reads_the_logs
 
     // Delete another, after the question.
     browser
-        .click_to_next_page(&browser.find("a[href='/students/2/grades/5/delete']").await)
+        .follow("a[href='/students/2/grades/5/delete']")
         .await;
-    assert_eq!(
-        browser.text(&browser.find("h1").await).await,
-        "Delete this grade?"
-    );
+    assert_eq!(browser.text_of("h1").await, "Delete this grade?");
     browser
         .screenshot(&screenshot_path("portal-delete-grade.png"))
         .await;
-    browser
-        .click_to_next_page(&browser.find("button[type=submit]").await)
-        .await;
+    browser.follow("button[type=submit]").await;
     assert_eq!(flash().await, "Grade deleted.");
     browser
         .screenshot(&screenshot_path("portal-student.png"))
         .await;
-    let student: serde_json::Value = client()
-        .get(format!("{}/students/2", grading.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let grades: Vec<(u64, &str)> = student["grades"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| (g["id"].as_u64().unwrap(), g["title"].as_str().unwrap()))
-        .collect();
-    assert_eq!(grades, [(4, "Quiz 1 (retake)"), (6, "Test 1")]);
+    let grades = stored_grades(&grading, 2).await;
+    assert_eq!(
+        grades,
+        [(4, "Quiz 1 (retake)".to_owned()), (6, "Test 1".to_owned())]
+    );
 
     // Grading's own records of those changes, on the logs page, fields apart from the message.
     browser

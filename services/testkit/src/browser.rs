@@ -247,6 +247,21 @@ impl Browser {
         panic!("no new page within 10 s of the click; last answer: {last}");
     }
 
+    /// Types `text` into the first input matching `css`, after clearing it.
+    pub async fn fill(&self, css: &str, text: &str) {
+        self.type_into(&self.find(css).await, text).await;
+    }
+
+    /// Clicks the first link or button matching `css` and waits for the page it leads to.
+    pub async fn follow(&self, css: &str) {
+        self.click_to_next_page(&self.find(css).await).await;
+    }
+
+    /// The visible text of the first element matching `css`.
+    pub async fn text_of(&self, css: &str) -> String {
+        self.text(&self.find(css).await).await
+    }
+
     /// Types `text` into an input, after clearing it.
     pub async fn type_into(&self, element: &Element, text: &str) {
         self.call("POST", &format!("/element/{}/clear", element.0), None)
