@@ -74,6 +74,18 @@ pub struct Payload {
     pub bytes: Bytes,
 }
 
+impl Payload {
+    /// `value` as a JSON body.
+    fn json<T: serde::Serialize + ?Sized>(value: &T) -> Payload {
+        let bytes =
+            serde_json::to_vec(value).expect("serializing our own request types cannot fail");
+        Payload {
+            content_type: "application/json",
+            bytes: bytes.into(),
+        }
+    }
+}
+
 /// Requests to one dependency, spread over its passing providers. Cheap to clone.
 #[derive(Clone)]
 pub struct ProviderPool {
@@ -153,13 +165,18 @@ impl ProviderPool {
         path_and_query: &str,
         value: &T,
     ) -> Result<Response, PoolError> {
-        let bytes =
-            serde_json::to_vec(value).expect("serializing our own request types cannot fail");
-        let payload = Payload {
-            content_type: "application/json",
-            bytes: bytes.into(),
-        };
-        self.send(Method::POST, path_and_query, Some(payload)).await
+        self.send(Method::POST, path_and_query, Some(Payload::json(value)))
+            .await
+    }
+
+    /// Sends `value` as a JSON PUT body; a PUT is idempotent, so it fails over like a GET.
+    pub async fn put_json<T: serde::Serialize + ?Sized>(
+        &self,
+        path_and_query: &str,
+        value: &T,
+    ) -> Result<Response, PoolError> {
+        self.send(Method::PUT, path_and_query, Some(Payload::json(value)))
+            .await
     }
 
     /// Sends `value` as a JSON POST body with `Idempotency-Key: key`. The server applies a
@@ -173,12 +190,7 @@ impl ProviderPool {
         value: &T,
         key: &str,
     ) -> Result<Response, PoolError> {
-        let bytes =
-            serde_json::to_vec(value).expect("serializing our own request types cannot fail");
-        let payload = Payload {
-            content_type: "application/json",
-            bytes: bytes.into(),
-        };
+        let payload = Payload::json(value);
         self.send_keyed(Method::POST, path_and_query, Some(payload), Some(key))
             .await
     }

@@ -307,7 +307,7 @@ async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Respo
     request_key(&mut form.request)?;
     let verdict = match grade_of(&form) {
         Ok(grade) => portal.grading.add_grade(id, &grade, &form.request).await?,
-        Err(refused) => refused,
+        Err(message) => Verdict::Refused(message),
     };
     match verdict {
         Verdict::Done(()) => Ok(see_other(
@@ -368,7 +368,7 @@ async fn change_grade(
     refuse_mangled(&[&form.title, &form.kind, &form.score])?;
     let verdict = match grade_of(&form) {
         Ok(grade) => portal.grading.change_grade(id, grade_id, &grade).await?,
-        Err(refused) => refused,
+        Err(message) => Verdict::Refused(message),
     };
     match verdict {
         Verdict::Done(()) => Ok(see_other(
@@ -415,15 +415,13 @@ fn is_request_key(key: &str) -> bool {
 
 /// The grade a form describes, for grading to judge; a score that is not a number is refused
 /// here, since the form's text cannot become grading's JSON number otherwise.
-fn grade_of(form: &GradeForm) -> Result<NewGrade<'_>, Verdict<()>> {
-    match parse_score(&form.score) {
-        Some(score) => Ok(NewGrade {
-            title: &form.title,
-            kind: &form.kind,
-            score,
-        }),
-        None => Err(Verdict::Refused("score: must be a number".to_owned())),
-    }
+fn grade_of(form: &GradeForm) -> Result<NewGrade<'_>, String> {
+    let score = parse_score(&form.score).ok_or("score: must be a number")?;
+    Ok(NewGrade {
+        title: &form.title,
+        kind: &form.kind,
+        score,
+    })
 }
 
 /// A score as typed: surrounding spaces are forgiven, anything but a finite number is not.

@@ -63,6 +63,16 @@ pub enum Verdict<T> {
     Refused(String),
 }
 
+impl<T> Verdict<T> {
+    /// The same verdict with what was done turned into `U`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Verdict<U> {
+        match self {
+            Verdict::Done(done) => Verdict::Done(f(done)),
+            Verdict::Refused(message) => Verdict::Refused(message),
+        }
+    }
+}
+
 /// One record of the log service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LogRecord {
@@ -138,12 +148,9 @@ impl Grading {
             .post_json_once(&format!("/students/{id}/grades"), grade, key)
             .await
             .map_err(pool_failure(GRADING_SERVICE))?;
-        Ok(
-            match judge(response, PortalError::StudentNotFound(id)).await? {
-                Verdict::Done(_) => Verdict::Done(()),
-                Verdict::Refused(message) => Verdict::Refused(message),
-            },
-        )
+        Ok(judge(response, PortalError::StudentNotFound(id))
+            .await?
+            .map(drop))
     }
 
     /// Adds a student, at most once per `key`; done, it is the new student's id.
@@ -177,26 +184,16 @@ impl Grading {
         grade_id: u64,
         grade: &NewGrade<'_>,
     ) -> Result<Verdict<()>, PortalError> {
-        let bytes =
-            serde_json::to_vec(grade).expect("serializing our own request types cannot fail");
-        let payload = discovery::pool::Payload {
-            content_type: "application/json",
-            bytes: bytes.into(),
-        };
-        let path = format!("/students/{id}/grades/{grade_id}");
         let response = self
             .pool
-            .send(reqwest::Method::PUT, &path, Some(payload))
+            .put_json(&format!("/students/{id}/grades/{grade_id}"), grade)
             .await
             .map_err(pool_failure(GRADING_SERVICE))?;
         let not_found = PortalError::GradeNotFound {
             student: id,
             grade: grade_id,
         };
-        Ok(match judge(response, not_found).await? {
-            Verdict::Done(_) => Verdict::Done(()),
-            Verdict::Refused(message) => Verdict::Refused(message),
-        })
+        Ok(judge(response, not_found).await?.map(drop))
     }
 
     /// Deletes a grade. One already gone counts as deleted: a confirmation sent twice, or a
@@ -209,8 +206,7 @@ impl Grading {
             .await
             .map_err(pool_failure(GRADING_SERVICE))?;
         match response.status() {
-            status if status.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Ok(()),
+            status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
             status => Err(unexpected_status(GRADING_SERVICE, status)),
         }
     }
