@@ -193,10 +193,13 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
                 .ok_or(ApiError::Wait)?,
         ),
     };
-    let level = match query.level.as_deref().filter(|l| !l.is_empty()) {
-        None => None,
-        Some(text) => Some(text.parse::<Level>().map_err(|_| ApiError::LevelFilter)?),
-    };
+    let level = query
+        .level
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .map(str::parse::<Level>)
+        .transpose()
+        .map_err(|_| ApiError::LevelFilter)?;
     let selection = Selection {
         service: query.service.as_deref().filter(|s| !s.is_empty()),
         level,

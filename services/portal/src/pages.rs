@@ -272,31 +272,30 @@ impl LogsPage {
         self.level == choice
     }
 
-    /// The query string of this page's filters, for the paging links: `service=…&level=…`.
-    pub fn filters(&self) -> String {
-        let mut filters = Vec::new();
+    /// The address of the page of records older than `before`, with this page's filters.
+    pub fn older_than(&self, before: u64) -> String {
+        self.address(Some(before))
+    }
+
+    /// The address of the newest records, with this page's filters.
+    pub fn newest(&self) -> String {
+        self.address(None)
+    }
+
+    /// `/logs` with this page's filters, and `before` when given.
+    fn address(&self, before: Option<u64>) -> String {
+        let mut query = Vec::new();
         if !self.service.is_empty() {
-            filters.push(format!("service={}", self.service));
+            query.push(format!("service={}", self.service));
         }
         if !self.level.is_empty() {
-            filters.push(format!("level={}", self.level));
+            query.push(format!("level={}", self.level));
         }
-        filters.join("&")
-    }
-
-    /// This page's filters with `before`: the address of the page of older records.
-    pub fn older_than(&self, before: u64) -> String {
-        match self.filters().as_str() {
-            "" => format!("/logs?before={before}"),
-            filters => format!("/logs?{filters}&before={before}"),
-        }
-    }
-
-    /// The newest records with this page's filters.
-    pub fn newest(&self) -> String {
-        match self.filters().as_str() {
-            "" => "/logs".to_owned(),
-            filters => format!("/logs?{filters}"),
+        query.extend(before.map(|before| format!("before={before}")));
+        if query.is_empty() {
+            "/logs".to_owned()
+        } else {
+            format!("/logs?{}", query.join("&"))
         }
     }
 }
