@@ -12,8 +12,8 @@ starts from one), then runs every one-line `$ curl` and `$ dig` command of READM
 "Walkthrough" section up to "Discovery at work", in order, and compares its output
 with README's, line by line, after blanking what differs between runs: times and
 dates, durations, the Consul node's name. Where README trims a line with `…`, its
-pieces must appear in that order; a line that is only `…` stands for lines left out. Prints each difference and exits 1 if there is
-one. Needs ports 8500, 8600, 4000, 5000 and 6100 free, curl, dig and jq (installed
+pieces must appear in that order; a line that is only `…` stands for lines left
+out. Prints each difference and exits 1 if there is one. Needs ports 8500, 8600, 4000, 5000 and 6100 free, curl, dig and jq (installed
 from Debian's packages when missing and running as root). Leaves data/ removed.
 --can-run only tells, by its exit status, whether data/ and the ports allow a run.
 TXT

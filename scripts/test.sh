@@ -55,53 +55,52 @@ status=0
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee -a "$results" || status=1
 
-# README's walkthrough, replayed against a fresh run-local.sh on the usual ports (it needs them,
-# and no data/ of a user's). Counted as one test.
-walkthrough_passed=0
-walkthrough_failed=0
-if [ $# -gt 0 ]; then
-  echo "test: extra arguments given: the README walkthrough check was not run"
-elif [ -e data ] || ! scripts/check-walkthrough.sh --can-run 2>/dev/null; then
+# README's walkthrough (replayed against a fresh run-local.sh on the usual ports, so it needs them
+# and no data/ of a user's) counts as one test; the compose tests need the Docker engine and the
+# images scripts/images.sh builds (a plain `cargo test` ignores them). A check that cannot run
+# counts as a failure under CI=true, a warning otherwise. With extra arguments (a subset of the
+# tests) both are left out.
+checks_passed=0
+checks_failed=0
+cannot_run() { # cannot_run WHAT
   if [ "${CI:-}" = true ]; then
-    echo "test: CI=true but the walkthrough check cannot run (data/ exists or a port is taken)" >&2
-    walkthrough_failed=1
+    echo "test: CI=true but $1" >&2
+    checks_failed=$((checks_failed + 1))
     status=1
   else
-    echo "test: WARNING: data/ exists or a usual port is taken: the README walkthrough check did NOT run" >&2
+    echo "test: WARNING: $1: it did NOT run" >&2
   fi
-elif scripts/check-walkthrough.sh; then
-  walkthrough_passed=1
-else
-  walkthrough_failed=1
-  status=1
-fi
-
-# The compose tests need the Docker engine and the images scripts/images.sh builds; a plain
-# `cargo test` ignores them. With extra arguments (a subset of the tests) they are left out.
-engine_missing=0
+}
 if [ $# -gt 0 ]; then
-  echo "test: extra arguments given: the compose tests (services/system-tests/tests/compose.rs) were not run"
-elif docker info >/dev/null 2>&1; then
-  compose_started=$(date +%s)
-  if scripts/images.sh; then
-    cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
+  echo "test: extra arguments given: the README walkthrough check and the compose tests were not run"
+else
+  if ! scripts/check-walkthrough.sh --can-run; then
+    cannot_run "the README walkthrough check cannot run (data/ exists or a usual port is taken)"
+  elif scripts/check-walkthrough.sh; then
+    checks_passed=1
   else
-    echo "test: scripts/images.sh failed: the compose tests could not run"
-    engine_missing=1
+    checks_failed=$((checks_failed + 1))
     status=1
   fi
-  echo "test: images and compose tests took $(( $(date +%s) - compose_started )) s"
-elif [ "${CI:-}" = true ]; then
-  echo "test: CI=true but no Docker engine answers (docker info): the compose tests cannot run" >&2
-  engine_missing=1
-  status=1
-else
-  echo "test: WARNING: no Docker engine answers (docker info): the compose tests did NOT run" >&2
+
+  if ! docker info >/dev/null 2>&1; then
+    cannot_run "no Docker engine answers (docker info): the compose tests cannot run"
+  else
+    compose_started=$(date +%s)
+    if scripts/images.sh; then
+      cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
+    else
+      echo "test: scripts/images.sh failed: the compose tests could not run"
+      checks_failed=$((checks_failed + 1))
+      status=1
+    fi
+    echo "test: images and compose tests took $(( $(date +%s) - compose_started )) s"
+  fi
 fi
 
 # One closing line for the whole run (cargo prints one per test binary, the last being doc
-# tests); compose tests that could not run at all count as one failure.
-awk -v extra="$((engine_missing + walkthrough_failed))" -v walkthrough="$walkthrough_passed" \
+# tests), with the checks above.
+awk -v extra_passed="$checks_passed" -v extra_failed="$checks_failed" \
   '/^test result:/ { passed += $4; failed += $6 }
-  END { printf "tests: %d passed, %d failed\n", passed + walkthrough, failed + extra }' "$results"
+  END { printf "tests: %d passed, %d failed\n", passed + extra_passed, failed + extra_failed }' "$results"
 exit $status

@@ -15,6 +15,8 @@ pub const STARTUP: Duration = Duration::from_secs(60);
 
 /// One compose project made from docker-compose.yml; taken down with its volumes when dropped.
 pub struct Stack {
+    /// The compose program and its first arguments (`docker compose` or `docker-compose`).
+    program: Vec<String>,
     project: String,
     env: Vec<(&'static str, String)>,
     consul_port: u16,
@@ -96,6 +98,7 @@ impl Stack {
         require_engine();
         let ports = free_ports(4);
         let mut stack = Stack {
+            program: compose_program(),
             project: format!("gradebook-test-{name}"),
             env: env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             consul_port: ports[0],
@@ -115,10 +118,9 @@ impl Stack {
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let program = compose_program();
-        let mut command = tokio::process::Command::new(&program[0]);
+        let mut command = tokio::process::Command::new(&self.program[0]);
         command
-            .args(&program[1..])
+            .args(&self.program[1..])
             .args(["-p", &self.project])
             .args(args)
             .current_dir(repo_root())
@@ -253,9 +255,8 @@ impl Stack {
     /// `down -v`: containers, network and volumes, whatever state they are in. Blocking, so that
     /// `Drop` can use it too.
     fn down_with_volumes_blocking(&self) {
-        let program = compose_program();
-        let _ = std::process::Command::new(&program[0])
-            .args(&program[1..])
+        let _ = std::process::Command::new(&self.program[0])
+            .args(&self.program[1..])
             .args([
                 "-p",
                 &self.project,
