@@ -6,7 +6,10 @@
 //! request moves to another: a connection that was refused never reached the server, so that
 //! retry is safe for any method; a reset after sending is retried only for idempotent methods,
 //! and for a POST that carries an `Idempotency-Key` ([`ProviderPool::post_json_once`]), which the
-//! server applies at most once whichever instance gets it.
+//! server applies at most once whichever instance gets it. Such requests also get their own
+//! shorter time limit per attempt ([`RETRYABLE_ATTEMPT_TIMEOUT`]): an instance that stops
+//! answering (a host cut off the network keeps its connections open but silent) is ejected and
+//! the request moves on, rather than failing after the client's whole timeout.
 //! An ejected provider returns when Consul lists it again in a new answer, or after
 //! [`EJECTION_LIMIT`] at most. With no provider at all the pool fails at once with
 //! [`PoolError::NoProvider`], which services answer with a 503.
@@ -26,6 +29,10 @@ use crate::watch::{Provider, ProviderWatch};
 pub const EJECTION_LIMIT: Duration = Duration::from_secs(30);
 /// How many providers one request may try before giving up.
 const MAX_ATTEMPTS: usize = 3;
+/// How long one attempt of a request that may be sent again waits for its answer. Every call
+/// between the services answers in milliseconds; three attempts still fit in the 10 s a caller
+/// waits in all.
+pub const RETRYABLE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The header naming one logical request, so that sending it again is safe.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -238,11 +245,17 @@ impl ProviderPool {
             if let Some(key) = idempotency_key {
                 request = request.header(IDEMPOTENCY_KEY, key);
             }
+            if idempotent {
+                request = request.timeout(RETRYABLE_ATTEMPT_TIMEOUT);
+            }
             let result = request.send().await;
             drop(guard);
             match result {
                 Ok(response) => return Ok(response),
-                Err(err) if err.is_connect() || (idempotent && is_dropped_connection(&err)) => {
+                Err(err)
+                    if err.is_connect()
+                        || (idempotent && (is_dropped_connection(&err) || err.is_timeout())) =>
+                {
                     warn!(
                         provider = %endpoint.provider.address,
                         "{}: ejecting {} locally until Consul lists it again: {err}",

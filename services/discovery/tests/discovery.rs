@@ -545,6 +545,68 @@ async fn a_post_with_an_idempotency_key_is_retried_after_a_hang_up() {
     healthy.shut_down().await;
 }
 
+/// A listener that reads each request and never answers, holding the connection open: what a
+/// client sees of an instance whose host was cut off the network, or of a hung process.
+async fn silent_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_and_a_keyed_post_move_off_an_instance_that_never_answers() {
+    let agent = ConsulAgent::start().await;
+    let pool = ProviderPool::new(
+        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
+        discovery::runtime::http_client(),
+    );
+    let healthy = Instance::start(&agent, "grading").await;
+    let (port, received) = silent_server().await;
+    // Registered without a check, so Consul lists it as passing however it behaves.
+    agent
+        .register(&serde_json::json!({"Name": "grading", "ID": "silent", "Address": "127.0.0.1", "Port": port}))
+        .await;
+    eventually("both watched", PATIENCE, || async {
+        (pool.watch().current().providers.len() == 2).then_some(())
+    })
+    .await;
+
+    // Until the silent instance has had a request, every request is a coin toss between the
+    // two; each one must end at the healthy instance.
+    let mut sent = 0;
+    while received.load(std::sync::atomic::Ordering::SeqCst) == 0 && sent < 50 {
+        sent += 1;
+        let response = if sent % 2 == 0 {
+            pool.get("/whoami").await
+        } else {
+            let key = discovery::pool::new_idempotency_key();
+            pool.post_json_once("/whoami", &serde_json::json!({"n": sent}), &key)
+                .await
+        };
+        let response = response.expect("a retryable request moves to an instance that answers");
+        assert_eq!(response.text().await.unwrap(), healthy.addr.to_string());
+    }
+    assert!(
+        received.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "within 50 requests one went to the silent instance"
+    );
+    healthy.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_with_no_provider_fails_at_once_with_a_typed_error() {
     let agent = ConsulAgent::start().await;
