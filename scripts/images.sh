@@ -14,10 +14,13 @@ Builds, without pulling anything from an image registry:
   gradebook-consul:VERSION the agent scripts/install-consul.sh provides, on that base.
   $GRADEBOOK_IMAGE         (default gradebook:latest) the three service binaries from
                            `cargo build --release`, on that base: the Dockerfile's `prebuilt` stage.
-and writes CONSUL_IMAGE=gradebook-consul:VERSION into .env beside docker-compose.yml, so that
-`docker compose up -d --no-build` (or docker-compose) runs the stack on these images.
+  gradebook-postgres:15    Debian's postgresql on a minbase of its own (for
+                           docker-compose.cluster.yml), with docker/postgres-entrypoint.
+and writes CONSUL_IMAGE=gradebook-consul:VERSION and POSTGRES_IMAGE=gradebook-postgres:15 into
+.env beside the compose files, so that `docker compose up -d --no-build` (or docker-compose, and
+either with -f docker-compose.cluster.yml) runs on these images.
 
-Quick when nothing changed: the base is reused while its package list is the same, the other two
+Quick when nothing changed: the bases are reused while their package lists are the same, the other two
 are cached layer by layer, and cargo rebuilds only what changed.
 The release binaries must run on bookworm's C library (glibc 2.36): build on bookworm or older.
 
@@ -42,42 +45,54 @@ cd "$repo_root"
 base_image=gradebook-base:bookworm
 service_image=${GRADEBOOK_IMAGE:-gradebook:latest}
 base_packages=${BASE_PACKAGES:-curl ca-certificates}
+postgres_base_image=gradebook-postgres-base:bookworm
+postgres_image=gradebook-postgres:15
 build_dir="$repo_root/tools/images"
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info failed); start dockerd"
 
-# --- the Debian base -------------------------------------------------------------------------
-# Labelled with what it was made from; the same label means the same base, so it is kept.
-base_recipe="bookworm minbase +${base_packages// /,}"
-existing=$(docker image inspect -f '{{ index .Config.Labels "org.gradebook.recipe" }}' "$base_image" 2>/dev/null || true)
-if [ "$existing" = "$base_recipe" ]; then
-  say "$base_image is up to date ($base_recipe)"
-else
-  [ "$(id -u)" = 0 ] || die "debootstrap needs root to build $base_image; run: sudo $0"
+# --- the Debian bases --------------------------------------------------------------------------
+# debootstrap_image TAG PACKAGES: a bookworm minbase with PACKAGES, imported as TAG and labelled
+# with what it was made from; the same label means the same image, so it is kept.
+debootstrap_image() {
+  local tag=$1 packages=$2
+  local recipe="bookworm minbase +${packages// /,}"
+  local existing
+  existing=$(docker image inspect -f '{{ index .Config.Labels "org.gradebook.recipe" }}' "$tag" 2>/dev/null || true)
+  if [ "$existing" = "$recipe" ]; then
+    say "$tag is up to date ($recipe)"
+    return
+  fi
+  [ "$(id -u)" = 0 ] || die "debootstrap needs root to build $tag; run: sudo $0"
   if ! command -v debootstrap >/dev/null 2>&1; then
     say "installing debootstrap"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
   fi
+  local mirror rootfs="$build_dir/rootfs-${tag//[:\/]/-}"
   mirror=$(scripts/debian-mirror.sh) || die "no Debian mirror to debootstrap from"
-  rootfs="$build_dir/rootfs"
   rm -rf "$rootfs"
   mkdir -p "$rootfs"
-  say "debootstrap bookworm from $mirror (about 2 minutes the first time)"
-  debootstrap --variant=minbase --include="${base_packages// /,}" bookworm "$rootfs" "$mirror" \
-    >"$build_dir/debootstrap.log" 2>&1 \
-    || die "debootstrap failed; see $build_dir/debootstrap.log"
+  say "debootstrap bookworm +$packages from $mirror (about 2 minutes the first time)"
+  debootstrap --variant=minbase --include="${packages// /,}" bookworm "$rootfs" "$mirror" \
+    >"$rootfs.log" 2>&1 \
+    || die "debootstrap failed; see $rootfs.log"
   # Downloaded packages and package lists are of no use inside an image that never runs apt.
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" --numeric-owner -c . \
     | docker import \
-        --change "LABEL org.gradebook.recipe=\"$base_recipe\"" \
+        --change "LABEL org.gradebook.recipe=\"$recipe\"" \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'CMD ["/bin/bash"]' \
-        - "$base_image" >/dev/null
+        - "$tag" >/dev/null
   rm -rf "$rootfs"
-  say "built $base_image"
-fi
+  say "built $tag"
+}
+
+mkdir -p "$build_dir"
+debootstrap_image "$base_image" "$base_packages"
+# PostgreSQL for docker-compose.cluster.yml, from Debian's own package.
+debootstrap_image "$postgres_base_image" "postgresql"
 
 # --- Consul ----------------------------------------------------------------------------------
 consul_bin=$(scripts/install-consul.sh)
@@ -110,10 +125,19 @@ docker run --rm "$service_image" log-service --version >/dev/null \
   || die "the release binaries do not run in $service_image (built against a newer glibc than bookworm's?)"
 say "built $service_image"
 
-# --- point docker-compose.yml at them ----------------------------------------------------------
+# --- PostgreSQL ------------------------------------------------------------------------------
+docker build -q --build-arg BASE_IMAGE="$postgres_base_image" -t "$postgres_image" \
+  -f docker/postgres.Dockerfile docker >/dev/null \
+  || die "building $postgres_image failed"
+say "built $postgres_image"
+
+# --- point the compose files at them ----------------------------------------------------------
 env_file="$repo_root/.env"
 touch "$env_file"
-grep -v '^CONSUL_IMAGE=' "$env_file" >"$env_file.new" || true
+grep -v -e '^CONSUL_IMAGE=' -e '^POSTGRES_IMAGE=' "$env_file" >"$env_file.new" || true
 echo "CONSUL_IMAGE=$consul_image" >>"$env_file.new"
+echo "POSTGRES_IMAGE=$postgres_image" >>"$env_file.new"
 mv "$env_file.new" "$env_file"
-say "wrote CONSUL_IMAGE=$consul_image to .env; now: docker compose up -d --no-build"
+say "wrote CONSUL_IMAGE=$consul_image and POSTGRES_IMAGE=$postgres_image to .env; now:"
+say "  docker compose up -d --no-build                                  (one host)"
+say "  docker compose -f docker-compose.cluster.yml up -d --no-build    (a cluster)"
