@@ -16,8 +16,9 @@ Consul already running on :8500 is left alone.
 Then (without extra arguments) scripts/check-walkthrough.sh replays README's
 walkthrough against a fresh run-local.sh. When a Docker engine answers, it then builds the
 images with scripts/images.sh and runs the compose tests, which start
-docker-compose.yml as projects named gradebook-test-*. Under CI=true a missing
-engine is a failure.
+docker-compose.yml as projects named gradebook-test-*, and the cluster smoke
+(scripts/cluster-faults.sh --smoke: docker-compose.cluster.yml's shape, and its
+Consul leader killed under load). Under CI=true a missing engine is a failure.
 TXT
     exit 0 ;;
 esac
@@ -89,6 +90,14 @@ else
     compose_started=$(date +%s)
     if scripts/images.sh; then
       cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
+      # The cluster file's smoke (its shape, and the Consul leader killed under load), one check;
+      # scripts/cluster-faults.sh runs every cluster scenario.
+      if target/debug/faults cluster --smoke; then
+        checks_passed=$((checks_passed + 1))
+      else
+        checks_failed=$((checks_failed + 1))
+        status=1
+      fi
     else
       echo "test: scripts/images.sh failed: the compose tests could not run"
       checks_failed=$((checks_failed + 1))

@@ -1,7 +1,8 @@
-//! The repository's own docker-compose.yml on the real Docker engine: a [`Stack`] is one compose
-//! project, with every host port chosen free so that stacks do not collide, run with the images
-//! `scripts/images.sh` built (`up --no-build`). Everything the tests send from the host goes to
-//! the ports the stack publishes on 127.0.0.1.
+//! The repository's own compose files on the real Docker engine: a [`Stack`] is one compose
+//! project (docker-compose.yml, or docker-compose.cluster.yml), with every host port chosen free
+//! so that stacks do not collide, run with the images `scripts/images.sh` built
+//! (`up --no-build`). Everything the tests send from the host goes to the ports the stack
+//! publishes on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -13,16 +14,22 @@ use testkit::free_ports;
 /// How long a stack may take to have every service passing in Consul, from `up`.
 pub const STARTUP: Duration = Duration::from_secs(60);
 
-/// One compose project made from docker-compose.yml; taken down with its volumes when dropped.
+/// The host ports docker-compose.yml publishes, by the variable that sets each.
+const SINGLE_HOST_PORTS: [&str; 4] = [
+    "GRADEBOOK_CONSUL_PORT",
+    "GRADEBOOK_CONSUL_DNS_PORT",
+    "GRADEBOOK_LOG_PORT",
+    "GRADEBOOK_PORTAL_PORT",
+];
+
+/// One compose project made from one of the compose files; taken down with its volumes when
+/// dropped.
 pub struct Stack {
     /// The compose program and its first arguments (`docker compose` or `docker-compose`).
     program: Vec<String>,
+    file: &'static str,
     project: String,
     env: Vec<(&'static str, String)>,
-    consul_port: u16,
-    dns_port: u16,
-    log_port: u16,
-    portal_port: u16,
 }
 
 /// The compose program: `$COMPOSE` if set (e.g. "docker compose"), else `docker compose` (v2)
@@ -95,33 +102,55 @@ impl Stack {
     /// added to the compose variables (e.g. RUST_LOG); any leftover of a previous run of the same
     /// project is removed first.
     pub async fn up(name: &str, env: &[(&'static str, &str)]) -> Stack {
+        Stack::up_file("docker-compose.yml", name, &SINGLE_HOST_PORTS, env).await
+    }
+
+    /// `up -d --no-build` of the compose file `file` as project `gradebook-test-NAME`, each of
+    /// the host-port variables `ports` set to a free port, and `env` added to the compose
+    /// variables.
+    pub async fn up_file(
+        file: &'static str,
+        name: &str,
+        ports: &[&'static str],
+        env: &[(&'static str, &str)],
+    ) -> Stack {
         require_engine();
-        let ports = free_ports(4);
         let mut stack = Stack {
             program: compose_program(),
+            file,
             project: format!("gradebook-test-{name}"),
             env: env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-            consul_port: ports[0],
-            dns_port: ports[1],
-            log_port: ports[2],
-            portal_port: ports[3],
         };
-        stack.env.extend([
-            ("GRADEBOOK_CONSUL_PORT", stack.consul_port.to_string()),
-            ("GRADEBOOK_CONSUL_DNS_PORT", stack.dns_port.to_string()),
-            ("GRADEBOOK_LOG_PORT", stack.log_port.to_string()),
-            ("GRADEBOOK_PORTAL_PORT", stack.portal_port.to_string()),
-        ]);
+        stack.env.extend(
+            ports
+                .iter()
+                .zip(free_ports(ports.len()))
+                .map(|(var, port)| (*var, port.to_string())),
+        );
         stack.down_with_volumes_blocking();
         stack.compose(&["up", "-d", "--no-build"]).await;
         stack
+    }
+
+    /// The host port that the variable `var` set (a port variable given to [`Stack::up_file`]).
+    pub fn port(&self, var: &str) -> u16 {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == var)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{var} is not a port of this stack"))
+    }
+
+    /// The compose project's name (`gradebook-test-NAME`).
+    pub fn project(&self) -> &str {
+        &self.project
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.program[0]);
         command
             .args(&self.program[1..])
-            .args(["-p", &self.project])
+            .args(["-f", self.file, "-p", &self.project])
             .args(args)
             .current_dir(repo_root())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -190,22 +219,22 @@ impl Stack {
 
     /// The Consul server's HTTP API and UI, as published on the host.
     pub fn consul_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.consul_port)
+        format!("http://127.0.0.1:{}", self.port("GRADEBOOK_CONSUL_PORT"))
     }
 
     /// The host port of the Consul server's DNS interface (TCP and UDP).
     pub fn dns_port(&self) -> u16 {
-        self.dns_port
+        self.port("GRADEBOOK_CONSUL_DNS_PORT")
     }
 
     /// The log service, as published on the host.
     pub fn log_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.log_port)
+        format!("http://127.0.0.1:{}", self.port("GRADEBOOK_LOG_PORT"))
     }
 
     /// The portal, as published on the host.
     pub fn portal_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.portal_port)
+        format!("http://127.0.0.1:{}", self.port("GRADEBOOK_PORTAL_PORT"))
     }
 
     /// Grading instance `index` (from 1), through the host port Docker chose for it.
@@ -241,7 +270,7 @@ impl Stack {
     }
 
     /// A JSON list from the Consul server's API; `None` while it does not answer.
-    async fn consul_list(&self, path: &str) -> Option<Vec<Value>> {
+    pub async fn consul_list(&self, path: &str) -> Option<Vec<Value>> {
         testkit::http_client()
             .get(format!("{}{path}", self.consul_url()))
             .send()
@@ -258,6 +287,8 @@ impl Stack {
         let _ = std::process::Command::new(&self.program[0])
             .args(&self.program[1..])
             .args([
+                "-f",
+                self.file,
                 "-p",
                 &self.project,
                 "down",

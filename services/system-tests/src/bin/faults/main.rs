@@ -4,8 +4,10 @@
 //! table of all of them, and the exit code says whether every claim held.
 //!
 //! Run it with `scripts/faults.sh` (which builds everything first); the bad-input scenario is
-//! part of `cargo test` (`services/system-tests/tests/bad_input.rs`).
+//! part of `cargo test` (`services/system-tests/tests/bad_input.rs`). `faults cluster` runs the
+//! cluster scenarios instead, on docker-compose.cluster.yml (`scripts/cluster-faults.sh`).
 
+mod cluster;
 mod common;
 mod consul_outage;
 mod crash;
@@ -36,24 +38,40 @@ table of figures, and exits 1 if any scenario's claim failed.
   6  SIGKILL of log and grading during writes; a torn last line
 
   --markdown FILE  also write the table as Markdown to FILE
+
+Usage: faults cluster [--smoke] [--markdown FILE] [SCENARIO...]
+
+Starts docker-compose.cluster.yml (images from scripts/images.sh) as project
+gradebook-test-cluster on free ports, checks its shape, and runs the cluster
+scenarios (all, or those numbered) on it, then takes it down:
+
+{CLUSTER}
+  --smoke          the shape and scenario 1 only (what scripts/test.sh runs)
 ";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
+    let usage = USAGE.replace("{CLUSTER}", cluster::SCENARIOS.trim_end());
     let mut markdown = None;
     let mut chosen: Vec<u8> = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut on_cluster = false;
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("cluster") {
+        on_cluster = true;
+        args.next();
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => {
-                print!("{USAGE}");
+                print!("{usage}");
                 return ExitCode::SUCCESS;
             }
             "--markdown" => markdown = args.next(),
+            "--smoke" if on_cluster => chosen.push(1),
             number => match number.parse::<u8>() {
                 Ok(n @ 1..=6) => chosen.push(n),
                 _ => {
-                    eprint!("faults: unknown argument {number:?}\n\n{USAGE}");
+                    eprint!("faults: unknown argument {number:?}\n\n{usage}");
                     return ExitCode::from(2);
                 }
             },
@@ -62,7 +80,32 @@ async fn main() -> ExitCode {
     if chosen.is_empty() {
         chosen = (1..=6).collect();
     }
+    chosen.dedup();
 
+    let outcomes = if on_cluster {
+        cluster::run(&chosen).await
+    } else {
+        run_local(chosen).await
+    };
+    let table = report::table(&outcomes);
+    println!("\n{table}");
+    if let Some(path) = markdown
+        && let Err(err) = std::fs::write(&path, &table)
+    {
+        eprintln!("faults: cannot write {path}: {err}");
+    }
+    let failed = outcomes.iter().filter(|o| o.verdict() == "FAIL").count();
+    let passed = outcomes.iter().filter(|o| o.verdict() == "pass").count();
+    println!("faults: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The scenarios on loopback processes, each in its own task.
+async fn run_local(chosen: Vec<u8>) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     for number in chosen {
         eprintln!("faults: === scenario {number} ===");
@@ -85,22 +128,7 @@ async fn main() -> ExitCode {
         );
         outcomes.push(outcome);
     }
-
-    let table = report::table(&outcomes);
-    println!("\n{table}");
-    if let Some(path) = markdown
-        && let Err(err) = std::fs::write(&path, &table)
-    {
-        eprintln!("faults: cannot write {path}: {err}");
-    }
-    let failed = outcomes.iter().filter(|o| o.verdict() == "FAIL").count();
-    let passed = outcomes.iter().filter(|o| o.verdict() == "pass").count();
-    println!("faults: {passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    outcomes
 }
 
 async fn run(number: u8) -> Outcome {

@@ -1,0 +1,711 @@
+//! The cluster scenarios of RELIABILITY.md: docker-compose.cluster.yml (three Consul servers,
+//! three service hosts each with its own client agent, PostgreSQL) on the real Docker engine,
+//! under load through the portals, while a fault takes away a server, a host, the quorum, every
+//! service container in turn, or the database. Everything the runner sends goes to the ports the
+//! cluster publishes on 127.0.0.1; container addresses are only read, to tell hosts apart.
+//!
+//! One cluster serves every scenario of a run: each starts by waiting until the cluster is
+//! whole again, so a scenario that left it broken fails the next one's start, not silently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use discovery::{ConsulSettings, ProviderWatch};
+use serde_json::Value;
+use system_tests::client;
+use system_tests::compose::{Stack, docker};
+
+use crate::common::{Acked, portal_grade, portal_page, report_grades, report_user_loads};
+use crate::load::{Load, stop_all};
+use crate::report::Outcome;
+
+/// The host ports docker-compose.cluster.yml publishes, by the variable that sets each.
+const PORTS: [&str; 7] = [
+    "GRADEBOOK_CONSUL_PORT",
+    "GRADEBOOK_CONSUL_DNS_PORT",
+    "GRADEBOOK_HOST1_DNS_PORT",
+    "GRADEBOOK_LOG_PORT",
+    "GRADEBOOK_GRADING_PORT",
+    "GRADEBOOK_PORTAL_PORT",
+    "GRADEBOOK_PORTAL2_PORT",
+];
+
+const SERVERS: [&str; 3] = ["consul-server-1", "consul-server-2", "consul-server-3"];
+
+/// The instances of each service the cluster file runs, and the containers that run them.
+const SERVICES: [(&str, &[&str]); 3] = [
+    ("log", &["log-1", "log-2"]),
+    ("grading", &["grading-1", "grading-2", "grading-3"]),
+    ("portal", &["portal-1", "portal-2"]),
+];
+
+/// The containers of host-2, the host the host faults take away: it runs one instance of every
+/// service, so each service loses one while the others keep serving.
+const HOST_2: [&str; 4] = ["host-2", "log-2", "grading-2", "portal-2"];
+
+/// How long the cluster may take to be whole: from `up`, or back from a fault.
+const WHOLE: Duration = Duration::from_secs(90);
+
+/// The bounds this runner claims (RELIABILITY.md states them): a new leader after the old one
+/// is killed, and a host's instances out of every healthy set after it is cut off or stopped.
+const NEW_LEADER_WITHIN: Duration = Duration::from_secs(10);
+const HOST_LEAVES_WITHIN: Duration = Duration::from_secs(15);
+/// After PostgreSQL is back, grading answers again within this, without being restarted.
+const DATABASE_RECOVERY_WITHIN: Duration = Duration::from_secs(10);
+
+/// The scenarios, numbered as `faults cluster N` takes them.
+pub const SCENARIOS: &str = "\
+  1  the Consul leader killed under load: a new leader, 0 failed requests
+  2  host-2 cut off the network, then connected again
+  3  host-2 stopped whole (agent and services), then started again
+  4  2 of 3 Consul servers stopped (quorum lost) for 15 s
+  5  a rolling upgrade of every service container under load
+  6  PostgreSQL stopped for 8 s under load, then started again
+";
+
+/// The running cluster; taken down with its volumes when dropped.
+pub struct Cluster {
+    stack: Stack,
+    network: String,
+}
+
+impl Cluster {
+    /// `up` of docker-compose.cluster.yml as project `gradebook-test-NAME` on free ports.
+    pub async fn up(name: &str) -> Cluster {
+        let stack = Stack::up_file("docker-compose.cluster.yml", name, &PORTS, &[]).await;
+        let network = format!("{}_default", stack.project().replace('-', ""));
+        // docker-compose v1 strips dashes from the project name; v2 keeps them.
+        let network = if docker(&["network", "ls", "-q", "-f", &format!("name=^{network}$")])
+            .await
+            .trim()
+            .is_empty()
+        {
+            format!("{}_default", stack.project())
+        } else {
+            network
+        };
+        Cluster { stack, network }
+    }
+
+    fn consul(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.consul_url())
+    }
+
+    /// The Consul API's answer as JSON, and its status; `None` when it does not answer.
+    async fn consul_get(&self, path: &str) -> Option<(u16, Value)> {
+        let response = client().get(self.consul(path)).send().await.ok()?;
+        let status = response.status().as_u16();
+        let text = response.text().await.ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// The compose service of the current Raft leader, as the consul-ui agent's servers say.
+    pub async fn leader(&self) -> Option<String> {
+        let (status, leader) = self.consul_get("/v1/status/leader").await?;
+        let address = leader.as_str().filter(|a| status == 200 && !a.is_empty())?;
+        let ip = address.split(':').next()?.to_owned();
+        for server in SERVERS {
+            if self.ip_of(server).await == ip {
+                return Some(server.to_owned());
+            }
+        }
+        None
+    }
+
+    /// A compose service's (first) container.
+    pub async fn container(&self, service: &str) -> String {
+        self.stack
+            .containers(service)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no container for {service}"))
+    }
+
+    /// A compose service's address on the cluster network ("" while it is stopped).
+    pub async fn ip_of(&self, service: &str) -> String {
+        let id = self.container(service).await;
+        self.stack.container_ip(&id).await
+    }
+
+    /// The addresses (without port) of the passing instances of `service`.
+    async fn passing_hosts(&self, service: &str) -> Option<Vec<String>> {
+        let passing = self.stack.passing(service).await?;
+        Some(
+            passing
+                .iter()
+                .map(|a| a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// Whether the cluster is whole: a leader, every agent alive, every instance passing.
+    async fn is_whole(&self) -> bool {
+        if self.leader().await.is_none() {
+            return false;
+        }
+        let Some((200, members)) = self.consul_get("/v1/agent/members").await else {
+            return false;
+        };
+        // Serf status 1 is "alive"; 3 servers, the UI agent and 3 hosts.
+        let alive = members
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["Status"] == 1).count());
+        if alive != 7 {
+            return false;
+        }
+        for (service, containers) in SERVICES {
+            if self.stack.passing(service).await.map(|p| p.len()) != Some(containers.len()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until the cluster is whole; how long that took.
+    pub async fn whole(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        while started.elapsed() < WHOLE {
+            if self.is_whole().await {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "the cluster was not whole (a leader, 7 agents alive, 2 log, 3 grading, 2 portal \
+             passing) within {} s",
+            WHOLE.as_secs()
+        ))
+    }
+
+    /// Polls every 50 ms until `done` holds; the time it took, or `None` past `limit`.
+    async fn time_until<F, Fut>(&self, limit: Duration, mut done: F) -> Option<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if done().await {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Whether no passing instance of any service is at `ip`.
+    async fn none_passing_at(&self, ip: &str) -> bool {
+        for (service, _) in SERVICES {
+            match self.passing_hosts(service).await {
+                Some(hosts) if !hosts.iter().any(|h| h == ip) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn portal_urls(&self) -> Vec<String> {
+        ["GRADEBOOK_PORTAL_PORT", "GRADEBOOK_PORTAL2_PORT"]
+            .iter()
+            .map(|var| format!("http://127.0.0.1:{}", self.stack.port(var)))
+            .collect()
+    }
+
+    fn grading_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.stack.port("GRADEBOOK_GRADING_PORT"))
+    }
+
+    /// Picks a portal for each request as a load balancer that follows Consul would: among the
+    /// portals Consul lists as passing (through the UI agent), in turn.
+    async fn balancer(&self) -> Balancer {
+        let mut by_ip = HashMap::new();
+        for (index, url) in self.portal_urls().into_iter().enumerate() {
+            by_ip.insert(self.ip_of(&format!("portal-{}", index + 1)).await, url);
+        }
+        let watch = ProviderWatch::spawn(&ConsulSettings::local(self.stack.consul_url()), "portal");
+        watch.ready(Duration::from_secs(10)).await;
+        Balancer {
+            by_ip: Arc::new(by_ip),
+            watch,
+        }
+    }
+}
+
+/// Portals chosen the way a load balancer fed by Consul chooses them.
+#[derive(Clone)]
+struct Balancer {
+    by_ip: Arc<HashMap<String, String>>,
+    watch: ProviderWatch,
+}
+
+impl Balancer {
+    fn pick(&self, n: u64) -> Option<String> {
+        let set = self.watch.current();
+        let urls: Vec<&String> = set
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let ip = p.address.rsplit_once(':').map_or(&*p.address, |(h, _)| h);
+                self.by_ip.get(ip)
+            })
+            .collect();
+        (!urls.is_empty()).then(|| urls[n as usize % urls.len()].clone())
+    }
+}
+
+/// Where the user load goes: one fixed portal, or the portals Consul lists.
+#[derive(Clone)]
+enum Door {
+    Portal(String),
+    Balanced(Balancer),
+}
+
+impl Door {
+    fn pick(&self, n: u64) -> Result<String, String> {
+        match self {
+            Door::Portal(url) => Ok(url.clone()),
+            Door::Balanced(balancer) => balancer
+                .pick(n)
+                .ok_or_else(|| "no passing portal to send to".to_owned()),
+        }
+    }
+}
+
+/// The users: portal pages (2 x 40/s) and grades through the portal's form (2 x 20/s) for at
+/// most `time`, through `door`. Acknowledged grades are titled `{prefix}-{n}`.
+fn user_loads(prefix: &str, door: Door, graded: &Acked, time: Duration) -> Vec<Load> {
+    let http = client();
+    let bound = |per_second: u64, workers: u64| per_second * workers * time.as_secs().max(1);
+    let pages = {
+        let (http, door) = (http.clone(), door.clone());
+        Load::start("portal pages", 2, 40, bound(40, 2), time, move |n| {
+            let (http, door) = (http.clone(), door.clone());
+            async move { portal_page(&http, &door.pick(n)?, n).await }
+        })
+    };
+    let grades = {
+        let (graded, prefix) = (graded.clone(), prefix.to_owned());
+        Load::start("portal grade forms", 2, 20, bound(20, 2), time, move |n| {
+            let (http, door, graded) = (http.clone(), door.clone(), graded.clone());
+            let title = format!("{prefix}-{n}");
+            async move { portal_grade(&http, &door.pick(n)?, &title, n, &graded).await }
+        })
+    };
+    vec![pages, grades]
+}
+
+/// Runs the chosen cluster scenarios (all when `chosen` is empty) on one cluster.
+pub async fn run(chosen: &[u8]) -> Vec<Outcome> {
+    let cluster = Cluster::up("cluster").await;
+    let mut outcomes = Vec::new();
+    let mut up = Outcome::new(0, "cluster up: 3 servers, 3 hosts, PostgreSQL");
+    match cluster.whole().await {
+        Ok(took) => {
+            up.figure(format!("whole {:.1} s after `up`", took.as_secs_f64()));
+            check_shape(&cluster, &mut up).await;
+        }
+        Err(err) => up.check(false, err),
+    }
+    let started = up.problems.is_empty();
+    outcomes.push(up);
+    if !started {
+        return outcomes;
+    }
+    let all: Vec<u8> = (1..=6).collect();
+    for &number in if chosen.is_empty() { &all } else { chosen } {
+        eprintln!("faults: === cluster scenario {number} ===");
+        let started = Instant::now();
+        let mut outcome = match number {
+            1 => leader_killed(&cluster).await,
+            2 => host_cut_off(&cluster).await,
+            3 => host_stopped(&cluster).await,
+            4 => quorum_lost(&cluster).await,
+            5 => rolling_upgrade(&cluster).await,
+            _ => database_restarted(&cluster).await,
+        };
+        outcome.elapsed = started.elapsed();
+        eprintln!("faults: === cluster scenario {number}: {} ===", outcome.verdict());
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// What a user of the cluster checks first: every server and host in the cluster, DNS from two
+/// different agents, both portals serving, and a grade added through one portal seen through the
+/// other (one PostgreSQL database behind every grading instance).
+async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
+    let peers = cluster
+        .consul_get("/v1/status/peers")
+        .await
+        .and_then(|(_, v)| v.as_array().map(Vec::len));
+    outcome.check(peers == Some(3), format!("Raft peers: {peers:?}, not 3"));
+    for (port_var, agent) in [
+        ("GRADEBOOK_CONSUL_DNS_PORT", "consul-ui"),
+        ("GRADEBOOK_HOST1_DNS_PORT", "host-1"),
+    ] {
+        let port = cluster.stack.port(port_var).to_string();
+        let answer = tokio::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+short", "grading.service.consul", "SRV"])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let records = answer.lines().filter(|l| l.contains("6100")).count();
+        outcome.check(
+            records == 3,
+            format!("{agent}'s DNS gave {records} grading SRV records, not 3: {answer:?}"),
+        );
+        outcome.figure(format!("{agent}'s DNS: {records} grading SRV records"));
+    }
+    let portals = cluster.portal_urls();
+    let title = format!("shape-{}", fastrand::u32(..));
+    let http = client();
+    let added = portal_grade(&http, &portals[0], &title, 0, &Acked::default()).await;
+    outcome.check(added.is_ok(), format!("a grade through portal-1: {added:?}"));
+    let page = http
+        .get(format!("{}/students/1", portals[1]))
+        .send()
+        .await
+        .map_err(|e| e.to_string());
+    let seen = match page {
+        Ok(response) => response.text().await.unwrap_or_default().contains(&title),
+        Err(_) => false,
+    };
+    outcome.check(seen, "a grade added through portal-1 is not on portal-2's page");
+    outcome.figure("a grade added through portal-1 is on portal-2's page at once");
+}
+
+/// Starts the scenario: the cluster whole, then a load for `time` through `door`.
+async fn begin(
+    cluster: &Cluster,
+    outcome: &mut Outcome,
+    prefix: &str,
+    door: Door,
+    time: Duration,
+) -> Option<(Vec<Load>, Acked)> {
+    if let Err(err) = cluster.whole().await {
+        outcome.check(false, err);
+        return None;
+    }
+    let graded = Acked::default();
+    let loads = user_loads(prefix, door, &graded, time);
+    Some((loads, graded))
+}
+
+/// Ends the scenario: the loads' tallies, and every acknowledged grade stored exactly once.
+async fn end(cluster: &Cluster, outcome: &mut Outcome, loads: Vec<Load>, graded: &Acked) {
+    let mut tallies = Vec::new();
+    for load in loads {
+        tallies.push(load.finish().await);
+    }
+    report_user_loads(outcome, &tallies);
+    outcome.acked += graded.len() as u64;
+    report_grades(outcome, &cluster.grading_url(), &graded.all()).await;
+}
+
+fn seconds(took: Duration) -> String {
+    format!("{:.2} s", took.as_secs_f64())
+}
+
+async fn leader_killed(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(1, "cluster: Consul leader killed");
+    let door = Door::Balanced(cluster.balancer().await);
+    let Some((loads, graded)) =
+        begin(cluster, &mut outcome, "leader", door, Duration::from_secs(15)).await
+    else {
+        return outcome;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let old = cluster.leader().await.unwrap_or_default();
+    docker(&["kill", &cluster.container(&old).await]).await;
+    let elected = cluster
+        .time_until(NEW_LEADER_WITHIN, || async {
+            cluster.leader().await.is_some_and(|l| l != old)
+        })
+        .await;
+    match elected {
+        Some(took) => outcome.figure(format!("{old} killed: a new leader after {}", seconds(took))),
+        None => outcome.check(
+            false,
+            format!("no new leader within {} s", NEW_LEADER_WITHIN.as_secs()),
+        ),
+    }
+    cluster.stack.compose(&["start", &old]).await;
+    end(cluster, &mut outcome, loads, &graded).await;
+    match cluster.whole().await {
+        Ok(took) => outcome.figure(format!("{old} back in the cluster after {}", seconds(took))),
+        Err(err) => outcome.check(false, err),
+    }
+    outcome
+}
+
+/// How long until host-2's instances left every healthy set, and the check that they did in
+/// time. `what` says what happened to the host.
+async fn host_leaves(cluster: &Cluster, outcome: &mut Outcome, ip: &str, what: &str) {
+    let left = cluster
+        .time_until(HOST_LEAVES_WITHIN, || cluster.none_passing_at(ip))
+        .await;
+    match left {
+        Some(took) => outcome.figure(format!(
+            "host-2 {what}: its instances out of every healthy set after {}",
+            seconds(took)
+        )),
+        None => outcome.check(
+            false,
+            format!(
+                "host-2 {what}: its instances still passing after {} s",
+                HOST_LEAVES_WITHIN.as_secs()
+            ),
+        ),
+    }
+}
+
+async fn host_cut_off(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(2, "cluster: host-2 cut off the network");
+    let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
+    let Some((loads, graded)) =
+        begin(cluster, &mut outcome, "cut", portal_1, Duration::from_secs(40)).await
+    else {
+        return outcome;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ip = cluster.ip_of("host-2").await;
+    let host = cluster.container("host-2").await;
+    docker(&["network", "disconnect", &cluster.network, &host]).await;
+    host_leaves(cluster, &mut outcome, &ip, "cut off").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Back at the same address: the one its services advertised.
+    let reconnected = Instant::now();
+    docker(&["network", "connect", "--ip", &ip, &cluster.network, &host]).await;
+    match cluster.whole().await {
+        Ok(_) => outcome.figure(format!(
+            "connected again: every instance of host-2 passing after {}",
+            seconds(reconnected.elapsed())
+        )),
+        Err(err) => outcome.check(false, err),
+    }
+    end(cluster, &mut outcome, loads, &graded).await;
+    outcome
+}
+
+async fn host_stopped(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(3, "cluster: host-2 stopped whole");
+    let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
+    let Some((loads, graded)) =
+        begin(cluster, &mut outcome, "stop", portal_1, Duration::from_secs(30)).await
+    else {
+        return outcome;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ip = cluster.ip_of("host-2").await;
+    let mut ids = Vec::new();
+    for service in HOST_2 {
+        ids.push(cluster.container(service).await);
+    }
+    // One `docker stop` of every container of the host: they get SIGTERM together, as the
+    // processes of a machine that shuts down do.
+    let stop = tokio::spawn({
+        let ids = ids.clone();
+        async move {
+            let mut args = vec!["stop".to_owned(), "-t".to_owned(), "30".to_owned()];
+            args.extend(ids);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            docker(&args).await;
+        }
+    });
+    host_leaves(cluster, &mut outcome, &ip, "stopped").await;
+    let _ = stop.await;
+    let started = Instant::now();
+    // The agent first: the services join its network namespace.
+    docker(&["start", &ids[0]]).await;
+    let mut rest = vec!["start"];
+    rest.extend(ids[1..].iter().map(String::as_str));
+    docker(&rest).await;
+    match cluster.whole().await {
+        Ok(_) => outcome.figure(format!(
+            "started again: every instance of host-2 passing after {}",
+            seconds(started.elapsed())
+        )),
+        Err(err) => outcome.check(false, err),
+    }
+    end(cluster, &mut outcome, loads, &graded).await;
+    outcome
+}
+
+async fn quorum_lost(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(4, "cluster: quorum lost (2 of 3 servers)");
+    let door = Door::Balanced(cluster.balancer().await);
+    let Some((loads, graded)) =
+        begin(cluster, &mut outcome, "quorum", door, Duration::from_secs(30)).await
+    else {
+        return outcome;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = ["consul-server-1", "consul-server-2"];
+    let mut ids = Vec::new();
+    for server in stopped {
+        ids.push(cluster.container(server).await);
+    }
+    docker(&["stop", &ids[0], &ids[1]]).await;
+    let lost = cluster
+        .time_until(Duration::from_secs(15), || async {
+            cluster.leader().await.is_none()
+        })
+        .await;
+    outcome.figure(format!(
+        "2 servers stopped: no leader after {}",
+        lost.map_or("(still one)".to_owned(), seconds)
+    ));
+    // What still works without a leader, as an operator would try it.
+    let consistent = cluster
+        .consul_get("/v1/health/service/grading?passing")
+        .await
+        .map(|(s, _)| s);
+    let stale = cluster
+        .consul_get("/v1/health/service/grading?passing&stale")
+        .await
+        .map(|(status, v)| (status, v.as_array().map_or(0, Vec::len)));
+    let kv_write = client()
+        .put(cluster.consul("/v1/kv/gradebook-quorum-check"))
+        .body("x")
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    outcome.figure(format!(
+        "without a leader: health query {consistent:?}, the same with ?stale {stale:?} \
+         (status, instances), a KV write {kv_write:?}"
+    ));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let restarted = Instant::now();
+    docker(&["start", &ids[0], &ids[1]]).await;
+    match cluster
+        .time_until(Duration::from_secs(30), || async {
+            cluster.leader().await.is_some()
+        })
+        .await
+    {
+        Some(took) => outcome.figure(format!("servers started: a leader after {}", seconds(took))),
+        None => outcome.check(false, "no leader 30 s after the servers started again"),
+    }
+    end(cluster, &mut outcome, loads, &graded).await;
+    match cluster.whole().await {
+        Ok(_) => outcome.figure(format!(
+            "whole again {} after the servers started",
+            seconds(restarted.elapsed())
+        )),
+        Err(err) => outcome.check(false, err),
+    }
+    outcome
+}
+
+async fn rolling_upgrade(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(5, "cluster: rolling upgrade of every service");
+    let door = Door::Balanced(cluster.balancer().await);
+    let Some((loads, graded)) =
+        begin(cluster, &mut outcome, "rolling", door, Duration::from_secs(180)).await
+    else {
+        return outcome;
+    };
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (_, containers) in SERVICES {
+        for container in containers.iter().copied() {
+            let step = Instant::now();
+            cluster
+                .stack
+                .compose(&["up", "-d", "--no-deps", "--no-build", "--force-recreate", container])
+                .await;
+            if let Err(err) = cluster.whole().await {
+                outcome.check(false, format!("after recreating {container}: {err}"));
+                break;
+            }
+            slowest = slowest.max(step.elapsed());
+        }
+    }
+    let tallies = stop_all(loads).await;
+    outcome.figure(format!(
+        "7 containers recreated one by one in {} (slowest step {})",
+        seconds(started.elapsed()),
+        seconds(slowest)
+    ));
+    report_user_loads(&mut outcome, &tallies);
+    outcome.acked += graded.len() as u64;
+    report_grades(&mut outcome, &cluster.grading_url(), &graded.all()).await;
+    outcome
+}
+
+/// PostgreSQL away: grading must say so (503, a JSON error that names no host), come back by
+/// itself, and lose no acknowledged grade. The portal's answers are counted, not judged: a page
+/// needs grading, so it fails while the database is away.
+async fn database_restarted(cluster: &Cluster) -> Outcome {
+    let mut outcome = Outcome::new(6, "cluster: PostgreSQL stopped and started");
+    if let Err(err) = cluster.whole().await {
+        outcome.check(false, err);
+        return outcome;
+    }
+    let graded = Acked::default();
+    let http = client();
+    let portal = cluster.portal_urls()[0].clone();
+    for n in 0..20 {
+        let title = format!("database-before-{n}");
+        if let Err(err) = portal_grade(&http, &portal, &title, n, &graded).await {
+            outcome.check(false, format!("before the stop: {err}"));
+        }
+    }
+    let postgres = cluster.container("postgres").await;
+    docker(&["stop", &postgres]).await;
+    let stopped = Instant::now();
+    let mut answers: HashMap<String, u64> = HashMap::new();
+    let url = format!("{}/students/1", cluster.grading_url());
+    while stopped.elapsed() < Duration::from_secs(8) {
+        let answer = match http.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                let json = serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"].is_string());
+                let leaks = body.contains("postgres") || body.contains("5432");
+                format!("{status}{}{}", if json { " json" } else { "" }, if leaks { " LEAKS" } else { "" })
+            }
+            Err(err) => format!("no answer: {err}"),
+        };
+        *answers.entry(answer).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outcome.figure(format!("grading's answers while PostgreSQL was down: {answers:?}"));
+    outcome.check(
+        answers.keys().all(|a| a == "503 json"),
+        "while PostgreSQL was down, grading answered other than 503 with a JSON error",
+    );
+    docker(&["start", &postgres]).await;
+    let restarted = Instant::now();
+    let recovered = cluster
+        .time_until(DATABASE_RECOVERY_WITHIN, || async {
+            http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    match recovered {
+        Some(took) => outcome.figure(format!(
+            "grading answered 200 again {} after PostgreSQL started (down {})",
+            seconds(took),
+            seconds(restarted - stopped)
+        )),
+        None => outcome.check(
+            false,
+            format!(
+                "grading not back {} s after PostgreSQL started",
+                DATABASE_RECOVERY_WITHIN.as_secs()
+            ),
+        ),
+    }
+    for n in 0..20 {
+        let title = format!("database-after-{n}");
+        if let Err(err) = portal_grade(&http, &portal, &title, n, &graded).await {
+            outcome.check(false, format!("after the restart: {err}"));
+        }
+    }
+    outcome.acked += graded.len() as u64;
+    report_grades(&mut outcome, &cluster.grading_url(), &graded.all()).await;
+    outcome
+}
