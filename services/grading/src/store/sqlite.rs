@@ -1,10 +1,10 @@
-//! Students and grades in SQLite (`<data-dir>/grading.sqlite3`).
+//! Students and grades in SQLite (`<data-dir>/grading.sqlite3`), for instances on one host.
 //!
 //! SQLite calls block, so none runs on an async worker: reads take one of a few reader
 //! connections inside `spawn_blocking`, writes take the one writer connection the same way and
 //! run in a transaction. WAL mode lets reads proceed while a write commits, and
 //! `synchronous=FULL` makes every acknowledged write survive a power cut. The one exception is
-//! [`Store::change_stamp`], which never waits and lets [`crate::cache`] skip repeated reads.
+//! [`SqliteStore::change_stamp`], which never waits and lets [`crate::cache`] skip repeated reads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::Semaphore;
 
+use super::host_guard::{HostGuard, HostId};
+use super::{DEMO_GRADES, DEMO_STUDENTS, SCHEMA_VERSION, StoreError};
 use crate::domain::{
     Grade, GradeId, GradeType, Name, NewGrade, NewStudent, RequestKey, Score, Student, StudentId,
     Title,
@@ -24,14 +26,13 @@ use crate::wal_index::{self, WalIndex};
 
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "grading.sqlite3";
-/// `PRAGMA user_version` of the schema below; 0 means a new, empty database.
-pub const SCHEMA_VERSION: i64 = 1;
 /// Most reads running at once, and so most reader connections ever open.
 const READERS: usize = 4;
 /// How long a statement waits for another process's lock (several instances may share a file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// AUTOINCREMENT so that an id, once handed out in a `Location`, never names another row later.
+/// `PRAGMA user_version` is [`SCHEMA_VERSION`] once this schema exists; 0 means a new database.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS students (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,63 +60,7 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-/// The students a new database starts with, as in the original course, with their scores in
-/// [`DEMO_GRADES`].
-const DEMO_STUDENTS: [(&str, &str, [f64; 3]); 4] = [
-    ("Tony", "Stark", [85.0, 94.0, 89.5]),
-    ("Bruce", "Banner", [97.0, 100.0, 92.0]),
-    ("Natasha", "Romanoff", [91.0, 88.0, 95.0]),
-    ("Peter", "Parker", [78.0, 83.5, 81.0]),
-];
-const DEMO_GRADES: [(&str, GradeType); 3] = [
-    ("Quiz 1", GradeType::Quiz),
-    ("Week 1 Homework", GradeType::Homework),
-    ("Test 1", GradeType::Test),
-];
-
-/// Why a storage operation failed. `NoStudent` and `NoGrade` are answers, the rest are faults.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The student does not exist.
-    #[error("no student with id {0}")]
-    NoStudent(StudentId),
-    /// The student exists but has no grade with this id.
-    #[error("student {student} has no grade with id {grade}")]
-    NoGrade {
-        /// The student asked for.
-        student: StudentId,
-        /// The grade asked for.
-        grade: GradeId,
-    },
-    /// The data directory or database could not be created, opened or migrated.
-    #[error("cannot open the grading database {path}: {source}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// What failed.
-        source: Box<StoreError>,
-    },
-    /// The data directory could not be created.
-    #[error("cannot create the directory: {0}")]
-    CreateDir(#[from] std::io::Error),
-    /// The `Idempotency-Key` was used before for another request (another student or grade).
-    #[error("Idempotency-Key: already used for a different request")]
-    KeyReused,
-    /// No space left on the device: the change was not stored.
-    #[error("disk full")]
-    DiskFull,
-    /// The file was written by a newer build; changing it could lose what that build stored.
-    #[error("its schema version is {0}, newer than this build's {SCHEMA_VERSION}")]
-    NewerSchema(i64),
-    /// SQLite failed (disk full, I/O error, a lock held longer than the busy timeout...).
-    #[error("SQLite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The blocking task running the statement panicked.
-    #[error("database task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// What [`Store::change_stamp`] returns: two equal stamps mean nothing was committed between them.
+/// What [`SqliteStore::change_stamp`] returns: two equal stamps mean nothing was committed between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChangeStamp(StampKind);
 
@@ -125,7 +70,7 @@ enum StampKind {
     DataVersion(i64),
 }
 
-/// How [`Store::change_stamp`] learns of commits.
+/// How [`SqliteStore::change_stamp`] learns of commits.
 enum ChangeProbe {
     /// The WAL index in shared memory, as every connection to a WAL database keeps it.
     WalIndex(WalIndex),
@@ -136,7 +81,7 @@ enum ChangeProbe {
 /// Handle to the database, cheap to clone (one reference count); every clone shares the same
 /// connections.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     shared: Arc<Shared>,
 }
 
@@ -148,18 +93,22 @@ struct Shared {
     /// Reader connections not in use; never more than [`READERS`] exist, thanks to the permits.
     idle_readers: Mutex<Vec<Connection>>,
     reader_permits: Arc<Semaphore>,
-    /// Tells whether anything was committed, see [`Store::change_stamp`].
+    /// Tells whether anything was committed, see [`SqliteStore::change_stamp`].
     changes: ChangeProbe,
+    /// Keeps this instance's lease in the data directory fresh while the store is open.
+    _host_guard: HostGuard,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database in `dir`. A new database gets the schema and the
     /// demo students in one transaction, so they are added exactly once in the file's life.
-    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Refused while an instance on another host than `host` uses the directory (see
+    /// [`HostGuard`]).
+    pub async fn open(dir: &Path, host: HostId) -> Result<SqliteStore, StoreError> {
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || {
             let path = dir.join(FILE_NAME);
-            Store::open_blocking(&dir, &path).map_err(|source| StoreError::Open {
+            SqliteStore::open_blocking(&dir, &path, host).map_err(|source| StoreError::Open {
                 path,
                 source: Box::new(source),
             })
@@ -167,8 +116,10 @@ impl Store {
         .await?
     }
 
-    fn open_blocking(dir: &Path, path: &Path) -> Result<Store, StoreError> {
+    fn open_blocking(dir: &Path, path: &Path, host: HostId) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir)?;
+        // Before the database is touched: an instance on another host must not write to it.
+        let host_guard = HostGuard::claim(dir, host)?;
         let mut writer = connect(path)?;
         migrate(&mut writer)?;
         // After `migrate` has read the file, so that SQLite has built the WAL index; the
@@ -183,8 +134,9 @@ impl Store {
             idle_readers: Mutex::new(Vec::with_capacity(READERS)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
             changes,
+            _host_guard: host_guard,
         };
-        Ok(Store {
+        Ok(SqliteStore {
             shared: Arc::new(shared),
         })
     }
@@ -437,7 +389,7 @@ fn connect_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// The connection behind [`Store::change_stamp`] when the database is not in WAL mode:
+/// The connection behind [`SqliteStore::change_stamp`] when the database is not in WAL mode:
 /// read-only, and never waiting for a lock.
 fn connect_probe(path: &Path) -> rusqlite::Result<Connection> {
     let conn = connect_reader(path)?;
@@ -628,7 +580,9 @@ mod tests {
     #[tokio::test]
     async fn a_wal_database_is_checked_for_changes_through_its_wal_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = SqliteStore::open(dir.path(), HostId::of_this_host())
+            .await
+            .unwrap();
         // Not the fallback, which costs a lock and two system calls per request.
         assert!(matches!(store.shared.changes, ChangeProbe::WalIndex(_)));
         let before = store.change_stamp().unwrap();
@@ -640,27 +594,13 @@ mod tests {
         assert_ne!(store.change_stamp(), Some(before));
     }
 
-    fn new_grade(title: &str, score: f64) -> NewGrade {
-        NewGrade {
-            title: Title::parse(title).unwrap(),
-            grade_type: GradeType::Test,
-            score: Score::parse(score).unwrap(),
-        }
-    }
-
     #[tokio::test]
-    async fn a_new_database_has_the_schema_settings_and_demo_students() {
+    async fn a_new_database_is_in_wal_mode_with_the_schema_version() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("nested")).await.unwrap();
-        let students = store.students().await.unwrap();
-        assert_eq!(students.len(), DEMO_STUDENTS.len());
-        assert_eq!(students[0].first_name.as_str(), "Tony");
-        assert!(
-            students
-                .iter()
-                .all(|s| s.grades.len() == 3 && s.average.is_some())
-        );
-        assert!(students.windows(2).all(|w| w[0].id < w[1].id));
+        let nested = dir.path().join("nested");
+        let _store = SqliteStore::open(&nested, HostId::of_this_host())
+            .await
+            .unwrap();
 
         let conn = Connection::open(dir.path().join("nested").join(FILE_NAME)).unwrap();
         let pragma = |name: &str| {
@@ -678,79 +618,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_survive_reopening_and_demo_students_are_added_only_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let added = store
-            .add_student(new_student("Wanda", "<b>Maximoff</b>"), None)
-            .await
-            .unwrap();
-        let grade = store
-            .add_grade(added.id, new_grade("Quiz 9", 77.5), None)
-            .await
-            .unwrap();
-        drop(store);
-
-        let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(
-            store.students().await.unwrap().len(),
-            DEMO_STUDENTS.len() + 1
-        );
-        let reread = store.student(added.id).await.unwrap();
-        assert_eq!(reread.last_name.as_str(), "<b>Maximoff</b>");
-        assert_eq!(reread.grades, vec![grade.clone()]);
-        assert_eq!(reread.average, Some(77.5));
-        assert_eq!(store.grade(added.id, grade.id).await.unwrap(), grade);
-    }
-
-    #[tokio::test]
-    async fn deleting_every_student_does_not_bring_the_demo_back() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).await.unwrap());
-        let conn = connect(&dir.path().join(FILE_NAME)).unwrap();
-        conn.execute("DELETE FROM students", []).unwrap();
-        let orphans: i64 = conn
-            .query_row("SELECT count(*) FROM grades", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(orphans, 0, "grades are deleted with their student");
-        drop(conn);
-
-        let store = Store::open(dir.path()).await.unwrap();
-        assert!(store.students().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn unknown_students_and_grades_are_told_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let tony = StudentId(1);
-        let bruces_grade = store.student(StudentId(2)).await.unwrap().grades[0].id;
-        assert!(matches!(
-            store.student(StudentId(99)).await,
-            Err(StoreError::NoStudent(StudentId(99)))
-        ));
-        assert!(matches!(
-            store.grade(tony, bruces_grade).await,
-            Err(StoreError::NoGrade { .. })
-        ));
-        assert!(matches!(
-            store.grade(StudentId(99), GradeId(1)).await,
-            Err(StoreError::NoStudent(_))
-        ));
-        let refused = store
-            .add_grade(StudentId(99), new_grade("x", 1.0), None)
-            .await;
-        assert!(matches!(refused, Err(StoreError::NoStudent(_))));
-    }
-
-    #[tokio::test]
     async fn a_newer_schema_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(conn);
-        let err = Store::open(dir.path())
+        let err = SqliteStore::open(dir.path(), HostId::of_this_host())
             .await
             .err()
             .expect("a newer schema must be refused");
@@ -764,33 +638,5 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
             .unwrap();
         assert_eq!(tables, 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concurrent_reads_and_writes_keep_every_grade() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let student = store
-            .add_student(new_student("Many", "Grades"), None)
-            .await
-            .unwrap()
-            .id;
-        let tasks: Vec<_> = (0..40)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .add_grade(student, new_grade(&format!("Quiz {i}"), 50.0), None)
-                        .await
-                        .unwrap();
-                    store.students().await.unwrap().len()
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap(), DEMO_STUDENTS.len() + 1);
-        }
-        assert_eq!(store.student(student).await.unwrap().grades.len(), 40);
-        assert!(store.lock_idle_readers().len() <= READERS);
     }
 }
