@@ -420,5 +420,8 @@ mod tests {
             assert_eq!(task.await.unwrap(), DEMO_STUDENTS.len() + 1);
         }
         assert_eq!(store.student(student).await.unwrap().grades.len(), 40);
+        if let Store::Sqlite(sqlite) = &store {
+            assert!(sqlite.idle_readers() <= super::sqlite::READERS);
+        }
     }
 }

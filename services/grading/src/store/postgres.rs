@@ -81,14 +81,13 @@ impl PostgresStore {
     /// students. Fails if the server cannot be reached now: a misconfigured URL should stop the
     /// start, not show up later as 503s.
     pub async fn connect(config: &tokio_postgres::Config) -> Result<PostgresStore, StoreError> {
-        let mut config = config.clone();
-        config
-            .connect_timeout(CONNECT_TIMEOUT)
+        let mut pg = config.clone();
+        pg.connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             .application_name("grading-service");
         let manager = Manager::from_config(
-            config,
+            pg,
             NoTls,
             // Fast: a connection the server closed is noticed by its own task and dropped
             // when next handed out, without a query per request.
@@ -105,10 +104,20 @@ impl PostgresStore {
             .build()
             .map_err(|err| StoreError::Unavailable(err.to_string()))?;
         let store = PostgresStore { pool };
-        let mut client = store.client().await?;
-        let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrate(&mut client)).await;
-        settle(client, migrated)?;
-        Ok(store)
+        let prepared = async {
+            let mut client = store.client().await?;
+            let migrated = tokio::time::timeout(OPERATION_TIMEOUT, migrate(&mut client)).await;
+            settle(client, migrated)
+        };
+        match prepared.await {
+            Ok(()) => Ok(store),
+            // Say which server: the operator reads this at start. Never the password.
+            Err(StoreError::Unavailable(why)) => Err(StoreError::Unavailable(format!(
+                "{why} (PostgreSQL at {})",
+                server_name(config)
+            ))),
+            Err(other) => Err(other),
+        }
     }
 
     /// All students with their grades, ordered by id.
@@ -192,6 +201,30 @@ impl PostgresStore {
     }
 }
 
+/// `host:port/dbname` of the server `config` names, for messages; no user, no password.
+fn server_name(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "?".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or_default())
+}
+
+/// `err` with its causes: tokio-postgres keeps "connection refused" in the source, not in the
+/// message.
+fn with_causes(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The result of an operation run under [`OPERATION_TIMEOUT`] on `client`. A connection whose
 /// operation timed out may be mid-statement: it is closed rather than returned to the pool.
 fn settle<T>(
@@ -223,7 +256,7 @@ impl From<tokio_postgres::Error> for StoreError {
             // 57: operator intervention (admin or crash shutdown, cannot connect now).
             let class = db.code().code().get(..2).unwrap_or_default();
             return if matches!(class, "08" | "53" | "57") {
-                StoreError::Unavailable(err.to_string())
+                StoreError::Unavailable(with_causes(&err))
             } else {
                 StoreError::Postgres(err)
             };
@@ -231,7 +264,7 @@ impl From<tokio_postgres::Error> for StoreError {
         let lost_connection = err.is_closed()
             || std::error::Error::source(&err).is_some_and(|source| source.is::<std::io::Error>());
         if lost_connection {
-            StoreError::Unavailable(err.to_string())
+            StoreError::Unavailable(with_causes(&err))
         } else {
             StoreError::Postgres(err)
         }
@@ -547,5 +580,50 @@ impl<'a> FromSql<'a> for GradeType {
 
     fn accepts(ty: &Type) -> bool {
         <&str as FromSql>::accepts(ty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDatabase;
+
+    #[tokio::test]
+    async fn an_unreachable_server_stops_the_start_naming_it_but_not_the_password() {
+        let port = testkit::free_port();
+        let url = format!("postgres://grading:sekret@127.0.0.1:{port}/gradebook");
+        let err = PostgresStore::connect(&url.parse().unwrap())
+            .await
+            .err()
+            .expect("nothing listens there");
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{message}");
+        assert!(
+            message.contains(&format!("PostgreSQL at 127.0.0.1:{port}/gradebook")),
+            "{message}"
+        );
+        assert!(!message.contains("sekret"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let Some(db) = TestDatabase::postgres().await else {
+            return;
+        };
+        drop(db.open().await);
+        db.execute("UPDATE grading_schema SET version = version + 1")
+            .await;
+        let TestDatabase::Postgres(server) = &db else {
+            unreachable!("a PostgreSQL database")
+        };
+        let err = PostgresStore::connect(&server.url().parse().unwrap())
+            .await
+            .err()
+            .expect("a newer schema must be refused");
+        assert!(
+            err.to_string()
+                .contains("schema version is 2, newer than this build's 1"),
+            "{err}"
+        );
     }
 }

@@ -27,7 +27,7 @@ use crate::wal_index::{self, WalIndex};
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "grading.sqlite3";
 /// Most reads running at once, and so most reader connections ever open.
-const READERS: usize = 4;
+pub(super) const READERS: usize = 4;
 /// How long a statement waits for another process's lock (several instances may share a file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -352,6 +352,12 @@ impl SqliteStore {
                     .ok()
             }
         }
+    }
+
+    /// Reader connections open and idle, for tests of the pool's bound.
+    #[cfg(test)]
+    pub(super) fn idle_readers(&self) -> usize {
+        self.lock_idle_readers().len()
     }
 
     /// A panic while a connection was out only loses that connection, so poisoning is harmless.
