@@ -397,3 +397,59 @@ async fn an_instance_on_another_host_refuses_a_sqlite_data_dir_in_use() {
     }
     drop((host_a, same_host));
 }
+
+/// PostgreSQL restarted under a running instance: meanwhile a clear 503 (and a passing health
+/// check, since every instance shares the server), then service again without restarting
+/// grading, with every grade acknowledged before the restart.
+#[tokio::test]
+async fn grading_answers_503_while_postgres_restarts_and_recovers_by_itself() {
+    let Some(mut db) = Database::postgres().await else {
+        return;
+    };
+    let agent = ConsulAgent::start().await;
+    let grading = spawn_grading(&agent, SocketAddr::from(([127, 0, 0, 1], free_port())), &db).await;
+    let base = grading.base_url();
+    let mut acknowledged = Vec::new();
+    for round in 0..3 {
+        let grade = json!({"title": format!("Before {round}"), "type": "Test", "score": 90});
+        acknowledged.push(
+            post_created(&format!("{base}/students/3/grades"), &grade)
+                .await
+                .1,
+        );
+    }
+    let Database::Postgres(server) = &mut db else {
+        unreachable!("a PostgreSQL database")
+    };
+
+    server.stop().await;
+    let response = http_client()
+        .get(format!("{base}/students/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        error,
+        json!({"error": "database unavailable: try again shortly"})
+    );
+    let health = http_client()
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status(),
+        reqwest::StatusCode::OK,
+        "/health is about the process"
+    );
+
+    server.start_again().await;
+    let natasha = get_json(&format!("{base}/students/3")).await;
+    let grades = natasha["grades"].as_array().unwrap();
+    assert_eq!(grades[grades.len() - 3..], acknowledged[..]);
+    let grade = json!({"title": "After", "type": "Quiz", "score": 75});
+    post_created(&format!("{base}/students/3/grades"), &grade).await;
+    stop(&agent, grading).await;
+}
