@@ -8,9 +8,9 @@ case "${1:-}" in
     cat <<'TXT'
 Usage: scripts/test.sh [extra cargo test arguments]
 
-Installs Consul if needed (scripts/install-consul.sh), and dig, chromium and
-chromedriver from Debian's packages when missing; builds every binary, then runs
-`cargo test --workspace`. Tests start their own Consul agents on free ports, so a
+Installs Consul if needed (scripts/install-consul.sh), and dig, chromium,
+chromedriver and postgresql from Debian's packages when missing; builds every
+binary, then runs `cargo test --workspace`. Tests start their own Consul agents on free ports, so a
 Consul already running on :8500 is left alone.
 
 Then (without extra arguments) scripts/check-walkthrough.sh replays README's
@@ -26,13 +26,16 @@ esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # dig for the DNS tests, jq for README's walkthrough, Chromium and ChromeDriver for the browser
-# test: Debian's packages, installed when missing and when this runs as root (otherwise say what
-# to install).
+# test, a PostgreSQL server for grading's PostgreSQL tests (Debian keeps initdb and pg_ctl off
+# PATH, and psql alone is no server; the tests start their own servers on free ports, whatever
+# the package's postinst may start on 5432): Debian's packages, installed when missing and when
+# this runs as root (otherwise say what to install).
 missing=()
 command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+[ -n "${PG_BIN:-}" ] || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test: installing ${missing[*]}"

@@ -250,23 +250,32 @@ fn created(location: String, body: &impl Serialize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{TestDatabase, on_each_backend};
     use serde_json::{Value, json};
-    use tempfile::TempDir;
     use warp::filters::BoxedFilter;
 
     type Api = BoxedFilter<(Response,)>;
 
-    /// The API as served, over a fresh database; keep the TempDir alive as long as the API.
-    async fn api() -> (TempDir, Api) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        (
-            dir,
-            routes(store)
-                .recover(discovery::http::handle_rejection)
-                .unify()
-                .boxed(),
-        )
+    on_each_backend!(
+        students_are_listed_in_id_order_with_grades_and_averages,
+        a_created_student_and_grade_are_found_at_their_location,
+        unknown_and_impossible_ids_are_404_with_a_json_error,
+        invalid_values_are_422_naming_the_field,
+        malformed_bodies_are_400_naming_the_problem,
+        huge_bodies_and_wrong_methods_are_refused,
+        a_grade_is_replaced_with_put_and_removed_with_delete,
+        a_student_sent_again_with_its_idempotency_key_is_added_once,
+        a_grade_sent_again_with_its_idempotency_key_is_added_once,
+        storage_faults_are_an_opaque_500,
+        concurrent_students_with_one_idempotency_key_are_added_once,
+    );
+
+    /// The API as served, over `db`; keep `db` alive as long as the API.
+    async fn api(db: &TestDatabase) -> Api {
+        routes(db.open().await)
+            .recover(discovery::http::handle_rejection)
+            .unify()
+            .boxed()
     }
 
     /// Status, `Location` and JSON body of one request.
@@ -295,9 +304,8 @@ mod tests {
         (response.status(), location, body)
     }
 
-    #[tokio::test]
-    async fn students_are_listed_in_id_order_with_grades_and_averages() {
-        let (_dir, api) = api().await;
+    async fn students_are_listed_in_id_order_with_grades_and_averages(db: TestDatabase) {
+        let api = api(&db).await;
         let (status, _, body) = call(&api, "GET", "/students", None).await;
         assert_eq!(status, StatusCode::OK);
         let students = body.as_array().unwrap();
@@ -319,9 +327,8 @@ mod tests {
         assert_eq!((status, &one), (StatusCode::OK, tony));
     }
 
-    #[tokio::test]
-    async fn a_created_student_and_grade_are_found_at_their_location() {
-        let (_dir, api) = api().await;
+    async fn a_created_student_and_grade_are_found_at_their_location(db: TestDatabase) {
+        let api = api(&db).await;
         let html = "<script>alert(1)</script>";
         let body = json!({"firstName": " Wanda ", "lastName": html}).to_string();
         let (status, location, student) = call(&api, "POST", "/students", Some(&body)).await;
@@ -369,9 +376,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn unknown_and_impossible_ids_are_404_with_a_json_error() {
-        let (_dir, api) = api().await;
+    async fn unknown_and_impossible_ids_are_404_with_a_json_error(db: TestDatabase) {
+        let api = api(&db).await;
         let grade = Some(r#"{"title": "t", "type": "Test", "score": 1}"#);
         #[rustfmt::skip]
         assert_errors(&api, StatusCode::NOT_FOUND, &[
@@ -387,9 +393,8 @@ mod tests {
         ]).await;
     }
 
-    #[tokio::test]
-    async fn invalid_values_are_422_naming_the_field() {
-        let (_dir, api) = api().await;
+    async fn invalid_values_are_422_naming_the_field(db: TestDatabase) {
+        let api = api(&db).await;
         let grade = |title: &str, kind: &str, score: f64| {
             json!({"title": title, "type": kind, "score": score}).to_string()
         };
@@ -425,9 +430,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn malformed_bodies_are_400_naming_the_problem() {
-        let (_dir, api) = api().await;
+    async fn malformed_bodies_are_400_naming_the_problem(db: TestDatabase) {
+        let api = api(&db).await;
         #[rustfmt::skip]
         assert_errors(&api, StatusCode::BAD_REQUEST, &[
             ("POST", "/students", Some(r#"{"firstName": "A""#), "invalid JSON body: EOF while parsing"),
@@ -440,9 +444,8 @@ mod tests {
         ]).await;
     }
 
-    #[tokio::test]
-    async fn huge_bodies_and_wrong_methods_are_refused() {
-        let (_dir, api) = api().await;
+    async fn huge_bodies_and_wrong_methods_are_refused(db: TestDatabase) {
+        let api = api(&db).await;
         let huge = json!({"firstName": "a".repeat(70_000), "lastName": "b"}).to_string();
         let (status, _, error) = call(&api, "POST", "/students", Some(&huge)).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -459,9 +462,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_grade_is_replaced_with_put_and_removed_with_delete() {
-        let (_dir, api) = api().await;
+    async fn a_grade_is_replaced_with_put_and_removed_with_delete(db: TestDatabase) {
+        let api = api(&db).await;
         let changed = r#"{"title": "Quiz 1 (retake)", "type": "Quiz", "score": 99}"#;
         let (status, _, grade) = call(&api, "PUT", "/students/2/grades/4", Some(changed)).await;
         assert_eq!(status, StatusCode::OK, "{grade}");
@@ -524,9 +526,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_student_sent_again_with_its_idempotency_key_is_added_once() {
-        let (_dir, api) = api().await;
+    async fn a_student_sent_again_with_its_idempotency_key_is_added_once(db: TestDatabase) {
+        let api = api(&db).await;
         let post = |key: &'static str, body: &'static str| {
             let request = warp::test::request()
                 .method("POST")
@@ -565,9 +566,8 @@ mod tests {
         answer(response)
     }
 
-    #[tokio::test]
-    async fn a_grade_sent_again_with_its_idempotency_key_is_added_once() {
-        let (_dir, api) = api().await;
+    async fn a_grade_sent_again_with_its_idempotency_key_is_added_once(db: TestDatabase) {
+        let api = api(&db).await;
         let grade = r#"{"title": "Quiz 5", "type": "Quiz", "score": 75}"#;
         let first = post_keyed(&api, "k-1", grade).await;
         assert_eq!(first.0, StatusCode::CREATED);
@@ -599,12 +599,10 @@ mod tests {
         assert_eq!(bruce["grades"].as_array().map(Vec::len), Some(4));
     }
 
-    #[tokio::test]
-    async fn storage_faults_are_an_opaque_500() {
-        let (dir, api) = api().await;
-        let sabotage =
-            rusqlite::Connection::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
-        sabotage.execute_batch("DROP TABLE grades").unwrap();
+    async fn storage_faults_are_an_opaque_500(db: TestDatabase) {
+        let api = api(&db).await;
+        db.execute("DROP TABLE grade_requests; DROP TABLE grades")
+            .await;
         let (status, _, error) = call(&api, "GET", "/students", None).await;
         assert_eq!(
             (status, error),
@@ -613,5 +611,62 @@ mod tests {
                 json!({"error": "internal error"})
             )
         );
+    }
+
+    async fn concurrent_students_with_one_idempotency_key_are_added_once(db: TestDatabase) {
+        let api = api(&db).await;
+        let post = || {
+            warp::test::request()
+                .method("POST")
+                .path("/students")
+                .header("content-type", "application/json")
+                .header("idempotency-key", "same-form")
+                .body(r#"{"firstName": "Wanda", "lastName": "Maximoff"}"#)
+                .reply(&api)
+        };
+        let (one, two) = tokio::join!(post(), post());
+        let (one, two) = (answer(one), answer(two));
+        assert_eq!(one.0, StatusCode::CREATED, "{one:?}");
+        assert_eq!(one, two, "both requests get the one student");
+        let (_, _, all) = call(&api, "GET", "/students", None).await;
+        assert_eq!(all.as_array().map(Vec::len), Some(5));
+    }
+
+    /// PostgreSQL restarting under the service: a clear 503 meanwhile, then service again
+    /// without restarting grading, with every acknowledged grade kept.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_down_is_a_503_and_its_return_is_noticed_by_itself() {
+        let Some(mut db) = TestDatabase::postgres().await else {
+            return;
+        };
+        let api = api(&db).await;
+        let grade = r#"{"title": "Before the outage", "type": "Test", "score": 88}"#;
+        let (status, _, before) = call(&api, "POST", "/students/2/grades", Some(grade)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let server = db.postgres_server().expect("a PostgreSQL database");
+
+        server.stop().await;
+        for (method, path, body) in [
+            ("GET", "/students", None),
+            ("GET", "/students/2", None),
+            ("POST", "/students/2/grades", Some(grade)),
+        ] {
+            let (status, _, error) = call(&api, method, path, body).await;
+            assert_eq!(
+                (status, &error),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "database unavailable: try again shortly"})
+                ),
+                "{method} {path} while PostgreSQL is down"
+            );
+        }
+
+        server.start_again().await;
+        let (status, _, bruce) = call(&api, "GET", "/students/2", None).await;
+        assert_eq!(status, StatusCode::OK, "{bruce}");
+        assert_eq!(bruce["grades"].as_array().unwrap().last(), Some(&before));
+        let (status, _, _) = call(&api, "POST", "/students/2/grades", Some(grade)).await;
+        assert_eq!(status, StatusCode::CREATED);
     }
 }

@@ -6,7 +6,7 @@
 //! writer or another process sharing the file. An entry is only served under the stamp that was
 //! current before it was read from the database, so a commit that completed before a request
 //! started is always visible to it. When no stamp can be read without waiting, the request reads
-//! through, as if there were no cache.
+//! through, as if there were no cache; so does every request on PostgreSQL, which has no stamp.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -104,7 +104,10 @@ fn to_json(value: &impl serde::Serialize) -> Bytes {
 mod tests {
     use super::*;
     use crate::domain::{Name, NewStudent};
+    use crate::store::testing::{TestDatabase, on_each_backend};
     use serde_json::Value;
+
+    on_each_backend!(a_commit_by_this_store_or_another_process_is_seen_at_once);
 
     fn first_name(json: &Bytes) -> String {
         let value: Value = serde_json::from_slice(json).unwrap();
@@ -131,10 +134,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn a_commit_by_this_store_or_another_process_is_seen_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+    async fn a_commit_by_this_store_or_another_process_is_seen_at_once(db: TestDatabase) {
+        let store = db.open().await;
         let cache = JsonCache::default();
         assert_eq!(
             first_name(&cache.student(&store, StudentId(1)).await.unwrap()),
@@ -142,14 +143,9 @@ mod tests {
         );
         let before = cache.students(&store).await.unwrap();
 
-        // Another instance sharing the file: a connection this store knows nothing of.
-        let other = rusqlite::Connection::open(dir.path().join(crate::store::FILE_NAME)).unwrap();
-        other
-            .execute(
-                "UPDATE students SET first_name = 'Anthony' WHERE id = 1",
-                [],
-            )
-            .unwrap();
+        // Another instance sharing the database: a connection this store knows nothing of.
+        db.execute("UPDATE students SET first_name = 'Anthony' WHERE id = 1")
+            .await;
         assert_eq!(
             first_name(&cache.student(&store, StudentId(1)).await.unwrap()),
             "Anthony"

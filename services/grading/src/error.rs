@@ -34,6 +34,11 @@ pub enum ApiError {
     /// No space left where the database lives; nothing of the request was stored.
     #[error("disk full: the change was not stored; try again once space is freed")]
     DiskFull,
+    /// The database server cannot be reached or is restarting; nothing is known to be stored.
+    /// Not a failed `/health`: every instance shares the server, and a clear 503 from grading
+    /// says more than "no healthy instance" would.
+    #[error("database unavailable: try again shortly")]
+    DatabaseUnavailable,
     /// A fault of the service or its database, already logged.
     #[error("internal error")]
     Internal,
@@ -44,6 +49,7 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidId(_) | ApiError::NoStudent(_) | ApiError::NoGrade { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -61,6 +67,11 @@ impl From<StoreError> for ApiError {
             StoreError::DiskFull => {
                 tracing::error!("grading storage failed: disk full");
                 ApiError::DiskFull
+            }
+            StoreError::Unavailable(why) => {
+                // The cause (it may name the server) goes to the log, never into the answer.
+                tracing::warn!(%why, "grading database unavailable");
+                ApiError::DatabaseUnavailable
             }
             fault => {
                 tracing::error!(error = %fault, "grading storage failed");

@@ -1,11 +1,14 @@
 //! The grading service: students and their grades as JSON, kept in an embedded SQLite database
-//! and seeded with demo students the first time it starts.
+//! (or in PostgreSQL when instances span hosts) and seeded with demo students the first time it
+//! starts.
 //!
 //! # Layout
 //! - [`domain`]: ids, names, titles, scores and grade types that validate themselves, and the
 //!   student and grade views the API returns.
-//! - [`store`]: SQLite storage, off the async workers, with a small connection pool.
-//! - [`cache`]: the JSON of student reads, kept until SQLite says the database changed.
+//! - [`store`]: SQLite storage, off the async workers, with a small connection pool; or
+//!   PostgreSQL through a small bounded pool.
+//! - [`cache`]: the JSON of student reads, kept until SQLite says the database changed (always
+//!   read through on PostgreSQL).
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to a status in one place.
 //! - [`config`]: flags and environment variables.
 //! - [`App`]: build (open the database, bind) then run (register, serve, deregister, drain).
@@ -43,6 +46,28 @@ pub enum StartError {
     Service(#[from] discovery::StartError),
 }
 
+/// The database `config` names: PostgreSQL with `--database-url`, else SQLite in `--data-dir`.
+async fn open_store(config: &Config) -> Result<Store, store::StoreError> {
+    if let Some(database) = &config.database_url {
+        let store = Store::connect_postgres(database).await?;
+        // Never the URL itself: it may hold a password.
+        tracing::info!(
+            hosts = ?database.get_hosts(),
+            ports = ?database.get_ports(),
+            dbname = database.get_dbname().unwrap_or_default(),
+            "grading database open (PostgreSQL)"
+        );
+        return Ok(store);
+    }
+    let host = match &config.host_id {
+        Some(id) => store::HostId::named(id),
+        None => store::HostId::of_this_host(),
+    };
+    let store = Store::open_sqlite(&config.data_dir, host).await?;
+    tracing::info!(data_dir = %config.data_dir.display(), "grading database open (SQLite)");
+    Ok(store)
+}
+
 /// A grading service with its database open and its listener bound.
 pub struct App {
     service: Service,
@@ -53,8 +78,7 @@ impl App {
     /// Opens the database (on a blocking thread) and binds the listener; nothing is registered yet.
     pub async fn build(config: Config) -> Result<App, StartError> {
         let consul = ConsulSettings::from_args(&config.consul)?;
-        let store = Store::open(&config.data_dir).await?;
-        tracing::info!(data_dir = %config.data_dir.display(), "grading database open");
+        let store = open_store(&config).await?;
         let service = Service::bind(ServiceDefinition {
             name: SERVICE_NAME,
             version: env!("CARGO_PKG_VERSION"),

@@ -1,5 +1,6 @@
 //! Test support for gradebook services: a real Consul dev agent (optionally enforcing ACLs, see
-//! [`ConsulAgent::start_with_acl`]) and the real service binaries, each on free ports with its
+//! [`ConsulAgent::start_with_acl`]), a real PostgreSQL server ([`Postgres`]) and the real service
+//! binaries, each on free ports with its
 //! output captured in a log file, so integration tests exercise the same code paths as
 //! production and fail with the evidence in the message.
 
@@ -7,10 +8,12 @@
 
 mod browser;
 mod consul;
+mod postgres;
 mod process;
 
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
+pub use postgres::Postgres;
 pub use process::ServiceProcess;
 
 use std::fs::File;
