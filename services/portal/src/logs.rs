@@ -163,7 +163,7 @@ pub fn merge(answers: Vec<Answer>, cursor: &Cursor, limit: usize) -> Merged {
             // None shown: it stays where it was; from the newest page, just above its newest.
             None => cursor
                 .position(&instance.id)
-                .or_else(|| left.last().map(|(_, newest)| newest.seq + 1)),
+                .or_else(|| left.last().map(|(_, newest)| newest.seq.saturating_add(1))),
         };
         match position.filter(|&seq| seq > 1) {
             Some(seq) => next.positions.insert(instance.id.clone(), seq),
@@ -318,6 +318,24 @@ mod tests {
         ];
         let merged = merge(answers, &Cursor::default(), 10);
         assert_eq!(messages(&merged), ["a #2", "a #1", "b #2", "b #1"]);
+    }
+
+    #[test]
+    fn an_answer_out_of_order_or_at_the_ends_of_numbering_does_not_break_the_page() {
+        let mut junk = answer("b", &[9, 9, 9], None, 10);
+        junk.records[0].seq = 0;
+        junk.records[2].seq = u64::MAX;
+        let merged = merge(
+            vec![answer("a", &[10, 11, 12], None, 2), junk],
+            &Cursor::default(),
+            2,
+        );
+        assert_eq!(messages(&merged), ["a #3", "a #2"]);
+        assert_eq!(
+            merged.next.position("b"),
+            Some(u64::MAX),
+            "no overflow past the end"
+        );
     }
 
     /// Pages back through two instances with interleaved and equal times, and with a clock
