@@ -13,6 +13,10 @@
 //! An ejected provider returns when Consul lists it again in a new answer, or after
 //! [`EJECTION_LIMIT`] at most. With no provider at all the pool fails at once with
 //! [`PoolError::NoProvider`], which services answer with a 503.
+//!
+//! A read that only one instance can answer (each log instance keeps its own records) goes to
+//! that instance by its Consul service ID ([`ProviderPool::get_from`]), under the same rules
+//! except failover.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,6 +66,34 @@ pub enum PoolError {
         address: String,
         source: reqwest::Error,
     },
+    /// No passing provider has the Consul service ID asked for ([`ProviderPool::get_from`]).
+    #[error("no healthy {service} instance has the ID {id:?}")]
+    NotListed { service: String, id: String },
+}
+
+/// How one attempt failed: the provider is ejected and another may be tried, or the exchange
+/// failed after the provider took the request.
+enum Failure {
+    Ejected {
+        source: reqwest::Error,
+    },
+    Exchange {
+        address: String,
+        source: reqwest::Error,
+    },
+}
+
+impl Failure {
+    fn into_error(self, service: String) -> PoolError {
+        match self {
+            Failure::Ejected { source } => PoolError::AllFailed { service, source },
+            Failure::Exchange { address, source } => PoolError::Request {
+                service,
+                address,
+                source,
+            },
+        }
+    }
 }
 
 impl PoolError {
@@ -69,7 +101,9 @@ impl PoolError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            PoolError::NoProvider { .. } | PoolError::AllFailed { .. }
+            PoolError::NoProvider { .. }
+                | PoolError::AllFailed { .. }
+                | PoolError::NotListed { .. }
         )
     }
 }
@@ -213,6 +247,25 @@ impl ProviderPool {
         self.send_keyed(method, path_and_query, payload, None).await
     }
 
+    /// Sends a GET for `path_and_query` to the provider whose Consul service ID is `id`, for
+    /// reads that only that instance can answer (each log instance keeps its own records). It
+    /// follows the pool's rules except failover, since another instance would answer about
+    /// other data: a refused or dropped connection ejects the provider and fails the request.
+    /// [`PoolError::NotListed`] when no passing provider has that ID.
+    pub async fn get_from(&self, id: &str, path_and_query: &str) -> Result<Response, PoolError> {
+        let endpoint = self
+            .endpoints()
+            .into_iter()
+            .find(|endpoint| endpoint.provider.id == id)
+            .ok_or_else(|| PoolError::NotListed {
+                service: self.service(),
+                id: id.to_owned(),
+            })?;
+        self.attempt(&endpoint, &Method::GET, path_and_query, None, None)
+            .await
+            .map_err(|failure| failure.into_error(self.service()))
+    }
+
     async fn send_keyed(
         &self,
         method: Method,
@@ -220,68 +273,95 @@ impl ProviderPool {
         payload: Option<Payload>,
         idempotency_key: Option<&str>,
     ) -> Result<Response, PoolError> {
-        let service = || self.inner.watch.current().service.to_string();
-        let idempotent = idempotency_key.is_some()
-            || matches!(
-                method,
-                Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-            );
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut last_error = None;
+        let mut last_failure = None;
         while tried.len() < MAX_ATTEMPTS {
             let Some(endpoint) = self.choose(&tried) else {
                 break;
             };
-            let guard = InFlight::start(endpoint.clone());
-            let mut request = self.inner.http.request(
-                method.clone(),
-                format!("{}{path_and_query}", endpoint.base_url),
-            );
-            if let Some(payload) = &payload {
-                request = request
-                    .header(reqwest::header::CONTENT_TYPE, payload.content_type)
-                    .body(payload.bytes.clone());
-            }
-            if let Some(key) = idempotency_key {
-                request = request.header(IDEMPOTENCY_KEY, key);
-            }
-            if idempotent {
-                request = request.timeout(RETRYABLE_ATTEMPT_TIMEOUT);
-            }
-            let result = request.send().await;
-            drop(guard);
-            match result {
+            match self
+                .attempt(
+                    &endpoint,
+                    &method,
+                    path_and_query,
+                    payload.as_ref(),
+                    idempotency_key,
+                )
+                .await
+            {
                 Ok(response) => return Ok(response),
-                Err(err)
-                    if err.is_connect()
-                        || (idempotent && (is_dropped_connection(&err) || err.is_timeout())) =>
-                {
-                    warn!(
-                        provider = %endpoint.provider.address,
-                        "{}: ejecting {} locally until Consul lists it again: {err}",
-                        service(),
-                        endpoint.provider.address
-                    );
-                    endpoint.eject();
+                Err(failure @ Failure::Ejected { .. }) => {
                     tried.push(endpoint);
-                    last_error = Some(err);
+                    last_failure = Some(failure);
                 }
-                Err(source) => {
-                    return Err(PoolError::Request {
-                        service: service(),
-                        address: endpoint.provider.address.clone(),
-                        source,
-                    });
-                }
+                Err(failure) => return Err(failure.into_error(self.service())),
             }
         }
-        Err(match last_error {
-            Some(source) => PoolError::AllFailed {
-                service: service(),
-                source,
+        Err(match last_failure {
+            Some(failure) => failure.into_error(self.service()),
+            None => PoolError::NoProvider {
+                service: self.service(),
             },
-            None => PoolError::NoProvider { service: service() },
         })
+    }
+
+    /// Sends one request to `endpoint`, counted in flight while it lasts. A refused connection,
+    /// or one dropped or timed out under a request that is safe to send again, ejects the
+    /// endpoint locally.
+    async fn attempt(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        method: &Method,
+        path_and_query: &str,
+        payload: Option<&Payload>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Response, Failure> {
+        let idempotent = idempotency_key.is_some()
+            || matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+            );
+        let guard = InFlight::start(endpoint.clone());
+        let mut request = self.inner.http.request(
+            method.clone(),
+            format!("{}{path_and_query}", endpoint.base_url),
+        );
+        if let Some(payload) = payload {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, payload.content_type)
+                .body(payload.bytes.clone());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY, key);
+        }
+        if idempotent {
+            request = request.timeout(RETRYABLE_ATTEMPT_TIMEOUT);
+        }
+        let result = request.send().await;
+        drop(guard);
+        result.map_err(|err| {
+            if err.is_connect()
+                || (idempotent && (is_dropped_connection(&err) || err.is_timeout()))
+            {
+                warn!(
+                    provider = %endpoint.provider.address,
+                    "{}: ejecting {} locally until Consul lists it again: {err}",
+                    self.service(),
+                    endpoint.provider.address
+                );
+                endpoint.eject();
+                Failure::Ejected { source: err }
+            } else {
+                Failure::Exchange {
+                    address: endpoint.provider.address.clone(),
+                    source: err,
+                }
+            }
+        })
+    }
+
+    fn service(&self) -> String {
+        self.inner.watch.current().service.to_string()
     }
 
     /// Picks the less busy of two random providers not yet tried, preferring ones not ejected;

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`upstream`]: typed clients for grading and log; every way they fail becomes a [`PortalError`].
+//! - [`logs`]: what a reader of several log instances sees: the merge, and paging per instance.
 //! - [`pages`]: the askama templates (in `templates/`) and the view data they render.
 //! - [`routes`]: the pages as warp routes; handlers are plain async functions.
 //! - [`error`]: every failure, and warp's own rejections, mapped to an HTML page in one place.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod error;
+pub mod logs;
 pub mod pages;
 pub mod routes;
 pub mod upstream;

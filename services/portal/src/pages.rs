@@ -9,6 +9,7 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+use crate::logs::Cursor;
 use crate::upstream::{Grade, LogRecord, Student};
 
 /// The list of students with their averages and the form to add one (`GET /`, and a refused
@@ -242,6 +243,19 @@ pub struct LogsPage {
     pub older: Option<String>,
     /// Whether this page starts below the newest records (so it links back to them).
     pub paged: bool,
+    /// The log instances whose records this page should hold but does not, and why.
+    pub missing: Vec<MissingLog>,
+}
+
+/// A log instance whose records are missing from the logs page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingLog {
+    /// Its Consul service ID.
+    pub instance: String,
+    /// Where it was asked, when the watch still lists it.
+    pub address: Option<String>,
+    /// Why, as the end of a sentence: "it is not healthy".
+    pub reason: &'static str,
 }
 
 impl LogsPage {
@@ -272,9 +286,9 @@ impl LogsPage {
         self.level == choice
     }
 
-    /// The address of the page of records older than `before`, with this page's filters.
-    pub fn older_than(&self, before: u64) -> String {
-        self.address(Some(before))
+    /// The address of the page of records older than `cursor`, with this page's filters.
+    pub fn older_than(&self, cursor: &Cursor) -> String {
+        self.address(Some(cursor))
     }
 
     /// The address of the newest records, with this page's filters.
@@ -282,20 +296,32 @@ impl LogsPage {
         self.address(None)
     }
 
-    /// `/logs` with this page's filters, and `before` when given.
-    fn address(&self, before: Option<u64>) -> String {
-        let mut query = Vec::new();
+    /// `/logs` with this page's filters, and the positions of `cursor` when given, each value
+    /// URL-encoded (an instance ID is Consul's and may hold any character).
+    fn address(&self, cursor: Option<&Cursor>) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
         if !self.service.is_empty() {
-            query.push(format!("service={}", self.service));
+            query.append_pair("service", &self.service);
         }
         if !self.level.is_empty() {
-            query.push(format!("level={}", self.level));
+            query.append_pair("level", &self.level);
         }
-        query.extend(before.map(|before| format!("before={before}")));
+        for position in cursor.into_iter().flat_map(Cursor::query_values) {
+            query.append_pair("before", &position);
+        }
+        let query = query.finish();
         if query.is_empty() {
             "/logs".to_owned()
         } else {
-            format!("/logs?{}", query.join("&"))
+            format!("/logs?{query}")
+        }
+    }
+
+    /// "1 log instance", "2 log instances": how many are missing.
+    pub fn missing_count(&self) -> String {
+        match self.missing.len() {
+            1 => "1 log instance".to_owned(),
+            n => format!("{n} log instances"),
         }
     }
 }
@@ -311,11 +337,14 @@ pub struct LogRow {
     pub message: String,
     pub fields: Vec<(String, String)>,
     pub trace_id: Option<String>,
+    /// The address of the log instance that holds it.
+    pub instance: String,
 }
 
 impl LogRow {
-    /// `record` with its time shown in `zone`; a time that does not parse is shown as it is.
-    pub fn new(record: LogRecord, zone: &jiff::tz::TimeZone) -> LogRow {
+    /// `record`, held by the log instance at `instance`, with its time shown in `zone`; a time
+    /// that does not parse is shown as it is.
+    pub fn new(record: LogRecord, instance: &str, zone: &jiff::tz::TimeZone) -> LogRow {
         let local_time = record
             .time
             .parse::<jiff::Timestamp>()
@@ -337,6 +366,7 @@ impl LogRow {
                 .collect(),
             trace_id: record.trace_id,
             exact_time: record.time,
+            instance: instance.to_owned(),
         }
     }
 }
@@ -608,7 +638,7 @@ mod tests {
     #[test]
     fn log_times_are_shown_in_the_portals_zone_with_the_exact_one_kept() {
         let record = LogRecord {
-            seq: Some(7),
+            seq: 7,
             time: "2026-11-29T21:47:06.219Z".into(),
             service: "grading".into(),
             level: "info".into(),
@@ -616,17 +646,18 @@ mod tests {
             trace_id: None,
         };
         let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
-        let row = LogRow::new(record.clone(), &paris);
+        let row = LogRow::new(record.clone(), "127.0.0.1:4000", &paris);
         assert_eq!(row.local_time, "2026-11-29 22:47:06");
         assert_eq!(row.exact_time, "2026-11-29T21:47:06.219Z");
         assert_eq!(row.fields, [("student".to_owned(), "5".to_owned())]);
-        let utc = LogRow::new(record.clone(), &jiff::tz::TimeZone::UTC);
+        let utc = LogRow::new(record.clone(), "127.0.0.1:4000", &jiff::tz::TimeZone::UTC);
         assert_eq!(utc.local_time, "2026-11-29 21:47:06");
         let odd = LogRow::new(
             LogRecord {
                 time: "yesterday".into(),
                 ..record
             },
+            "127.0.0.1:4000",
             &paris,
         );
         assert_eq!(odd.local_time, "yesterday");
@@ -637,8 +668,9 @@ mod tests {
             service: "grading".into(),
             level: "warn".into(),
             zone: "Europe/Paris".into(),
-            older: Some("/logs?service=grading&level=warn&before=7".into()),
+            older: None,
             paged: true,
+            missing: vec![],
         };
         let html = page.render().unwrap();
         assert!(html.contains("Time (Europe/Paris)"), "{html}");
@@ -654,6 +686,60 @@ mod tests {
         assert!(html.contains("<dt>student</dt><dd>5</dd>"), "{html}");
         assert!(
             html.contains(r#"href="/logs?service=grading&#38;level=warn">Newest records"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<tr title="held by the log instance at 127.0.0.1:4000">"#),
+            "{html}"
+        );
+        assert!(!html.contains("are missing"), "{html}");
+    }
+
+    #[test]
+    fn the_older_link_carries_one_encoded_position_per_log_instance() {
+        let mut page = LogsPage {
+            services: vec![],
+            rows: vec![],
+            service: "grading".into(),
+            level: String::new(),
+            zone: "UTC".into(),
+            older: None,
+            paged: true,
+            missing: vec![],
+        };
+        let cursor = Cursor::parse(["log-127.0.0.1-4000:57", "a&b=c d:3"]).unwrap();
+        let older = page.older_than(&cursor);
+        assert_eq!(
+            older,
+            "/logs?service=grading&before=a%26b%3Dc+d%3A3&before=log-127.0.0.1-4000%3A57"
+        );
+        let query = older.split_once('?').unwrap().1;
+        let read: Vec<String> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(key, _)| key == "before")
+            .map(|(_, value)| value.into_owned())
+            .collect();
+        assert_eq!(
+            Cursor::parse(read.iter().map(String::as_str)).unwrap(),
+            cursor
+        );
+
+        page.older = Some(older);
+        page.missing = vec![MissingLog {
+            instance: "log-<b>-4001".into(),
+            address: None,
+            reason: "it is not healthy",
+        }];
+        let html = page.render().unwrap();
+        assert!(
+            html.contains("Records of 1 log instance are missing from this page:"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<li>log-&#60;b&#62;-4001: it is not healthy.</li>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"href="/logs?service=grading&#38;before=a%26b%3Dc+d%3A3&#38;before=log-127.0.0.1-4000%3A57" rel="next">Older records"#),
             "{html}"
         );
     }

@@ -5,19 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery::ProviderPool;
 use discovery::http::{body_limit, respond};
-use serde::Deserialize;
+use discovery::{Provider, ProviderPool};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::http::header::{self, HeaderValue};
 use warp::reply::{Reply, Response};
 
+use crate::LOG_SERVICE;
 use crate::error::{PortalError, handle_rejection};
+use crate::logs::{self, Cursor};
 use crate::pages::{
     self, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow, LogsPage,
-    ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
+    MissingLog, ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
 };
 use crate::upstream::{
     Grade, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, NewStudent, Student, Verdict,
@@ -65,14 +66,33 @@ impl Portal {
 }
 
 /// Query of `GET /logs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq)]
 pub struct LogsQuery {
     /// Show only this service's records.
     pub service: Option<String>,
     /// Show only records at this level or more severe.
     pub level: Option<String>,
-    /// Show only records older than this one (its `seq`): the "Older records" link.
-    pub before: Option<String>,
+    /// The "Older records" link's position in each log instance, `INSTANCE:SEQ` each (see
+    /// [`Cursor`]); a parameter given once per instance.
+    pub before: Vec<String>,
+}
+
+impl LogsQuery {
+    /// The query of `raw` (the part after `?`). serde's query forms take a parameter once, so
+    /// this one reads them itself; a parameter given twice, other than `before`, counts once
+    /// (the last), and unknown ones are ignored, as a form's extras are.
+    pub fn parse(raw: &str) -> LogsQuery {
+        let mut query = LogsQuery::default();
+        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+            match &*key {
+                "service" => query.service = Some(value.into_owned()),
+                "level" => query.level = Some(value.into_owned()),
+                "before" => query.before.push(value.into_owned()),
+                _ => {}
+            }
+        }
+        query
+    }
 }
 
 /// All pages, answering every request themselves: warp's rejections become HTML pages here, so
@@ -144,7 +164,12 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .map(|portal: Portal| show_status(&portal));
     let logs = warp::path!("logs")
         .and(warp::get())
-        .and(warp::query::<LogsQuery>())
+        .and(
+            warp::query::raw()
+                .or(warp::any().map(String::new))
+                .unify()
+                .map(|raw: String| LogsQuery::parse(&raw)),
+        )
         .and(with_portal)
         .then(show_logs)
         .map(respond);
@@ -458,19 +483,8 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
             "service: a service name is 1 to 100 letters, digits, '.', '_' or '-'.".to_owned(),
         ));
     }
-    let before = match query.before.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .ok()
-                .filter(|&n| n >= 1)
-                .ok_or_else(|| {
-                    PortalError::BadRequest(
-                        "before: a record number, a whole number from 1.".to_owned(),
-                    )
-                })?,
-        ),
-    };
+    let cursor = Cursor::parse(query.before.iter().map(String::as_str))
+        .map_err(|err| PortalError::BadRequest(err.to_string()))?;
     let level = query
         .level
         .map(|l| l.trim().to_ascii_lowercase())
@@ -482,17 +496,14 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
             "level: one of trace, debug, info, warn or error.".to_owned(),
         ));
     }
-    let records = portal
-        .log
-        .recent(service.as_deref(), level.as_deref(), before)
-        .await?;
-    let oldest = records.first().and_then(|oldest| oldest.seq);
-    let full = records.len() == LOG_PAGE_RECORDS;
-    // The log service answers oldest first; a reader wants the latest at the top.
-    let rows: Vec<LogRow> = records
+    let (answers, missing) =
+        read_log_instances(&portal.log, service.as_deref(), level.as_deref(), &cursor).await?;
+    let merged = logs::merge(answers, &cursor, LOG_PAGE_RECORDS);
+    // Newest first: a reader wants the latest at the top.
+    let rows: Vec<LogRow> = merged
+        .records
         .into_iter()
-        .rev()
-        .map(|record| LogRow::new(record, &portal.time_zone))
+        .map(|(instance, record)| LogRow::new(record, &instance.address, &portal.time_zone))
         .collect();
     let service = service.unwrap_or_default();
     let mut page = LogsPage {
@@ -502,16 +513,80 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
         level: level.unwrap_or_default(),
         zone: portal.time_zone.iana_name().unwrap_or("UTC").to_owned(),
         older: None,
-        paged: before.is_some(),
+        paged: !cursor.is_empty(),
+        missing,
     };
-    // A full page whose oldest record is not the first may have older ones behind it.
-    if let Some(oldest) = oldest
-        && full
-        && oldest > 1
-    {
-        page.older = Some(page.older_than(oldest));
+    // A link that would not move would lead to this same page again.
+    if !merged.next.is_empty() && merged.next != cursor {
+        page.older = Some(page.older_than(&merged.next));
     }
     Ok(pages::render(StatusCode::OK, &page))
+}
+
+/// Reads the log instances that `cursor` says the page holds, all at once: every healthy one on
+/// the newest page, the healthy ones it names on an older page. An instance that is named but
+/// not healthy, or that fails, is missing from the page, which says so; the page fails only when
+/// no instance answered.
+async fn read_log_instances(
+    log: &LogReader,
+    service: Option<&str>,
+    level: Option<&str>,
+    cursor: &Cursor,
+) -> Result<(Vec<logs::Answer>, Vec<MissingLog>), PortalError> {
+    let healthy = log.instances();
+    let mut missing = Vec::new();
+    let to_read: Vec<(Provider, Option<u64>)> = if cursor.is_empty() {
+        healthy
+            .iter()
+            .map(|instance| (instance.clone(), None))
+            .collect()
+    } else {
+        cursor
+            .positions()
+            .filter_map(
+                |(id, before)| match healthy.iter().find(|instance| instance.id == id) {
+                    Some(instance) => Some((instance.clone(), Some(before))),
+                    None => {
+                        missing.push(MissingLog {
+                            instance: id.to_owned(),
+                            address: None,
+                            reason: "it is not healthy",
+                        });
+                        None
+                    }
+                },
+            )
+            .collect()
+    };
+    let reads = to_read
+        .iter()
+        .map(|(instance, before)| log.recent_from(&instance.id, service, level, *before));
+    let results = futures_util::future::join_all(reads).await;
+    let mut answers = Vec::new();
+    let mut first_failure = None;
+    for ((instance, _), result) in to_read.into_iter().zip(results) {
+        match result {
+            Ok(records) => answers.push(logs::Answer { instance, records }),
+            Err(err) => {
+                tracing::warn!(instance = %instance.id, "a log instance's records are missing from the logs page: {err}");
+                missing.push(MissingLog {
+                    reason: match err {
+                        PortalError::Unavailable { .. } => "it did not answer",
+                        _ => "its answer could not be used",
+                    },
+                    instance: instance.id,
+                    address: Some(instance.address),
+                });
+                first_failure.get_or_insert(err);
+            }
+        }
+    }
+    if answers.is_empty() {
+        return Err(first_failure.unwrap_or(PortalError::Unavailable {
+            service: LOG_SERVICE,
+        }));
+    }
+    Ok((answers, missing))
 }
 
 #[cfg(test)]
@@ -594,6 +669,11 @@ mod tests {
                 400,
                 "service: a service name is",
             ),
+            (
+                get("/logs?before=57"),
+                400,
+                "before: a record number of a log instance",
+            ),
         ];
         for (request, status, text) in cases {
             let (got, _, html) = send(request).await;
@@ -639,6 +719,20 @@ mod tests {
             html.contains("No healthy instance is registered."),
             "{html}"
         );
+    }
+
+    #[test]
+    fn the_logs_query_keeps_one_position_per_instance_as_sent() {
+        let query = LogsQuery::parse("service=demo&before=log-a%3A5&x=1&before=b%26c%3A7&level=");
+        assert_eq!(
+            query,
+            LogsQuery {
+                service: Some("demo".into()),
+                level: Some(String::new()),
+                before: vec!["log-a:5".into(), "b&c:7".into()],
+            }
+        );
+        assert_eq!(LogsQuery::parse(""), LogsQuery::default());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (recent records). Every way a call can fail becomes a [`PortalError`] here, so handlers see
 //! either data or a reason they can show.
 
-use discovery::{PoolError, ProviderPool, ProviderWatch};
+use std::sync::Arc;
+
+use discovery::{PoolError, Provider, ProviderPool, ProviderWatch};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -76,10 +78,9 @@ impl<T> Verdict<T> {
 /// One record of the log service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LogRecord {
-    /// Its place in the log's file, which pages back with `before`; `None` from a log service
-    /// older than numbering.
-    #[serde(default)]
-    pub seq: Option<u64>,
+    /// Its place in its instance's file, which pages back with `before` on that instance only.
+    /// Required: a record the portal cannot page past is an answer it cannot use.
+    pub seq: u64,
     pub time: String,
     pub service: String,
     pub level: String,
@@ -233,7 +234,7 @@ async fn judge(
     }
 }
 
-/// Reads from the log service, spread over its healthy instances.
+/// Reads from the log service's instances, one at a time: each keeps its own records.
 #[derive(Clone)]
 pub struct LogReader {
     pool: ProviderPool,
@@ -250,36 +251,48 @@ impl LogReader {
         self.pool.watch()
     }
 
-    /// The latest [`LOG_PAGE_RECORDS`] records numbered below `before` (all, when `None`),
-    /// oldest first, of one service or of all.
-    /// `service` must be a valid service name (see [`is_service_name`]): it goes into the URL as is.
+    /// The log instances healthy now, as the watch lists them, each with its own records.
+    pub fn instances(&self) -> Arc<[Provider]> {
+        self.watch().current().providers
+    }
+
+    /// The latest [`LOG_PAGE_RECORDS`] records of the instance whose Consul service ID is
+    /// `instance`, numbered below `before` in its numbering (all, when `None`), oldest first, of
+    /// one service or of all.
+    /// `service` must be a valid service name (see [`is_service_name`]).
     /// `level` (that level or more severe) must be a level name as the log service takes it.
-    pub async fn recent(
+    pub async fn recent_from(
         &self,
+        instance: &str,
         service: Option<&str>,
         level: Option<&str>,
         before: Option<u64>,
     ) -> Result<Vec<LogRecord>, PortalError> {
-        let mut path = format!("/log?limit={LOG_PAGE_RECORDS}");
-        if let Some(service) = service {
-            debug_assert!(is_service_name(service));
-            path.push_str("&service=");
-            path.push_str(service);
-        }
-        if let Some(level) = level {
-            path.push_str("&level=");
-            path.push_str(level);
-        }
-        if let Some(before) = before {
-            path.push_str(&format!("&before={before}"));
-        }
+        debug_assert!(service.is_none_or(is_service_name));
+        let path = log_path(service, level, before);
         let response = self
             .pool
-            .get(&path)
+            .get_from(instance, &path)
             .await
             .map_err(pool_failure(LOG_SERVICE))?;
         read_json(LOG_SERVICE, response).await
     }
+}
+
+/// `GET /log`'s path and query for a page of records.
+fn log_path(service: Option<&str>, level: Option<&str>, before: Option<u64>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &LOG_PAGE_RECORDS.to_string());
+    if let Some(service) = service {
+        query.append_pair("service", service);
+    }
+    if let Some(level) = level {
+        query.append_pair("level", level);
+    }
+    if let Some(before) = before {
+        query.append_pair("before", &before.to_string());
+    }
+    format!("/log?{}", query.finish())
 }
 
 /// Whether `name` is a service name as the log service accepts them: 1 to 100 characters of

@@ -318,3 +318,223 @@ async fn the_grade_form_redirects_on_success_and_shows_what_is_wrong_otherwise()
         page.html
     );
 }
+
+/// A log instance on a free port with its own data directory, registered by itself as `log`.
+struct LogInstance {
+    process: ServiceProcess,
+    _data: tempfile::TempDir,
+}
+
+async fn spawn_log_instance(agent: &ConsulAgent) -> LogInstance {
+    let data = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = [
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--data-dir".to_owned(),
+        data.path().display().to_string(),
+    ];
+    let envs = [
+        ("CONSUL_HTTP_ADDR", agent.http_addr()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    let binary = testkit::workspace_binary("log-service");
+    let process = ServiceProcess::spawn(&binary, addr, &args, &envs).await;
+    LogInstance {
+        process,
+        _data: data,
+    }
+}
+
+/// The time of note `second`: one second apart from 08:00 on, so tests know the order.
+fn note_time(second: usize) -> String {
+    format!("2026-11-30T08:{:02}:{:02}.000Z", second / 60, second % 60)
+}
+
+/// Stores `notes` (message, second) in one log instance, straight through its own API.
+async fn store_notes(instance: &LogInstance, notes: &[(String, usize)]) {
+    let records: Vec<Value> = notes
+        .iter()
+        .map(|(message, second)| {
+            json!({"time": note_time(*second), "service": "notes", "level": "info", "message": message})
+        })
+        .collect();
+    let response = testkit::http_client()
+        .post(format!("{}/log", instance.process.base_url()))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// Each row of a logs page, top to bottom: the address of the instance holding it and its message.
+fn rows(html: &str) -> Vec<(String, String)> {
+    html.split(r#"<tr title="held by the log instance at "#)
+        .skip(1)
+        .map(|row| {
+            let (address, rest) = row.split_once('"').unwrap();
+            let (_, message) = rest.split_once(r#"<span class="text">"#).unwrap();
+            let message = message.split('<').next().unwrap();
+            (address.to_owned(), message.to_owned())
+        })
+        .collect()
+}
+
+/// The "Older records" link of a page, as a browser would follow it.
+fn older_link(html: &str) -> Option<String> {
+    let (before, _) = html.split_once(r#"" rel="next">Older records"#)?;
+    let (_, href) = before.rsplit_once(r#"<a href=""#)?;
+    Some(href.replace("&#38;", "&"))
+}
+
+#[tokio::test]
+async fn the_logs_page_merges_every_log_instance_and_pages_back_through_each_once() {
+    let agent = ConsulAgent::start().await;
+    let first = spawn_log_instance(&agent).await;
+    let mut second = spawn_log_instance(&agent).await;
+    // Interleaved in time: the first instance holds the even seconds, the second the odd ones,
+    // and more records than two pages hold.
+    let notes = |name: &str, count: usize, parity: usize| -> Vec<(String, usize)> {
+        (0..count)
+            .map(|i| (format!("note {name} {i}"), 2 * i + parity))
+            .collect()
+    };
+    let (first_notes, second_notes) = (notes("first", 130, 0), notes("second", 90, 1));
+    store_notes(&first, &first_notes).await;
+    store_notes(&second, &second_notes).await;
+    let second_of = |message: &str| -> usize {
+        first_notes
+            .iter()
+            .chain(&second_notes)
+            .find(|(m, _)| m == message)
+            .unwrap_or_else(|| panic!("{message} was never stored"))
+            .1
+    };
+    let holder = |message: &str| {
+        if message.starts_with("note first ") {
+            first.process.addr().to_string()
+        } else {
+            second.process.addr().to_string()
+        }
+    };
+    let portal = spawn_portal(&agent).await;
+
+    let newest = eventually(
+        "the logs page shows both log instances' records",
+        DISCOVERY_TIMEOUT,
+        || async {
+            let page = get(&portal, "/logs?service=notes").await;
+            let rows = rows(&page.html);
+            let both = rows.iter().any(|(_, m)| m.starts_with("note first "))
+                && rows.iter().any(|(_, m)| m.starts_with("note second "));
+            (page.status == 200 && both).then_some(page.html)
+        },
+    )
+    .await;
+    // The newest 100 of both, newest first: the first instance's last 40 stand alone, then the
+    // two alternate.
+    let shown = rows(&newest);
+    assert_eq!(shown.len(), 100, "{newest}");
+    assert_eq!(shown[0].1, "note first 129");
+    assert_eq!(shown[40].1, "note second 89");
+    assert_eq!(shown[41].1, "note first 89");
+    assert!(!newest.contains("are missing"), "{newest}");
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut page_html = newest;
+    let mut older_pages = Vec::new();
+    loop {
+        let page_rows = rows(&page_html);
+        let times: Vec<usize> = page_rows.iter().map(|(_, m)| second_of(m)).collect();
+        assert!(
+            times.windows(2).all(|w| w[0] > w[1]),
+            "not newest first: {page_rows:?}"
+        );
+        for (address, message) in &page_rows {
+            assert_eq!(*address, holder(message), "{message} shown as another's");
+        }
+        seen.extend(page_rows.into_iter().map(|(_, message)| message));
+        let Some(older) = older_link(&page_html) else {
+            break;
+        };
+        assert!(older_pages.len() < 10, "paging back does not end: {older}");
+        let page = get(&portal, &older).await;
+        assert_eq!(page.status, 200, "{older}: {}", page.html);
+        assert!(
+            page.html
+                .contains(r#"<a href="/logs?service=notes">Newest records</a>"#),
+            "{}",
+            page.html
+        );
+        older_pages.push(older);
+        page_html = page.html;
+    }
+    let stored = first_notes.len() + second_notes.len();
+    assert_eq!(seen.len(), stored, "shown more than once or not at all");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stored, "a record was shown twice");
+    assert_eq!(older_pages.len(), 2, "{older_pages:?}");
+
+    // One instance stops: an older page that names it still shows the other's records and says
+    // whose are missing (whether Consul has noticed yet or not).
+    second.process.sigkill();
+    let page = get(&portal, &older_pages[0]).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html
+            .contains("Records of 1 log instance are missing from this page:"),
+        "{}",
+        page.html
+    );
+    let second_id = format!("log-127.0.0.1-{}", second.process.addr().port());
+    assert!(page.html.contains(&second_id), "{}", page.html);
+    let page_rows = rows(&page.html);
+    assert!(!page_rows.is_empty(), "{}", page.html);
+    assert!(
+        page_rows.iter().all(|(_, m)| m.starts_with("note first ")),
+        "{page_rows:?}"
+    );
+    let page = get(&portal, "/logs?service=notes").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert_eq!(rows(&page.html)[0].1, "note first 129", "{}", page.html);
+    assert!(
+        rows(&page.html)
+            .iter()
+            .all(|(_, m)| m.starts_with("note first ")),
+        "{}",
+        page.html
+    );
+}
+
+#[tokio::test]
+async fn the_logs_page_refuses_a_position_it_cannot_read() {
+    let agent = ConsulAgent::start().await;
+    let portal = spawn_portal(&agent).await;
+    let too_many: String = (0..=portal::logs::MAX_CURSOR_INSTANCES)
+        .map(|i| format!("&before=log-{i}%3A5"))
+        .collect();
+    let long = "x".repeat(portal::logs::MAX_INSTANCE_ID_BYTES + 1);
+    for (query, message) in [
+        (
+            "before=57".to_owned(),
+            "before: a record number of a log instance",
+        ),
+        (
+            "before=log-1%3A0".to_owned(),
+            "before: a record number of a log instance",
+        ),
+        (
+            format!("before={long}%3A5"),
+            "before: a record number of a log instance",
+        ),
+        ("before=a%3A1&before=a%3A2".to_owned(), "one is named twice"),
+        (too_many, "at most 32 log instances"),
+    ] {
+        let page = get(&portal, &format!("/logs?{query}")).await;
+        assert_eq!(page.status, 400, "{query}: {}", page.html);
+        assert!(page.html.contains(message), "{query}: {}", page.html);
+    }
+}

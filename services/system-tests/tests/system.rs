@@ -280,7 +280,13 @@ async fn the_logs_page_pages_back_to_the_oldest_record() {
     let (_, rest) = newest
         .split_once(r#"<a href="/logs?service=demo&#38;before="#)
         .unwrap_or_else(|| panic!("no link to older records: {newest}"));
-    let before: u64 = rest.split('"').next().unwrap().parse().unwrap();
+    // One position per log instance, in that instance's numbering (URL-encoded: `ID:SEQ`).
+    let before = rest.split('"').next().unwrap();
+    let (instance, seq) = before
+        .rsplit_once("%3A")
+        .unwrap_or_else(|| panic!("{before}"));
+    assert!(instance.starts_with("log-"), "{before}");
+    assert!(seq.parse::<u64>().is_ok_and(|seq| seq > 1), "{before}");
 
     let older = page(format!("/logs?service=demo&before={before}"))
         .await
