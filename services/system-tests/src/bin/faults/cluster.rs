@@ -221,8 +221,9 @@ impl Cluster {
     /// portals Consul lists as passing (through the UI agent), in turn.
     async fn balancer(&self) -> Balancer {
         let mut by_ip = HashMap::new();
+        // A portal has no address of its own: it is in its host's network namespace.
         for (index, url) in self.portal_urls().into_iter().enumerate() {
-            by_ip.insert(self.ip_of(&format!("portal-{}", index + 1)).await, url);
+            by_ip.insert(self.ip_of(&format!("host-{}", index + 1)).await, url);
         }
         let watch = ProviderWatch::spawn(&ConsulSettings::local(self.stack.consul_url()), "portal");
         watch.ready(Duration::from_secs(10)).await;
