@@ -340,8 +340,7 @@ impl ProviderPool {
         let result = request.send().await;
         drop(guard);
         result.map_err(|err| {
-            if err.is_connect()
-                || (idempotent && (is_dropped_connection(&err) || err.is_timeout()))
+            if err.is_connect() || (idempotent && (is_dropped_connection(&err) || err.is_timeout()))
             {
                 warn!(
                     provider = %endpoint.provider.address,

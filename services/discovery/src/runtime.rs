@@ -26,6 +26,12 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Consul's minimum: an instance critical this long is removed from the catalogue.
 const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
+/// How long a deregistered instance keeps serving new requests as before: the time for
+/// every watcher (callers' pools, a load balancer fed by Consul) to hear of the deregistration,
+/// which takes milliseconds, before the listener closes. Without it a caller whose watch had not
+/// moved yet, or whose keep-alive connection raced the close, saw a failed request in every
+/// rolling restart.
+pub const DEREGISTERED_LINGER: Duration = Duration::from_millis(500);
 /// How long in-flight requests get to finish after deregistration.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a stopping service waits for its last log records to reach the log service.
@@ -221,9 +227,11 @@ impl Service {
         shutdown.await;
         info!(
             service = name,
-            "shutting down: deregistering, then draining in-flight requests"
+            "shutting down: deregistering, serving {DEREGISTERED_LINGER:?} more while watchers \
+             move away, then draining in-flight requests"
         );
         keeper.deregister().await;
+        tokio::time::sleep(DEREGISTERED_LINGER).await;
         let _ = drain.send(());
         match tokio::time::timeout(DRAIN_LIMIT, server).await {
             Ok(_) => info!(service = name, "drained; bye"),

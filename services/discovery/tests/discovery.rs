@@ -192,6 +192,38 @@ async fn shutting_down_deregisters_the_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_still_answers_a_new_request_once_watchers_see_it_gone() {
+    let agent = ConsulAgent::start().await;
+    let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading");
+    let instance = Instance::start(&agent, "grading").await;
+    let addr = instance.addr.to_string();
+    eventually("watched", PATIENCE, || async {
+        watched_addresses(&watch).contains(&addr).then_some(())
+    })
+    .await;
+    let mut changes = watch.subscribe();
+    let stopping = tokio::spawn(instance.shut_down());
+    // The moment a watcher hears of the deregistration, a caller that was about to pick this
+    // instance may still send it one request: it must be served, not refused.
+    tokio::time::timeout(
+        PATIENCE,
+        changes.wait_for(|set| !set.providers.iter().any(|p| p.address == addr)),
+    )
+    .await
+    .expect("the watcher sees the instance leave")
+    .expect("the watch runs");
+    // A watcher on another host, through another agent, hears of it a little later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = testkit::http_client()
+        .get(format!("http://{addr}/whoami"))
+        .send()
+        .await
+        .expect("a request sent as the watcher moves away is still served");
+    assert_eq!(response.status(), 200);
+    stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() {
     let agent = ConsulAgent::start().await;
     let instance = Instance::start(&agent, "grading").await;
