@@ -97,7 +97,10 @@ impl Cluster {
         let response = client().get(self.consul(path)).send().await.ok()?;
         let status = response.status().as_u16();
         let text = response.text().await.ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// The compose service of the current Raft leader, as the consul-ui agent's servers say.
@@ -214,7 +217,10 @@ impl Cluster {
     }
 
     fn grading_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.stack.port("GRADEBOOK_GRADING_PORT"))
+        format!(
+            "http://127.0.0.1:{}",
+            self.stack.port("GRADEBOOK_GRADING_PORT")
+        )
     }
 
     /// Picks a portal for each request as a load balancer that follows Consul would: among the
@@ -327,7 +333,10 @@ pub async fn run(chosen: &[u8]) -> Vec<Outcome> {
             _ => database_restarted(&cluster).await,
         };
         outcome.elapsed = started.elapsed();
-        eprintln!("faults: === cluster scenario {number}: {} ===", outcome.verdict());
+        eprintln!(
+            "faults: === cluster scenario {number}: {} ===",
+            outcome.verdict()
+        );
         outcomes.push(outcome);
     }
     outcomes
@@ -348,7 +357,14 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
     ] {
         let port = cluster.stack.port(port_var).to_string();
         let answer = tokio::process::Command::new("dig")
-            .args(["@127.0.0.1", "-p", &port, "+short", "grading.service.consul", "SRV"])
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+short",
+                "grading.service.consul",
+                "SRV",
+            ])
             .output()
             .await
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -364,7 +380,10 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
     let title = format!("shape-{}", fastrand::u32(..));
     let http = client();
     let added = portal_grade(&http, &portals[0], &title, 0, &Acked::default()).await;
-    outcome.check(added.is_ok(), format!("a grade through portal-1: {added:?}"));
+    outcome.check(
+        added.is_ok(),
+        format!("a grade through portal-1: {added:?}"),
+    );
     let page = http
         .get(format!("{}/students/1", portals[1]))
         .send()
@@ -374,7 +393,10 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
         Ok(response) => response.text().await.unwrap_or_default().contains(&title),
         Err(_) => false,
     };
-    outcome.check(seen, "a grade added through portal-1 is not on portal-2's page");
+    outcome.check(
+        seen,
+        "a grade added through portal-1 is not on portal-2's page",
+    );
     outcome.figure("a grade added through portal-1 is on portal-2's page at once");
 }
 
@@ -413,8 +435,14 @@ fn seconds(took: Duration) -> String {
 async fn leader_killed(cluster: &Cluster) -> Outcome {
     let mut outcome = Outcome::new(1, "cluster: Consul leader killed");
     let door = Door::Balanced(cluster.balancer().await);
-    let Some((loads, graded)) =
-        begin(cluster, &mut outcome, "leader", door, Duration::from_secs(15)).await
+    let Some((loads, graded)) = begin(
+        cluster,
+        &mut outcome,
+        "leader",
+        door,
+        Duration::from_secs(15),
+    )
+    .await
     else {
         return outcome;
     };
@@ -427,7 +455,10 @@ async fn leader_killed(cluster: &Cluster) -> Outcome {
         })
         .await;
     match elected {
-        Some(took) => outcome.figure(format!("{old} killed: a new leader after {}", seconds(took))),
+        Some(took) => outcome.figure(format!(
+            "{old} killed: a new leader after {}",
+            seconds(took)
+        )),
         None => outcome.check(
             false,
             format!("no new leader within {} s", NEW_LEADER_WITHIN.as_secs()),
@@ -466,8 +497,14 @@ async fn host_leaves(cluster: &Cluster, outcome: &mut Outcome, ip: &str, what: &
 async fn host_cut_off(cluster: &Cluster) -> Outcome {
     let mut outcome = Outcome::new(2, "cluster: host-2 cut off the network");
     let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
-    let Some((loads, graded)) =
-        begin(cluster, &mut outcome, "cut", portal_1, Duration::from_secs(40)).await
+    let Some((loads, graded)) = begin(
+        cluster,
+        &mut outcome,
+        "cut",
+        portal_1,
+        Duration::from_secs(40),
+    )
+    .await
     else {
         return outcome;
     };
@@ -494,8 +531,14 @@ async fn host_cut_off(cluster: &Cluster) -> Outcome {
 async fn host_stopped(cluster: &Cluster) -> Outcome {
     let mut outcome = Outcome::new(3, "cluster: host-2 stopped whole");
     let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
-    let Some((loads, graded)) =
-        begin(cluster, &mut outcome, "stop", portal_1, Duration::from_secs(30)).await
+    let Some((loads, graded)) = begin(
+        cluster,
+        &mut outcome,
+        "stop",
+        portal_1,
+        Duration::from_secs(30),
+    )
+    .await
     else {
         return outcome;
     };
@@ -538,8 +581,14 @@ async fn host_stopped(cluster: &Cluster) -> Outcome {
 async fn quorum_lost(cluster: &Cluster) -> Outcome {
     let mut outcome = Outcome::new(4, "cluster: quorum lost (2 of 3 servers)");
     let door = Door::Balanced(cluster.balancer().await);
-    let Some((loads, graded)) =
-        begin(cluster, &mut outcome, "quorum", door, Duration::from_secs(30)).await
+    let Some((loads, graded)) = begin(
+        cluster,
+        &mut outcome,
+        "quorum",
+        door,
+        Duration::from_secs(30),
+    )
+    .await
     else {
         return outcome;
     };
@@ -604,8 +653,14 @@ async fn quorum_lost(cluster: &Cluster) -> Outcome {
 async fn rolling_upgrade(cluster: &Cluster) -> Outcome {
     let mut outcome = Outcome::new(5, "cluster: rolling upgrade of every service");
     let door = Door::Balanced(cluster.balancer().await);
-    let Some((loads, graded)) =
-        begin(cluster, &mut outcome, "rolling", door, Duration::from_secs(180)).await
+    let Some((loads, graded)) = begin(
+        cluster,
+        &mut outcome,
+        "rolling",
+        door,
+        Duration::from_secs(180),
+    )
+    .await
     else {
         return outcome;
     };
@@ -616,7 +671,14 @@ async fn rolling_upgrade(cluster: &Cluster) -> Outcome {
             let step = Instant::now();
             cluster
                 .stack
-                .compose(&["up", "-d", "--no-deps", "--no-build", "--force-recreate", container])
+                .compose(&[
+                    "up",
+                    "-d",
+                    "--no-deps",
+                    "--no-build",
+                    "--force-recreate",
+                    container,
+                ])
                 .await;
             if let Err(err) = cluster.whole().await {
                 outcome.check(false, format!("after recreating {container}: {err}"));
@@ -665,16 +727,23 @@ async fn database_restarted(cluster: &Cluster) -> Outcome {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.text().await.unwrap_or_default();
-                let json = serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"].is_string());
+                let json =
+                    serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"].is_string());
                 let leaks = body.contains("postgres") || body.contains("5432");
-                format!("{status}{}{}", if json { " json" } else { "" }, if leaks { " LEAKS" } else { "" })
+                format!(
+                    "{status}{}{}",
+                    if json { " json" } else { "" },
+                    if leaks { " LEAKS" } else { "" }
+                )
             }
             Err(err) => format!("no answer: {err}"),
         };
         *answers.entry(answer).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    outcome.figure(format!("grading's answers while PostgreSQL was down: {answers:?}"));
+    outcome.figure(format!(
+        "grading's answers while PostgreSQL was down: {answers:?}"
+    ));
     outcome.check(
         answers.keys().all(|a| a == "503 json"),
         "while PostgreSQL was down, grading answered other than 503 with a JSON error",
