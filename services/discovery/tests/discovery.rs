@@ -490,20 +490,33 @@ async fn healthy_and_hang_up(
     Instance,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (port, swallowed) = hang_up_server().await;
+    let (pool, healthy) = healthy_and_misbehaving(agent, "hang-up", port).await;
+    (pool, healthy, swallowed)
+}
+
+/// A pool over `grading` listing a healthy instance and the server on `port`, registered as
+/// `id` without a check, so that Consul lists it as passing however it behaves.
+async fn healthy_and_misbehaving(
+    agent: &ConsulAgent,
+    id: &str,
+    port: u16,
+) -> (ProviderPool, Instance) {
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
         discovery::runtime::http_client(),
     );
     let healthy = Instance::start(agent, "grading").await;
-    let (port, swallowed) = hang_up_server().await;
     agent
-        .register(&serde_json::json!({"Name": "grading", "ID": "hang-up", "Address": "127.0.0.1", "Port": port}))
+        .register(
+            &serde_json::json!({"Name": "grading", "ID": id, "Address": "127.0.0.1", "Port": port}),
+        )
         .await;
     eventually("both watched", PATIENCE, || async {
         (pool.watch().current().providers.len() == 2).then_some(())
     })
     .await;
-    (pool, healthy, swallowed)
+    (pool, healthy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,20 +615,8 @@ async fn silent_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_and_a_keyed_post_move_off_an_instance_that_never_answers() {
     let agent = ConsulAgent::start().await;
-    let pool = ProviderPool::new(
-        ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
-        discovery::runtime::http_client(),
-    );
-    let healthy = Instance::start(&agent, "grading").await;
     let (port, received) = silent_server().await;
-    // Registered without a check, so Consul lists it as passing however it behaves.
-    agent
-        .register(&serde_json::json!({"Name": "grading", "ID": "silent", "Address": "127.0.0.1", "Port": port}))
-        .await;
-    eventually("both watched", PATIENCE, || async {
-        (pool.watch().current().providers.len() == 2).then_some(())
-    })
-    .await;
+    let (pool, healthy) = healthy_and_misbehaving(&agent, "silent", port).await;
 
     // Until the silent instance has had a request, every request is a coin toss between the
     // two; each one must end at the healthy instance.

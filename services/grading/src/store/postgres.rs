@@ -19,7 +19,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{NoTls, Row};
 
-use super::{DEMO_GRADES, DEMO_STUDENTS, SCHEMA_VERSION, StoreError};
+use super::{
+    DEMO_GRADES, DEMO_STUDENTS, SCHEMA_VERSION, StoreError, replayed_grade, replayed_student,
+};
 use crate::domain::{
     Grade, GradeId, GradeType, Name, NewGrade, NewStudent, RequestKey, Score, Student, StudentId,
     Title,
@@ -337,12 +339,7 @@ async fn add_student(
             .await?;
         if let Some(row) = tx.query_opt(&statement, &[&key.as_str()]).await? {
             let student = student_in(&tx, StudentId(row.try_get(0)?)).await?;
-            let same = student.first_name == new.first_name && student.last_name == new.last_name;
-            return if same {
-                Ok(student)
-            } else {
-                Err(StoreError::KeyReused)
-            };
+            return replayed_student(student, &new);
         }
     }
     let id = insert_student(&tx, new.first_name.as_str(), new.last_name.as_str()).await?;
@@ -374,15 +371,7 @@ async fn add_grade(
         if let Some(row) = tx.query_opt(&statement, &[&key.as_str()]).await? {
             let owner = StudentId(row.try_get(4)?);
             let grade = grade_from_row(&row, 0)?;
-            let same = owner == student
-                && grade.title == new.title
-                && grade.grade_type == new.grade_type
-                && grade.score == new.score;
-            return if same {
-                Ok(grade)
-            } else {
-                Err(StoreError::KeyReused)
-            };
+            return replayed_grade(owner, grade, student, &new);
         }
     }
     if !student_exists(&tx, student).await? {

@@ -17,7 +17,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tokio::sync::Semaphore;
 
 use super::host_guard::{HostGuard, HostId};
-use super::{DEMO_GRADES, DEMO_STUDENTS, SCHEMA_VERSION, StoreError};
+use super::{
+    DEMO_GRADES, DEMO_STUDENTS, SCHEMA_VERSION, StoreError, replayed_grade, replayed_student,
+};
 use crate::domain::{
     Grade, GradeId, GradeType, Name, NewGrade, NewStudent, RequestKey, Score, Student, StudentId,
     Title,
@@ -168,14 +170,7 @@ impl SqliteStore {
             if let Some(key) = &key
                 && let Some(id) = keyed_student(tx, key)?
             {
-                let student = student_in(tx, id)?;
-                let same =
-                    student.first_name == new.first_name && student.last_name == new.last_name;
-                return if same {
-                    Ok(student)
-                } else {
-                    Err(StoreError::KeyReused)
-                };
+                return replayed_student(student_in(tx, id)?, &new);
             }
             let id = insert_student(tx, new.first_name.as_str(), new.last_name.as_str())?;
             if let Some(key) = &key {
@@ -250,15 +245,7 @@ impl SqliteStore {
             if let Some(key) = &key
                 && let Some((owner, grade)) = keyed_grade(tx, key)?
             {
-                let same = owner == student
-                    && grade.title == new.title
-                    && grade.grade_type == new.grade_type
-                    && grade.score == new.score;
-                return if same {
-                    Ok(grade)
-                } else {
-                    Err(StoreError::KeyReused)
-                };
+                return replayed_grade(owner, grade, student, &new);
             }
             if !student_exists(tx, student)? {
                 return Err(StoreError::NoStudent(student));
