@@ -47,9 +47,12 @@ const HOST_2: [&str; 4] = ["host-2", "log-2", "grading-2", "portal-2"];
 /// How long the cluster may take to be whole: from `up`, or back from a fault.
 const WHOLE: Duration = Duration::from_secs(90);
 
-/// The bounds this runner claims (RELIABILITY.md states them): a new leader after the old one
-/// is killed, and a host's instances out of every healthy set after it is cut off or stopped.
-const NEW_LEADER_WITHIN: Duration = Duration::from_secs(10);
+/// How long the runner waits for a new leader after the old one is killed: a guard against a
+/// cluster that never elects one, not a bound on how fast (3 to 7 s here, printed), since
+/// scripts/test.sh runs this scenario as a pass/fail check.
+const NEW_LEADER_WITHIN: Duration = Duration::from_secs(30);
+/// The bound this runner claims (RELIABILITY.md states it) for a host's instances to be out of
+/// every healthy set after it is cut off or stopped (5 to 7 s here when cut off).
 const HOST_LEAVES_WITHIN: Duration = Duration::from_secs(15);
 /// After PostgreSQL is back, grading answers again within this, without being restarted.
 const DATABASE_RECOVERY_WITHIN: Duration = Duration::from_secs(10);
