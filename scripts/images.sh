@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'TXT'
-Usage: scripts/images.sh [--help]
+Usage: scripts/images.sh [--bases] [--help]
 
 Builds, without pulling anything from an image registry:
   gradebook-base:bookworm  a Debian bookworm base: debootstrap --variant=minbase (with curl) from
@@ -20,6 +20,9 @@ and writes CONSUL_IMAGE=gradebook-consul:VERSION and POSTGRES_IMAGE=gradebook-po
 .env beside the compose files, so that `docker compose up -d --no-build` (or docker-compose, and
 either with -f docker-compose.cluster.yml) runs on these images.
 
+--bases builds only the two debootstrap bases (mostly downloads: scripts/test.sh runs it
+alongside the tests).
+
 Quick when nothing changed: the bases are reused while their package lists are the same, the other two
 are cached layer by layer, and cargo rebuilds only what changed.
 The release binaries must run on bookworm's C library (glibc 2.36): build on bookworm or older.
@@ -30,8 +33,10 @@ Environment:
 TXT
 }
 
+bases_only=false
 case "${1:-}" in
   -h|--help) usage; exit 0 ;;
+  --bases) bases_only=true ;;
   "") ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -93,6 +98,9 @@ mkdir -p "$build_dir"
 debootstrap_image "$base_image" "$base_packages"
 # PostgreSQL for docker-compose.cluster.yml, from Debian's own package.
 debootstrap_image "$postgres_base_image" "postgresql"
+if [ "$bases_only" = true ]; then
+  exit 0
+fi
 
 # --- Consul ----------------------------------------------------------------------------------
 consul_bin=$(scripts/install-consul.sh)

@@ -51,10 +51,19 @@ CONSUL_BIN=$(scripts/install-consul.sh)
 export CONSUL_BIN
 echo "test: using $("$CONSUL_BIN" version | head -n 1) at $CONSUL_BIN"
 
+# The images' Debian bases come from debootstrap: minutes of downloads on a fresh machine, so they
+# are made while the tests run (the rest of scripts/images.sh, a release build, waits for them).
+bases_log=$(mktemp)
+bases_pid=
+if [ $# -eq 0 ] && docker info >/dev/null 2>&1; then
+  scripts/images.sh --bases >"$bases_log" 2>&1 &
+  bases_pid=$!
+fi
+
 # End-to-end tests start binaries of other crates, found next to the test executables.
 cargo build --workspace --bins
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+trap 'rm -f "$results" "$bases_log"' EXIT
 status=0
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee -a "$results" || status=1
@@ -91,7 +100,12 @@ else
     cannot_run "no Docker engine answers (docker info): the compose tests cannot run"
   else
     compose_started=$(date +%s)
-    if scripts/images.sh; then
+    bases_ok=true
+    if [ -n "$bases_pid" ]; then
+      wait "$bases_pid" || bases_ok=false
+      cat "$bases_log"
+    fi
+    if [ "$bases_ok" = true ] && scripts/images.sh; then
       cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
       # The cluster file's smoke (its shape, and the Consul leader killed under load), one check;
       # scripts/cluster-faults.sh runs every cluster scenario.
