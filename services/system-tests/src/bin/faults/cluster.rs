@@ -93,23 +93,23 @@ impl Cluster {
     /// `up` of docker-compose.cluster.yml as project `gradebook-test-NAME` on free ports.
     pub async fn up(name: &str) -> Cluster {
         let stack = Stack::up_file("docker-compose.cluster.yml", name, &PORTS, &[]).await;
-        let network = format!("{}_default", stack.project().replace('-', ""));
-        // docker-compose v1 strips dashes from the project name; v2 keeps them.
-        let network = if docker(&["network", "ls", "-q", "-f", &format!("name=^{network}$")])
-            .await
-            .trim()
-            .is_empty()
-        {
-            format!("{}_default", stack.project())
-        } else {
-            network
-        };
         let mut fixed = HashMap::new();
         for service in FIXED {
             if let Some(id) = stack.containers(service).await.into_iter().next() {
                 fixed.insert(service, id);
             }
         }
+        // The network's name is the compose program's to choose (v1 and v2 differ): ask a host.
+        let host = fixed.get("host-1").expect("host-1 was created");
+        let network = docker(&[
+            "inspect",
+            "-f",
+            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+            host,
+        ])
+        .await
+        .trim()
+        .to_owned();
         Cluster {
             stack,
             network,
