@@ -75,7 +75,12 @@ impl From<StoreError> for ApiError {
             StoreError::Write(io) if io.raw_os_error() == Some(28) => ApiError::DiskFull,
             StoreError::Write(io) => ApiError::Storage(io.kind().to_string()),
             StoreError::Read(_) => ApiError::ReadFailed,
-            other => ApiError::Storage(other.to_string()),
+            // The full error (with the file's path) is in the log line above; a client learns
+            // only that the store is away, never where it lives.
+            StoreError::Closed => ApiError::Storage("the store has shut down".to_owned()),
+            StoreError::Open { .. } | StoreError::Corrupt { .. } | StoreError::Locked { .. } => {
+                ApiError::Storage("the store's file cannot be opened".to_owned())
+            }
         }
     }
 }
@@ -83,5 +88,37 @@ impl From<StoreError> for ApiError {
 impl From<ApiError> for Response {
     fn from(err: ApiError) -> Response {
         json_error(err.status(), &err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn a_store_error_tells_the_client_no_path() {
+        let errors = [
+            StoreError::Open {
+                path: PathBuf::from("/srv/secret-place/records.jsonl"),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            StoreError::Corrupt {
+                path: PathBuf::from("/srv/secret-place/records.jsonl"),
+                line: 7,
+            },
+            StoreError::Locked {
+                path: PathBuf::from("/srv/secret-place/records.jsonl"),
+            },
+            StoreError::Read(std::io::Error::other("/srv/secret-place/records.jsonl")),
+        ];
+        for error in errors {
+            // The answer's body is this text (`From<ApiError> for Response`).
+            let answer = ApiError::from(error);
+            let (status, text) = (answer.status(), answer.to_string());
+            assert!(status.is_server_error(), "{status}");
+            assert!(!text.contains("secret-place"), "{status} {text}");
+        }
     }
 }
