@@ -66,8 +66,10 @@ pub struct ShippingStats {
     pub queued: AtomicU64,
     /// Records the log service acknowledged.
     pub delivered: AtomicU64,
-    /// Records lost because the queue was full.
+    /// Records lost because the queue was full (never queued).
     pub dropped: AtomicU64,
+    /// Queued records the log service refused (a 4xx answer): never stored, never sent again.
+    pub refused: AtomicU64,
 }
 
 struct Shipping {
@@ -169,7 +171,7 @@ pub(crate) fn start_shipping(log_pool: impl FnOnce() -> ProviderPool) -> Option<
     Some(log)
 }
 
-/// Waits until every record queued so far has been delivered or dropped, for at most `limit`,
+/// Waits until every record queued so far has been delivered or refused, for at most `limit`,
 /// and not at all when no log instance is known: the last words of a stopping service
 /// ("deregistered", "drained") are worth a short wait, not a hang.
 pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
@@ -181,7 +183,9 @@ pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
     }
     let target = stats.queued.load(Ordering::Relaxed);
     let _ = tokio::time::timeout(limit, async {
-        while stats.delivered.load(Ordering::Relaxed) + stats.dropped.load(Ordering::Relaxed)
+        // Drops are records that never entered the queue: counting them here would end the
+        // wait while queued records are still on their way.
+        while stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed)
             < target
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -331,7 +335,8 @@ async fn ship(
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
                 tracing::error!(%status, "the log service refused {} records: {body}", batch.len());
-                stats.dropped.fetch_add(
+                // Counted apart from drops, which the next batch reports as a full buffer.
+                stats.refused.fetch_add(
                     batch.len() as u64 - u64::from(report_drops),
                     Ordering::Relaxed,
                 );
@@ -373,6 +378,84 @@ mod tests {
         visitor.message.push_str("registered with Consul");
         visitor.fields.push_str(" port=6000");
         assert_eq!(visitor.finish(), "registered with Consul port=6000");
+    }
+
+    /// A log instance that refuses any batch holding a message "refuse me" (422) and stores the
+    /// others' messages, registered in `agent` without a check.
+    async fn picky_log(agent: &testkit::ConsulAgent) -> Arc<Mutex<Vec<String>>> {
+        use warp::Filter;
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let kept = stored.clone();
+        let route = warp::post()
+            .and(warp::path("log"))
+            .and(warp::body::json())
+            .map(move |batch: serde_json::Value| {
+                let messages: Vec<String> = batch["records"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                if messages.iter().any(|m| m == "refuse me") {
+                    return warp::http::StatusCode::UNPROCESSABLE_ENTITY;
+                }
+                kept.lock().unwrap().extend(messages);
+                warp::http::StatusCode::CREATED
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        agent
+            .register(&serde_json::json!({"Name": "log", "ID": "picky", "Address": "127.0.0.1", "Port": port}))
+            .await;
+        stored
+    }
+
+    fn record(message: &str) -> ShippedRecord {
+        ShippedRecord {
+            time: "2026-11-30T00:00:00.000Z".into(),
+            service: "grading",
+            level: "info",
+            message: message.into(),
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(15), "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_is_counted_as_refused_not_as_a_full_buffer() {
+        let agent = testkit::ConsulAgent::start().await;
+        let stored = picky_log(&agent).await;
+        let pool = ProviderPool::new(
+            crate::watch::ProviderWatch::spawn(
+                &crate::ConsulSettings::local(agent.http_addr()),
+                "log",
+            ),
+            crate::runtime::http_client(),
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        let stats = Arc::new(ShippingStats::default());
+        tokio::spawn(ship(receiver, pool, "grading", stats.clone()));
+
+        sender.send(record("refuse me")).await.unwrap();
+        until("the batch is refused", || {
+            stats.refused.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        sender.send(record("keep me")).await.unwrap();
+        until("the record is delivered", || {
+            stats.delivered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        // No "records were dropped: the shipping buffer was full" report came with it.
+        assert_eq!(*stored.lock().unwrap(), ["keep me"]);
     }
 
     #[test]
