@@ -56,6 +56,14 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Where the README's pictures come from: `$GRADEBOOK_SCREENSHOTS`, else target/screenshots.
+pub fn screenshot_path(name: &str) -> PathBuf {
+    std::env::var_os("GRADEBOOK_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/screenshots"))
+        .join(name)
+}
+
 /// Fails the test unless a Docker engine answers: these tests never skip silently.
 pub fn require_engine() {
     let info = std::process::Command::new("docker")

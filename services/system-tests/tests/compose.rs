@@ -6,12 +6,11 @@
 //! under CI=true when it does not. One stack at a time (`--test-threads=1`): each is four
 //! containers on a 2-core machine.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use system_tests::compose::{STARTUP, Stack, docker, repo_root};
+use system_tests::compose::{STARTUP, Stack, docker, screenshot_path};
 use system_tests::{PATIENCE, client};
 use testkit::{Browser, eventually};
 
@@ -29,14 +28,6 @@ async fn all_passing(stack: &Stack, gradings: usize) -> Vec<String> {
         (log.len() == 1 && portal.len() == 1 && grading.len() == gradings).then_some(grading)
     })
     .await
-}
-
-/// Where the README's pictures come from: `$GRADEBOOK_SCREENSHOTS`, else target/screenshots.
-fn screenshot_path(name: &str) -> PathBuf {
-    std::env::var_os("GRADEBOOK_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/screenshots"))
-        .join(name)
 }
 
 /// The status and body of a GET.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use discovery::{ConsulSettings, ProviderWatch};
 use serde_json::Value;
 use system_tests::client;
-use system_tests::compose::{Stack, docker};
+use system_tests::compose::{Stack, docker, screenshot_path};
+use testkit::Browser;
 
 use crate::common::{Acked, portal_grade, portal_page, report_grades, report_user_loads};
 use crate::load::{Load, stop_all};
@@ -446,6 +447,48 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
         );
         outcome.figure(format!("{agent}'s DNS: {records} grading SRV records"));
     }
+    // The Consul UI, as an operator opens it from the machine: every server and host alive.
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/ui/dc1/nodes", cluster.stack.consul_url()))
+        .await;
+    let nodes = [
+        SERVERS.as_slice(),
+        &["consul-ui", "host-1", "host-2", "host-3"],
+    ]
+    .concat();
+    // Consul 1.8's UI: a card a node, a link whose text starts with the node's name, under
+    // "Healthy Nodes" (and "Unhealthy Nodes" when any is not).
+    let names_of = |cards: &[String]| -> Vec<String> {
+        cards
+            .iter()
+            .filter_map(|card| card.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let mut listed = Vec::new();
+    let mut all_listed = false;
+    for _ in 0..100 {
+        listed = names_of(&browser.texts("a[href*='/nodes/']").await);
+        let page = browser.page_source().await;
+        all_listed = nodes.iter().all(|n| listed.iter().any(|l| l == n))
+            && page.contains("Healthy Nodes")
+            && !page.contains("Unhealthy Nodes");
+        if all_listed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outcome.check(
+        all_listed,
+        format!("the Consul UI's nodes page lists {listed:?}, not all of {nodes:?} as healthy"),
+    );
+    if all_listed {
+        outcome.figure("the Consul UI lists the 3 servers and 4 agents as healthy");
+    }
+    browser
+        .screenshot(&screenshot_path("cluster-consul-nodes.png"))
+        .await;
+
     let portals = cluster.portal_urls();
     let title = format!("shape-{}", fastrand::u32(..));
     let http = client();
