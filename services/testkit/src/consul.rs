@@ -1,6 +1,8 @@
 //! A real `consul agent -dev` per test, on its own free ports, optionally with ACLs enforced.
 
-use crate::{POLL, free_ports, http_client, kill_and_reap, log_file, log_tail};
+use crate::{
+    POLL, exited_while_starting, free_ports, http_client, kill_and_reap, log_file, log_tail,
+};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -289,16 +291,8 @@ impl ConsulAgent {
 
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!(
-                    "it exited ({status}) while starting\n{}",
-                    log_tail(&self.log)
-                ));
+            if let Some(why) = exited_while_starting(&mut self.child, &self.log) {
+                return Err(why);
             }
             if self.is_ready().await {
                 let ms = start.elapsed().as_millis();

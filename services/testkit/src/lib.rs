@@ -165,6 +165,17 @@ fn log_tail(path: &Path) -> String {
     )
 }
 
+/// If the server started in `child` has already exited, why (with its log's last lines); the
+/// child is then forgotten. For the start-up loops of the servers the tests run.
+fn exited_while_starting(child: &mut Option<Child>, log: &Path) -> Option<String> {
+    let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+    *child = None;
+    Some(format!(
+        "it exited ({status}) while starting\n{}",
+        log_tail(log)
+    ))
+}
+
 /// Kills a child (SIGKILL) and reaps it without blocking the runtime.
 async fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();

@@ -1,6 +1,6 @@
 //! A real PostgreSQL server per test, on a free port with its own data directory.
 
-use crate::{POLL, free_port, log_file, log_tail, read_log};
+use crate::{POLL, exited_while_starting, free_port, log_file, log_tail, read_log};
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -265,16 +265,8 @@ impl Postgres {
 
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(format!(
-                    "it exited ({status}) while starting\n{}",
-                    log_tail(&self.log)
-                ));
+            if let Some(why) = exited_while_starting(&mut self.child, &self.log) {
+                return Err(why);
             }
             if read_log(&self.log).contains(READY) {
                 let ms = start.elapsed().as_millis();
