@@ -358,9 +358,9 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 mod tests {
     use super::*;
 
-    /// Rows of a query, through psql, as a user of the server would check.
-    fn psql(server: &Postgres, sql: &str) -> String {
-        let output = server
+    /// psql's run of a query on the test database, as a user of the server would make it.
+    fn run_psql(server: &Postgres, sql: &str) -> std::process::Output {
+        server
             .command("psql")
             .args([
                 "-h",
@@ -372,7 +372,12 @@ mod tests {
             ])
             .args(["-d", DATABASE, "-At", "-c", sql])
             .output()
-            .expect("psql runs");
+            .expect("psql runs")
+    }
+
+    /// Rows of a query, through psql, as a user of the server would check.
+    fn psql(server: &Postgres, sql: &str) -> String {
+        let output = run_psql(server, sql);
         assert!(
             output.status.success(),
             "psql {sql}: {}",
@@ -397,20 +402,7 @@ mod tests {
         );
 
         server.stop().await;
-        let refused = server
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &server.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-c",
-                "SELECT 1",
-            ])
-            .output()
-            .unwrap();
+        let refused = run_psql(&server, "SELECT 1");
         assert!(!refused.status.success(), "a stopped server answered");
         server.start_again().await;
         assert_eq!(psql(&server, "SELECT n FROM kept"), "42");
