@@ -397,8 +397,8 @@ pub async fn run(chosen: &[u8]) -> Vec<Outcome> {
         let started = Instant::now();
         let mut outcome = match number {
             1 => leader_killed(&cluster).await,
-            2 => host_cut_off(&cluster).await,
-            3 => host_stopped(&cluster).await,
+            2 => host_away(&cluster, HostFault::CutOff).await,
+            3 => host_away(&cluster, HostFault::Stopped).await,
             4 => quorum_lost(&cluster).await,
             5 => rolling_upgrade(&cluster).await,
             _ => database_restarted(&cluster).await,
@@ -628,83 +628,98 @@ async fn host_leaves(cluster: &Cluster, outcome: &mut Outcome, ip: &str, what: &
     }
 }
 
-async fn host_cut_off(cluster: &Cluster) -> Outcome {
-    let mut outcome = Outcome::new(2, "cluster: host-2 cut off the network");
-    let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
-    let Some((loads, graded)) = begin(
-        cluster,
-        &mut outcome,
-        "cut",
-        portal_1,
-        Duration::from_secs(40),
-    )
-    .await
-    else {
-        return outcome;
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let ip = cluster.ip_of("host-2").await;
-    let host = cluster.container("host-2").await;
-    docker(&["network", "disconnect", &cluster.network, &host]).await;
-    host_leaves(cluster, &mut outcome, &ip, "cut off").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    // Back at the same address: the one its services advertised.
-    let reconnected = Instant::now();
-    docker(&["network", "connect", "--ip", &ip, &cluster.network, &host]).await;
-    match cluster.whole().await {
-        Ok(_) => outcome.figure(format!(
-            "connected again: every instance of host-2 passing after {}",
-            seconds(reconnected.elapsed())
-        )),
-        Err(err) => outcome.check(false, err),
-    }
-    end(cluster, &mut outcome, loads, &graded).await;
-    outcome
+/// How host-2 is taken away in scenarios 2 and 3.
+#[derive(Clone, Copy)]
+enum HostFault {
+    /// `docker network disconnect` of its agent, whose network namespace its services share.
+    CutOff,
+    /// One `docker stop` of its agent and its services, as a machine that shuts down.
+    Stopped,
 }
 
-async fn host_stopped(cluster: &Cluster) -> Outcome {
-    let mut outcome = Outcome::new(3, "cluster: host-2 stopped whole");
+impl HostFault {
+    /// What happened to the host, and how it is back, as the figures say it.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            HostFault::CutOff => ("cut off", "connected again"),
+            HostFault::Stopped => ("stopped", "started again"),
+        }
+    }
+
+    /// Takes host-2 away; returns once its instances are out of every healthy set (or the
+    /// bound has passed), which `outcome` records.
+    async fn take_away(self, cluster: &Cluster, outcome: &mut Outcome, ip: &str) {
+        let what = self.words().0;
+        match self {
+            HostFault::CutOff => {
+                let host = cluster.container("host-2").await;
+                docker(&["network", "disconnect", &cluster.network, &host]).await;
+                host_leaves(cluster, outcome, ip, what).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            HostFault::Stopped => {
+                // They get SIGTERM together, as the processes of a machine that shuts down do.
+                let mut ids = Vec::new();
+                for service in HOST_2 {
+                    ids.push(cluster.container(service).await);
+                }
+                let stop = tokio::spawn(async move {
+                    let mut args = vec!["stop", "-t", "30"];
+                    args.extend(ids.iter().map(String::as_str));
+                    docker(&args).await;
+                });
+                host_leaves(cluster, outcome, ip, what).await;
+                let _ = stop.await;
+            }
+        }
+    }
+
+    /// Brings host-2 back as it was.
+    async fn bring_back(self, cluster: &Cluster, ip: &str) {
+        match self {
+            HostFault::CutOff => {
+                // Back at the same address: the one its services advertised.
+                let host = cluster.container("host-2").await;
+                docker(&["network", "connect", "--ip", ip, &cluster.network, &host]).await;
+            }
+            HostFault::Stopped => {
+                // The agent first: the services join its network namespace.
+                for service in HOST_2 {
+                    docker(&["start", &cluster.container(service).await]).await;
+                }
+            }
+        }
+    }
+}
+
+/// Scenarios 2 and 3: host-2 taken away under load through host-1's portal, then back.
+async fn host_away(cluster: &Cluster, fault: HostFault) -> Outcome {
+    let (mut outcome, prefix, time) = match fault {
+        HostFault::CutOff => (
+            Outcome::new(2, "cluster: host-2 cut off the network"),
+            "cut",
+            Duration::from_secs(40),
+        ),
+        HostFault::Stopped => (
+            Outcome::new(3, "cluster: host-2 stopped whole"),
+            "stop",
+            Duration::from_secs(30),
+        ),
+    };
     let portal_1 = Door::Portal(cluster.portal_urls()[0].clone());
-    let Some((loads, graded)) = begin(
-        cluster,
-        &mut outcome,
-        "stop",
-        portal_1,
-        Duration::from_secs(30),
-    )
-    .await
-    else {
+    let Some((loads, graded)) = begin(cluster, &mut outcome, prefix, portal_1, time).await else {
         return outcome;
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ip = cluster.ip_of("host-2").await;
-    let mut ids = Vec::new();
-    for service in HOST_2 {
-        ids.push(cluster.container(service).await);
-    }
-    // One `docker stop` of every container of the host: they get SIGTERM together, as the
-    // processes of a machine that shuts down do.
-    let stop = tokio::spawn({
-        let ids = ids.clone();
-        async move {
-            let mut args = vec!["stop".to_owned(), "-t".to_owned(), "30".to_owned()];
-            args.extend(ids);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            docker(&args).await;
-        }
-    });
-    host_leaves(cluster, &mut outcome, &ip, "stopped").await;
-    let _ = stop.await;
-    let started = Instant::now();
-    // The agent first: the services join its network namespace.
-    docker(&["start", &ids[0]]).await;
-    let mut rest = vec!["start"];
-    rest.extend(ids[1..].iter().map(String::as_str));
-    docker(&rest).await;
+    fault.take_away(cluster, &mut outcome, &ip).await;
+    let back = Instant::now();
+    fault.bring_back(cluster, &ip).await;
     match cluster.whole().await {
         Ok(_) => outcome.figure(format!(
-            "started again: every instance of host-2 passing after {}",
-            seconds(started.elapsed())
+            "{}: every instance of host-2 passing after {}",
+            fault.words().1,
+            seconds(back.elapsed())
         )),
         Err(err) => outcome.check(false, err),
     }
