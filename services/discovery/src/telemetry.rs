@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Instrument, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
@@ -162,12 +162,15 @@ pub(crate) fn start_shipping(log_pool: impl FnOnce() -> ProviderPool) -> Option<
     let shipping = SHIPPING.get()?;
     let receiver = shipping.receiver.lock().expect("not poisoned").take()?;
     let log = log_pool();
-    tokio::spawn(ship(
-        receiver,
-        log.clone(),
-        shipping.service,
-        shipping.stats.clone(),
-    ));
+    tokio::spawn(
+        ship(
+            receiver,
+            log.clone(),
+            shipping.service,
+            shipping.stats.clone(),
+        )
+        .instrument(shipper_span()),
+    );
     Some(log)
 }
 
@@ -194,6 +197,16 @@ pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
     .await;
 }
 
+/// The span the shipper task runs in. Whatever happens inside it (the pool's and the HTTP
+/// client's events about each shipment) is caused by shipping, and shipping it would cause
+/// another shipment: at debug level an idle instance shipped about 1,500 such records a second.
+/// ERROR, so that every level filter lets the layer see it.
+fn shipper_span() -> tracing::Span {
+    tracing::error_span!(target: SHIPPER_TARGET, SHIPPER_SPAN)
+}
+const SHIPPER_TARGET: &str = module_path!();
+const SHIPPER_SPAN: &str = "shipping";
+
 /// The subscriber layer: formats each event into a record and queues it without waiting.
 struct ShippingLayer {
     service: &'static str,
@@ -201,10 +214,21 @@ struct ShippingLayer {
     stats: Arc<ShippingStats>,
 }
 
-impl<S: Subscriber> Layer<S> for ShippingLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+impl<S> Layer<S> for ShippingLayer
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         // The shipper's own reports about the log service must not feed back into it.
         if event.metadata().target().starts_with(module_path!()) {
+            return;
+        }
+        let caused_by_shipping = ctx.event_scope(event).is_some_and(|mut scope| {
+            scope.any(|span| {
+                span.name() == SHIPPER_SPAN && span.metadata().target() == SHIPPER_TARGET
+            })
+        });
+        if caused_by_shipping {
             return;
         }
         let mut message = MessageVisitor::default();
@@ -493,6 +517,30 @@ mod tests {
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             tracing::warn!("could not ship 3 log records, will retry");
         });
+        assert!(receiver.try_recv().is_err());
+    }
+
+    #[test]
+    fn what_happens_while_shipping_is_not_shipped_at_any_level() {
+        let (sender, mut receiver) = mpsc::channel(8);
+        let stats = Arc::new(ShippingStats::default());
+        let layer = ShippingLayer {
+            service: "grading",
+            sender,
+            stats,
+        };
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            shipper_span().in_scope(|| {
+                let inner = tracing::trace_span!(target: "reqwest::connect", "connect");
+                inner.in_scope(|| {
+                    tracing::debug!(target: "hyper_util::client::legacy::pool", "reuse idle connection");
+                    tracing::error!(target: "discovery::pool", "ejected an instance");
+                });
+            });
+            tracing::debug!(target: "hyper_util::client::legacy::pool", "a request of the app's own");
+        });
+        let shipped = receiver.try_recv().unwrap();
+        assert_eq!(shipped.message, "a request of the app's own");
         assert!(receiver.try_recv().is_err());
     }
 

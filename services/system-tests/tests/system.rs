@@ -168,6 +168,82 @@ async fn records_reach_the_log_service_including_those_made_while_it_was_down() 
     .await;
 }
 
+/// The number of the newest record a log instance holds (0 when it holds none).
+async fn newest_record(log: &testkit::ServiceProcess) -> u64 {
+    let records: Vec<serde_json::Value> = client()
+        .get(format!("{}/log?limit=1", log.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    records.first().map_or(0, |r| r["seq"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_shipping_at_debug_level_ships_only_its_own_events() {
+    let gradebook = Gradebook::new().await;
+    let log = gradebook.start_log("log", free_port()).await;
+    let dir = gradebook.data_dir("grading").display().to_string();
+    let _grading = gradebook
+        .start_with(
+            "grading-service",
+            free_port(),
+            &["--data-dir".to_owned(), dir],
+            &[("GRADEBOOK_SHIP_LEVEL", "debug".to_owned())],
+        )
+        .await;
+    let url = format!("{}/log?service=grading&limit=1000", log.base_url());
+    eventually(
+        "grading's start-up records in the log",
+        PATIENCE,
+        || async {
+            let records: Vec<serde_json::Value> =
+                client().get(&url).send().await.ok()?.json().await.ok()?;
+            records
+                .iter()
+                .any(|r| {
+                    r["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("registered with Consul"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Idle, grading still does things worth a debug record: the agent's health check each
+    // second is one request. Each shipment's own events (the HTTP client's "reuse idle
+    // connection", ...) would be thousands a second, each shipped in the next shipment.
+    let before = newest_record(&log).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let shipped = newest_record(&log).await - before;
+    assert!(
+        shipped <= 30,
+        "an idle grading shipped {shipped} records in 3 s"
+    );
+    let records: Vec<serde_json::Value> = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The watch reports the log instance it found; connections to it are the shipments'.
+    let log_addr = log.addr().to_string();
+    let about_shipping: Vec<_> = records
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .filter(|m| m.contains(&log_addr) && m.contains("connection"))
+        .collect();
+    assert!(
+        about_shipping.is_empty(),
+        "records about shipments were shipped: {about_shipping:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_student_named_with_html_is_shown_escaped() {
     let gradebook = Gradebook::new().await;
