@@ -28,6 +28,15 @@ impl Gradebook {
         }
     }
 
+    /// Like `new`, on an agent that enforces ACLs with `default_policy` `deny` and `master_token`
+    /// (see `ConsulAgent::start_with_acl`); services then need their own tokens.
+    pub async fn with_acl(master_token: &str) -> Gradebook {
+        Gradebook {
+            consul: ConsulAgent::start_with_acl(master_token).await,
+            data: tempfile::tempdir().expect("a temporary data directory"),
+        }
+    }
+
     /// A data directory for one instance, kept across its restarts.
     pub fn data_dir(&self, instance: &str) -> PathBuf {
         self.data.path().join(instance)
