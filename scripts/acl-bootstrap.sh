@@ -10,8 +10,8 @@ Usage: scripts/acl-bootstrap.sh --token-dir DIR [--dns-anonymous]
 On the Consul agent at CONSUL_HTTP_ADDR (default http://127.0.0.1:8500), which must
 run with ACLs enabled (see consul/acl/agent-acl.hcl):
   1. takes the management token from CONSUL_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN,
-     else from DIR/management.token, else runs `consul acl bootstrap` and keeps
-     the token it gets in DIR/management.token;
+     else from DIR/management.token if the agent still knows it, else runs
+     `consul acl bootstrap` and keeps the token it gets in DIR/management.token;
   2. creates (or updates) the policies gradebook-log, gradebook-grading and
      gradebook-portal from consul/acl/<service>.hcl;
   3. creates one token per service with its policy only, and writes its secret
@@ -72,12 +72,15 @@ field() { awk -v name="$1:" '$1 == name { print $2; exit }'; }
 
 # 1. The management token. The consul CLI reads it from CONSUL_HTTP_TOKEN_FILE (or the
 # CONSUL_HTTP_TOKEN it was given), never from its arguments, where `ps` would show it.
+can_manage() { "$consul" acl policy list >/dev/null 2>&1; }
 if [ -n "${CONSUL_HTTP_TOKEN_FILE:-}" ] || [ -n "${CONSUL_HTTP_TOKEN:-}" ]; then
   echo "management token: the one given in CONSUL_HTTP_TOKEN${CONSUL_HTTP_TOKEN_FILE:+_FILE}"
-elif [ -s "$token_dir/management.token" ]; then
+elif [ -s "$token_dir/management.token" ] \
+    && CONSUL_HTTP_TOKEN_FILE="$token_dir/management.token" can_manage; then
   export CONSUL_HTTP_TOKEN_FILE="$token_dir/management.token"
   echo "management token: $CONSUL_HTTP_TOKEN_FILE (bootstrapped by an earlier run)"
 else
+  # No token, or one the agent no longer knows (a dev agent forgets everything when restarted).
   if ! bootstrap=$("$consul" acl bootstrap 2>&1); then
     die "consul acl bootstrap failed on $CONSUL_HTTP_ADDR: $bootstrap
 (already bootstrapped? give the management token in CONSUL_HTTP_TOKEN_FILE)"
