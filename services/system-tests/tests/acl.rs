@@ -22,12 +22,26 @@ async fn bootstrap(gradebook: &Gradebook, token_dir: &Path, extra: &[&str]) -> O
     let secrets = tempfile::tempdir().unwrap();
     let management = secrets.path().join("management.token");
     std::fs::write(&management, format!("{MASTER}\n")).unwrap();
+    run_script(gradebook, token_dir, Some(&management), extra).await
+}
+
+/// Runs scripts/acl-bootstrap.sh with the management token in `management`, or none at all
+/// (whatever the test runner's environment holds); it must succeed.
+async fn run_script(
+    gradebook: &Gradebook,
+    token_dir: &Path,
+    management: Option<&Path>,
+    extra: &[&str],
+) -> Output {
     let output = tokio::process::Command::new(repo_root().join("scripts/acl-bootstrap.sh"))
         .arg("--token-dir")
         .arg(token_dir)
         .args(extra)
         .env("CONSUL_HTTP_ADDR", gradebook.consul.http_addr())
-        .env("CONSUL_HTTP_TOKEN_FILE", &management)
+        .env(
+            "CONSUL_HTTP_TOKEN_FILE",
+            management.unwrap_or(Path::new("")),
+        )
         .env("CONSUL_HTTP_TOKEN", "")
         .env("CONSUL_BIN", testkit::consul_binary())
         .output()
@@ -268,4 +282,46 @@ async fn dns_finds_the_services_only_once_the_anonymous_token_may_read_them() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+}
+
+/// Given no management token, the script bootstraps the agent's ACLs and keeps the management
+/// token in a 0600 file; run again it uses that token, and after the (dev) agent forgot
+/// everything it bootstraps again and replaces the tokens the agent no longer knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_bootstraps_an_agent_and_reuses_the_management_token_it_kept() {
+    let mut gradebook = Gradebook::with_acl_to_bootstrap().await;
+    let tokens = tempfile::tempdir().unwrap();
+    let management_file = tokens.path().join("management.token");
+
+    let first = text(&run_script(&gradebook, tokens.path(), None, &[]).await);
+    assert!(first.contains("bootstrapped ACLs on"), "{first}");
+    let management = token(tokens.path(), "management");
+    assert!(!first.contains(&management), "{first}");
+    let mode = std::fs::metadata(&management_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    gradebook.consul.use_token(&management);
+    let log = start(&gradebook, "log-service", "log", tokens.path()).await;
+    eventually("log passing", PATIENCE, || async {
+        let passing = gradebook.consul.passing_instances("log").await;
+        (passing.len() == 1).then_some(())
+    })
+    .await;
+
+    let second = text(&run_script(&gradebook, tokens.path(), None, &[]).await);
+    assert!(
+        second.contains("management token: ") && second.contains("bootstrapped by an earlier run"),
+        "{second}"
+    );
+    assert!(second.contains("token for log: kept"), "{second}");
+    assert_eq!(token(tokens.path(), "management"), management);
+    drop(log);
+
+    gradebook.consul.start_again().await;
+    let third = text(&run_script(&gradebook, tokens.path(), None, &[]).await);
+    assert!(third.contains("bootstrapped ACLs on"), "{third}");
+    assert!(third.contains("token for log: created"), "{third}");
+    assert_ne!(token(tokens.path(), "management"), management);
 }
