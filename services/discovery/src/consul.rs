@@ -3,6 +3,17 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+
+/// The id clap gives [`ConsulArgs::token`] (its field name), to ask where its value came from.
+const TOKEN_ARG: &str = "token";
+
+/// The start-up warning for a token on the command line. It names the flag, never the token.
+pub const TOKEN_FLAG_WARNING: &str = "the Consul ACL token was given with --consul-http-token: \
+     every user of this host can read it in `ps`; give it in a file only this user can read \
+     (CONSUL_HTTP_TOKEN_FILE) or in CONSUL_HTTP_TOKEN instead";
+
 /// Command-line flags (each with Consul's own environment variable) that locate the agent.
 #[derive(Clone, clap::Args)]
 pub struct ConsulArgs {
@@ -14,7 +25,8 @@ pub struct ConsulArgs {
     )]
     pub http_addr: String,
 
-    /// ACL token sent to Consul as X-Consul-Token. Never logged.
+    /// ACL token sent to Consul as X-Consul-Token. Never logged. As a flag `ps` shows it to
+    /// every local user: prefer the variable or a token file.
     #[arg(
         long = "consul-http-token",
         env = "CONSUL_HTTP_TOKEN",
@@ -35,6 +47,25 @@ impl fmt::Debug for ConsulArgs {
             .field("token_file", &self.token_file)
             .finish()
     }
+}
+
+/// Reads a service's settings from its command line and environment as `C::parse()` does (exiting
+/// with clap's message on bad input), and warns when the Consul token came from the command line,
+/// where any local user sees it. Call it after the telemetry is installed, so the warning shows.
+pub fn parse_settings<C: clap::Parser>() -> C {
+    let mut matches = C::command().get_matches();
+    if token_on_command_line(&matches) {
+        tracing::warn!("{TOKEN_FLAG_WARNING}");
+    }
+    C::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut C::command()).exit())
+}
+
+/// Whether a non-empty `--consul-http-token` was given as a flag rather than by its variable.
+fn token_on_command_line(matches: &ArgMatches) -> bool {
+    matches.value_source(TOKEN_ARG) == Some(ValueSource::CommandLine)
+        && matches
+            .get_one::<String>(TOKEN_ARG)
+            .is_some_and(|token| !token.trim().is_empty())
 }
 
 /// A Consul ACL token. Its `Debug` and `Display` never show the secret.
@@ -135,6 +166,7 @@ impl ConsulSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn args(addr: &str) -> ConsulArgs {
         ConsulArgs {
@@ -179,6 +211,42 @@ mod tests {
         );
         a.token = Some("t0ken".into());
         assert!(!format!("{a:?}").contains("t0ken"));
+    }
+
+    /// A service's settings as the mains parse them: `ConsulArgs` flattened into its own.
+    #[derive(clap::Parser)]
+    struct ServiceSettings {
+        #[command(flatten)]
+        consul: ConsulArgs,
+    }
+
+    fn matches(argv: &[&str]) -> ArgMatches {
+        ServiceSettings::command()
+            .try_get_matches_from(argv)
+            .expect("valid arguments")
+    }
+
+    #[test]
+    fn a_token_is_on_the_command_line_only_when_given_as_a_non_empty_flag() {
+        assert!(token_on_command_line(&matches(&[
+            "svc",
+            "--consul-http-token",
+            "t0ken"
+        ])));
+        assert!(token_on_command_line(&matches(&[
+            "svc",
+            "--consul-http-token=t0ken"
+        ])));
+        assert!(!token_on_command_line(&matches(&[
+            "svc",
+            "--consul-http-token="
+        ])));
+        assert!(!token_on_command_line(&matches(&[
+            "svc",
+            "--consul-http-token-file",
+            "/run/secrets/token"
+        ])));
+        assert!(!TOKEN_FLAG_WARNING.contains("t0ken"));
     }
 
     #[test]

@@ -2,14 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use grading_service::App;
 use grading_service::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     discovery::telemetry::init_with_shipping(grading_service::SERVICE_NAME);
-    let config = Config::parse();
+    let config: Config = discovery::consul::parse_settings();
     let shutdown = discovery::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {

@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use log_service::App;
 use log_service::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     discovery::telemetry::init();
-    let config = Config::parse();
+    let config: Config = discovery::consul::parse_settings();
     let shutdown = discovery::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {

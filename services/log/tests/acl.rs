@@ -18,13 +18,21 @@ const UNKNOWN_TOKEN: &str = "0c7f3e2a-9d41-4b6e-8f05-7a1d2c3b4e5f";
 /// about its requests is printed and checked for the token.
 const LOG_LEVEL: &str = "trace";
 
+/// The way a token is given.
+enum TokenFrom<'a> {
+    /// Environment variables (`CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`), or none if empty.
+    Env(&'a [(&'a str, String)]),
+    /// `--consul-http-token TOKEN` on the command line.
+    Flag(&'a str),
+}
+
 /// Starts the log service on a free port with `CONSUL_HTTP_ADDR` pointing at `agent` and the
-/// token settings in `envs`. `CONSUL_HTTP_TOKEN` defaults to empty (no token, whatever the test
-/// runner's environment holds) unless `envs` sets it.
+/// token given as `token` says. `CONSUL_HTTP_TOKEN` defaults to empty (no token, whatever the
+/// test runner's environment holds) unless set there.
 async fn start_log_service(
     agent: &ConsulAgent,
     data_dir: &Path,
-    envs: &[(&str, String)],
+    token: TokenFrom<'_>,
 ) -> ServiceProcess {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut all = vec![
@@ -32,16 +40,20 @@ async fn start_log_service(
         ("RUST_LOG", LOG_LEVEL.to_owned()),
         ("CONSUL_HTTP_TOKEN", String::new()),
     ];
-    all.extend(envs.iter().cloned());
+    let mut args = vec![
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
+    match token {
+        TokenFrom::Env(envs) => all.extend(envs.iter().cloned()),
+        TokenFrom::Flag(token) => args.extend(["--consul-http-token".to_owned(), token.into()]),
+    }
     ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_log-service").as_ref(),
         addr,
-        &[
-            "--listen".into(),
-            addr.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ],
+        &args,
         &all,
     )
     .await
@@ -61,12 +73,12 @@ fn assert_no_token(service: &ServiceProcess) {
     }
 }
 
-/// With the token given by `envs`, the instance shows as passing, and SIGTERM deregisters it and
-/// exits 0; the token appears nowhere in the output.
-async fn registers_and_deregisters_with(envs: &[(&str, String)]) {
+/// With the token given as `token` says, the instance shows as passing, and SIGTERM deregisters
+/// it and exits 0; the token appears nowhere in the output. Returns the output.
+async fn registers_and_deregisters_with(token: TokenFrom<'_>) -> String {
     let agent = ConsulAgent::start_with_acl(TOKEN).await;
     let data = tempfile::tempdir().unwrap();
-    let mut service = start_log_service(&agent, data.path(), envs).await;
+    let mut service = start_log_service(&agent, data.path(), token).await;
     let id = instance_id(&service);
 
     let instance = eventually("listed as passing", PATIENCE, || async {
@@ -90,11 +102,17 @@ async fn registers_and_deregisters_with(envs: &[(&str, String)]) {
     assert!(output.contains("deregistered from Consul"), "{output}");
     assert!(!output.contains("Consul refused"), "{output}");
     assert_no_token(&service);
+    output
 }
+
+/// What the service says at start when its token is on its command line.
+const VISIBLE_IN_PS: &str = "every user of this host can read it in `ps`";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_token_in_consul_http_token_it_registers_and_sigterm_deregisters() {
-    registers_and_deregisters_with(&[("CONSUL_HTTP_TOKEN", TOKEN.to_owned())]).await;
+    let envs = [("CONSUL_HTTP_TOKEN", TOKEN.to_owned())];
+    let output = registers_and_deregisters_with(TokenFrom::Env(&envs)).await;
+    assert!(!output.contains(VISIBLE_IN_PS), "{output}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +120,24 @@ async fn with_the_token_in_a_file_it_registers_and_sigterm_deregisters() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("consul-token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
-    registers_and_deregisters_with(&[("CONSUL_HTTP_TOKEN_FILE", file.display().to_string())]).await;
+    let envs = [("CONSUL_HTTP_TOKEN_FILE", file.display().to_string())];
+    let output = registers_and_deregisters_with(TokenFrom::Env(&envs)).await;
+    assert!(!output.contains(VISIBLE_IN_PS), "{output}");
+}
+
+/// A token on the command line works, but `ps` shows it to every local user: the service says so
+/// once at start, names the safer ways, and still never prints the token itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_token_as_a_flag_it_registers_but_warns_that_ps_shows_it() {
+    let output = registers_and_deregisters_with(TokenFrom::Flag(TOKEN)).await;
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains(VISIBLE_IN_PS))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{output}");
+    assert!(warnings[0].contains("WARN"), "{output}");
+    assert!(warnings[0].contains("--consul-http-token"), "{output}");
+    assert!(warnings[0].contains("CONSUL_HTTP_TOKEN_FILE"), "{output}");
 }
 
 /// Without a usable token the service still serves, is never registered, keeps retrying (each
@@ -110,7 +145,7 @@ async fn with_the_token_in_a_file_it_registers_and_sigterm_deregisters() {
 async fn serves_unregistered_with(envs: &[(&str, String)], refusal: &str) {
     let agent = ConsulAgent::start_with_acl(TOKEN).await;
     let data = tempfile::tempdir().unwrap();
-    let mut service = start_log_service(&agent, data.path(), envs).await;
+    let mut service = start_log_service(&agent, data.path(), TokenFrom::Env(envs)).await;
     let id = instance_id(&service);
 
     // The first refusal is a warning naming the token and quoting the agent; the retries after
@@ -204,8 +239,8 @@ async fn a_watch_sees_the_instance_with_the_token_and_an_empty_set_without() {
     let data = tempfile::tempdir().unwrap();
     let with_token = watch(&agent, Some(TOKEN));
     let anonymous = watch(&agent, None);
-    let service =
-        start_log_service(&agent, data.path(), &[("CONSUL_HTTP_TOKEN", TOKEN.into())]).await;
+    let envs = [("CONSUL_HTTP_TOKEN", TOKEN.to_owned())];
+    let service = start_log_service(&agent, data.path(), TokenFrom::Env(&envs)).await;
 
     let seen = eventually("the watch with the token sees it", PATIENCE, || async {
         let set = with_token.current();

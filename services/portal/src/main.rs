@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use portal::App;
 use portal::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     discovery::telemetry::init_with_shipping(portal::SERVICE_NAME);
-    let config = Config::parse();
+    let config: Config = discovery::consul::parse_settings();
     let shutdown = discovery::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {

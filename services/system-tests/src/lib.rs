@@ -28,6 +28,24 @@ impl Gradebook {
         }
     }
 
+    /// Like `new`, on an agent that enforces ACLs with `default_policy` `deny` and `master_token`
+    /// (see `ConsulAgent::start_with_acl`); services then need their own tokens.
+    pub async fn with_acl(master_token: &str) -> Gradebook {
+        Gradebook {
+            consul: ConsulAgent::start_with_acl(master_token).await,
+            data: tempfile::tempdir().expect("a temporary data directory"),
+        }
+    }
+
+    /// Like `with_acl`, on an agent with no master token, still to bootstrap (see
+    /// `ConsulAgent::start_with_acl_to_bootstrap`).
+    pub async fn with_acl_to_bootstrap() -> Gradebook {
+        Gradebook {
+            consul: ConsulAgent::start_with_acl_to_bootstrap().await,
+            data: tempfile::tempdir().expect("a temporary data directory"),
+        }
+    }
+
     /// A data directory for one instance, kept across its restarts.
     pub fn data_dir(&self, instance: &str) -> PathBuf {
         self.data.path().join(instance)

@@ -36,6 +36,11 @@ pub struct ConsulAgent {
     client: reqwest::Client,
     /// The ACL master token when ACLs are enforced: the harness sends it on each of its calls.
     master_token: Option<String>,
+    /// ACLs enforced without a master token, to be bootstrapped by the test (see
+    /// `start_with_acl_to_bootstrap`).
+    acl_to_bootstrap: bool,
+    /// The token the harness sends instead of the master token, once the test gives one.
+    harness_token: Option<String>,
 }
 
 /// One passing instance of a service as Consul's health endpoint reports it.
@@ -84,7 +89,25 @@ impl ConsulAgent {
         Self::start_with(Some(master_token.to_owned())).await
     }
 
+    /// Starts an agent that enforces ACLs with `default_policy` `deny` but has no master token,
+    /// as an operator's agent before `consul acl bootstrap`; waits only for a leader, since
+    /// without a token nothing else can be read. The harness's calls carry no token until
+    /// `use_token` gives one (e.g. the token bootstrapping returned). `start_again` starts it
+    /// unbootstrapped again.
+    pub async fn start_with_acl_to_bootstrap() -> ConsulAgent {
+        Self::start_configured(None, true).await
+    }
+
+    /// Makes the harness's own calls (`passing_instances`, `agent_services`, ...) carry `token`.
+    pub fn use_token(&mut self, token: &str) {
+        self.harness_token = Some(token.to_owned());
+    }
+
     async fn start_with(master_token: Option<String>) -> ConsulAgent {
+        Self::start_configured(master_token, false).await
+    }
+
+    async fn start_configured(master_token: Option<String>, acl_to_bootstrap: bool) -> ConsulAgent {
         let dir = tempfile::Builder::new()
             .prefix("testkit-consul-")
             .tempdir()
@@ -98,6 +121,8 @@ impl ConsulAgent {
             dir,
             client: http_client(),
             master_token,
+            acl_to_bootstrap,
+            harness_token: None,
         };
         if let Err(e) = agent.launch_retrying(true).await {
             panic!("consul agent {} did not start: {e}", agent.node_name);
@@ -147,6 +172,10 @@ impl ConsulAgent {
     /// does; retries a few times while the OS still holds one of the ports.
     pub async fn start_again(&mut self) {
         self.stop().await;
+        if self.acl_to_bootstrap {
+            // A dev agent forgets its ACLs with the rest: a token bootstrapped before is unknown.
+            self.harness_token = None;
+        }
         if let Err(e) = self.launch_retrying(false).await {
             panic!("consul agent {} did not start again: {e}", self.node_name);
         }
@@ -218,9 +247,9 @@ impl ConsulAgent {
             .map_err(|e| format!("GET {url}: bad JSON: {e}"))
     }
 
-    /// Adds `X-Consul-Token` with the master token when ACLs are enforced.
+    /// Adds `X-Consul-Token` with the token given to `use_token`, else the master token.
     fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.master_token {
+        match self.harness_token.as_ref().or(self.master_token.as_ref()) {
             Some(token) => request.header("X-Consul-Token", token),
             None => request,
         }
@@ -272,6 +301,13 @@ impl ConsulAgent {
                 "enable_token_persistence": false,
                 "tokens": { "master": token, "agent": token },
             });
+        } else if self.acl_to_bootstrap {
+            config["acl"] = json!({
+                "enabled": true,
+                "default_policy": "deny",
+                "down_policy": "extend-cache",
+                "enable_token_persistence": false,
+            });
         }
         let config_path = self.dir.path().join("agent.json");
         std::fs::write(&config_path, config.to_string())
@@ -311,11 +347,15 @@ impl ConsulAgent {
     }
 
     /// Whether the agent has a leader and lists its own node, i.e. accepts registrations. With
-    /// ACLs the node lookup carries the master token: anonymously it is `null` under `deny`.
+    /// ACLs the node lookup carries the master token: anonymously it is `null` under `deny`. An
+    /// agent still to bootstrap needs only its leader: nothing else can be read yet.
     async fn is_ready(&self) -> bool {
         let leader: Result<String, _> = self.try_get("/v1/status/leader").await;
         if !leader.is_ok_and(|l| !l.is_empty()) {
             return false;
+        }
+        if self.acl_to_bootstrap && self.harness_token.is_none() {
+            return true;
         }
         let node: Result<Value, _> = self
             .try_get(&format!("/v1/catalog/node/{}", self.node_name))
@@ -392,6 +432,28 @@ mod tests {
         assert!(agent.agent_services().await.is_empty());
         agent.register(&demo()).await;
         assert_eq!(agent.passing_instances("demo").await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_agent_to_bootstrap_refuses_anonymous_calls_and_serves_the_harness_once_bootstrapped()
+     {
+        let mut agent = ConsulAgent::start_with_acl_to_bootstrap().await;
+        assert_eq!(agent.master_token(), None);
+        let url = format!("{}/v1/agent/service/register", agent.http_addr());
+        let (status, body) = anonymous(http_client().put(&url).json(&demo())).await;
+        assert_eq!(status, 403, "anonymous registration: {body}");
+
+        let url = format!("{}/v1/acl/bootstrap", agent.http_addr());
+        let (status, body) = anonymous(http_client().put(&url)).await;
+        assert_eq!(status, 200, "{body}");
+        let bootstrapped: Value = serde_json::from_str(&body).expect("a JSON token");
+        agent.use_token(bootstrapped["SecretID"].as_str().expect("a SecretID"));
+        agent.register(&demo()).await;
+        assert_eq!(agent.passing_instances("demo").await.len(), 1);
+
+        agent.start_again().await;
+        let (status, body) = anonymous(http_client().put(&url)).await;
+        assert_eq!(status, 200, "bootstrapped again after a restart: {body}");
     }
 
     #[tokio::test]
