@@ -6,8 +6,6 @@
 //! ejection that ends.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use discovery::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
@@ -16,9 +14,7 @@ use discovery::{
     Service, ServiceDefinition,
 };
 use reqwest::StatusCode;
-use testkit::{ConsulAgent, eventually};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use testkit::{ConsulAgent, MisbehavingServer as Double, Misbehaviour, eventually};
 use tokio::sync::oneshot;
 use warp::Filter;
 use warp::reply::Reply;
@@ -58,125 +54,6 @@ async fn healthy(agent: &ConsulAgent) -> Healthy {
     Healthy { addr, _stop: stop }
 }
 
-/// How the double misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Misbehaviour {
-    /// Sends the head of a 200 and never the body it announced.
-    Hang,
-    /// Answers 500.
-    ServerError,
-    /// Answers 200 with a body no caller can read.
-    Junk,
-    /// Answers 200 with a body of [`HUGE_BODY_BYTES`], streamed without a length.
-    HugeBody,
-}
-
-/// A hand-written HTTP/1.1 server that misbehaves as told until `recovered` is set, then
-/// answers `/whoami` like a healthy instance. It counts the requests it got and the body bytes
-/// it managed to hand to the kernel.
-struct Double {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    bytes_sent: Arc<AtomicUsize>,
-    recovered: Arc<AtomicBool>,
-}
-
-impl Double {
-    async fn start(misbehaviour: Misbehaviour) -> Double {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let double = Double {
-            addr: listener.local_addr().unwrap(),
-            requests: Arc::default(),
-            bytes_sent: Arc::default(),
-            recovered: Arc::default(),
-        };
-        let (addr, requests, bytes_sent, recovered) = (
-            double.addr,
-            double.requests.clone(),
-            double.bytes_sent.clone(),
-            double.recovered.clone(),
-        );
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let (requests, bytes_sent, recovered) =
-                    (requests.clone(), bytes_sent.clone(), recovered.clone());
-                tokio::spawn(async move {
-                    let misbehaviour = (!recovered.load(Ordering::SeqCst)).then_some(misbehaviour);
-                    serve(socket, addr, misbehaviour, &requests, &bytes_sent).await;
-                });
-            }
-        });
-        double
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-/// Answers one request on `socket` and closes it (`connection: close`, so no request waits
-/// behind a misbehaving answer on a kept-alive connection).
-async fn serve(
-    mut socket: TcpStream,
-    addr: SocketAddr,
-    misbehaviour: Option<Misbehaviour>,
-    requests: &AtomicUsize,
-    bytes_sent: &AtomicUsize,
-) {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match socket.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buffer[..n]),
-        }
-    }
-    requests.fetch_add(1, Ordering::SeqCst);
-    let answer = |status: &str, body: &str| {
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let _ = match misbehaviour {
-        None => {
-            socket
-                .write_all(answer("200 OK", &addr.to_string()).as_bytes())
-                .await
-        }
-        Some(Misbehaviour::ServerError) => {
-            let text = answer("500 Internal Server Error", "");
-            socket.write_all(text.as_bytes()).await
-        }
-        Some(Misbehaviour::Junk) => {
-            let text = answer("200 OK", "<html>Whoops</html>");
-            socket.write_all(text.as_bytes()).await
-        }
-        Some(Misbehaviour::Hang) => {
-            let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
-            let _ = socket.write_all(head.as_bytes()).await;
-            std::future::pending::<()>().await;
-            Ok(())
-        }
-        Some(Misbehaviour::HugeBody) => {
-            let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
-            let _ = socket.write_all(head.as_bytes()).await;
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut sent = 0;
-            while sent < HUGE_BODY_BYTES {
-                match socket.write(&chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        sent += n;
-                        bytes_sent.fetch_add(n, Ordering::SeqCst);
-                    }
-                }
-            }
-            Ok(())
-        }
-    };
-}
-
 /// A pool over `grading` listing what `register` put there besides nothing else, once the
 /// watch lists `expected` instances.
 async fn pool_listing(agent: &ConsulAgent, expected: usize) -> ProviderPool {
@@ -196,8 +73,8 @@ async fn pool_listing(agent: &ConsulAgent, expected: usize) -> ProviderPool {
 async fn register(agent: &ConsulAgent, double: &Double) {
     agent
         .register(&serde_json::json!({
-            "Name": "grading", "ID": format!("double-{}", double.addr.port()),
-            "Address": "127.0.0.1", "Port": double.addr.port(),
+            "Name": "grading", "ID": format!("double-{}", double.addr().port()),
+            "Address": "127.0.0.1", "Port": double.addr().port(),
         }))
         .await;
 }
@@ -289,12 +166,13 @@ async fn an_instance_that_hangs_mid_answer_is_ejected_and_reads_move_off_it_in_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_answer_is_never_read_past_the_cap() {
-    let (_agent, pool, healthy, double) = healthy_beside(Misbehaviour::HugeBody).await;
+    let (_agent, pool, healthy, double) =
+        healthy_beside(Misbehaviour::HugeBody(HUGE_BODY_BYTES)).await;
     reads_all_served_by(&pool, &healthy, 20).await;
     assert!(double.requests() >= 1, "the double was tried");
     // Give a double still writing time to notice the closed connection.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent = double.bytes_sent.load(Ordering::SeqCst);
+    let sent = double.bytes_sent();
     let requests = double.requests();
     eprintln!(
         "the double handed {sent} body bytes to the kernel over {requests} request(s), {} per request; the cap is {}",
@@ -351,12 +229,12 @@ async fn a_recovered_instance_is_brought_back_by_a_probe() {
     })
     .await;
 
-    double.recovered.store(true, Ordering::SeqCst);
+    double.recover();
     let recovered = Instant::now();
     let back = eventually("a probe brings the double back", PATIENCE, || async {
         let served = pool.call(Call::get("/whoami", READ), whoami).await;
         match served {
-            Ok(Ok(who)) if who == double.addr.to_string() => Some(recovered.elapsed()),
+            Ok(Ok(who)) if who == double.addr().to_string() => Some(recovered.elapsed()),
             Ok(Ok(_)) => None,
             other => panic!("a read failed for the user: {other:?}"),
         }
