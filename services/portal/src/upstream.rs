@@ -185,7 +185,7 @@ impl Grading {
         let path = format!("/students/{id}/grades");
         let call = Call::post_json_once(&path, grade, key, limits::CHANGE);
         self.call(call, |answer| {
-            judge(&answer, || PortalError::StudentNotFound(id), |_| Ok(()))
+            judge(&answer, || PortalError::StudentNotFound(id), grade_answer)
         })
         .await
     }
@@ -223,7 +223,7 @@ impl Grading {
             student: id,
             grade: grade_id,
         };
-        self.call(call, |answer| judge(&answer, not_found, |_| Ok(())))
+        self.call(call, |answer| judge(&answer, not_found, grade_answer))
             .await
     }
 
@@ -272,6 +272,14 @@ fn judge<T>(
         }
         status => Err(unexpected_status(GRADING_SERVICE, status)),
     })
+}
+
+/// Grading's answer to a grade added or changed: the grade as stored. Checked rather than
+/// ignored, so that a 2xx with junk from a broken instance is not taken for a stored grade.
+fn grade_answer(body: &[u8]) -> Result<(), Junk> {
+    serde_json::from_slice::<Grade>(body)
+        .map(drop)
+        .map_err(junk)
 }
 
 /// Reads from the log service's instances, one at a time: each keeps its own records.
@@ -416,6 +424,41 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"title": "Quiz 2", "type": "Quiz", "score": 88.0})
+        );
+    }
+
+    #[test]
+    fn a_success_without_the_stored_grade_is_junk_not_a_stored_grade() {
+        let answer = |status: StatusCode, body: &'static str| Answer {
+            status,
+            body: body.into(),
+        };
+        let not_found = || PortalError::StudentNotFound(1);
+        let junk = judge(
+            &answer(StatusCode::OK, "<html>Whoops</html>"),
+            not_found,
+            grade_answer,
+        );
+        assert!(
+            junk.is_err(),
+            "a 200 with junk must count against the instance"
+        );
+        let stored = r#"{"id":13,"title":"Quiz 2","type":"Quiz","score":92.5}"#;
+        let done = judge(
+            &answer(StatusCode::CREATED, stored),
+            not_found,
+            grade_answer,
+        );
+        assert!(matches!(done, Ok(Ok(Verdict::Done(())))));
+        let refused = r#"{"error":"score: must be between 0 and 100"}"#;
+        let refused = judge(
+            &answer(StatusCode::UNPROCESSABLE_ENTITY, refused),
+            not_found,
+            grade_answer,
+        );
+        assert!(
+            matches!(refused, Ok(Ok(Verdict::Refused(ref m))) if m.starts_with("score:")),
+            "{refused:?}"
         );
     }
 
