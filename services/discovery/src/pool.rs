@@ -370,10 +370,13 @@ impl Endpoint {
     /// started before an ejection is ignored: only the probe decides an ejected provider's fate.
     fn record(&self, role: Role, fault: Option<&Fault>, service: &str) {
         let mut breaker = self.breaker();
-        let probing = breaker.state == BreakerState::Probing;
-        if (role == Role::Probe) != probing {
-            return;
-        }
+        let probing = match (role, breaker.state) {
+            (Role::Probe, BreakerState::Probing) => true,
+            (Role::Ordinary, BreakerState::Serving) => false,
+            // A request that started before the ejection, or a probe overtaken by a new
+            // answer from Consul: it says nothing about the provider now.
+            _ => return,
+        };
         let Some(fault) = fault else {
             if probing {
                 info!(provider = %self.provider.address, "{service}: {} answered its probe: back in use", self.provider.address);
