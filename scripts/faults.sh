@@ -19,6 +19,9 @@ scenario's claim failed.
   4  log service down for 30 s while grading and the portal produce records
   5  disk full under log and grading (a 16 MiB tmpfs: needs root, else skipped)
   6  SIGKILL of log and grading during writes, and a torn last line
+  8  misbehaving providers: a grading instance that hangs, answers 500 or
+     junk, or streams a huge body, beside a healthy one, under load through
+     the portal (figures: failed requests, time to ejection, portal memory)
 
 Options:
   --debug          build and run the debug profile (quicker to build)
@@ -56,4 +59,4 @@ else
   cargo build --workspace --bins
 fi
 # The runner finds the service binaries next to itself, so it runs exactly what was built.
-exec "target/$profile/faults" "${args[@]+"${args[@]}"}"
+exec "${CARGO_TARGET_DIR:-target}/$profile/faults" "${args[@]+"${args[@]}"}"

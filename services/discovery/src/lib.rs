@@ -7,7 +7,8 @@
 //! - [`registration`]: keeps one instance registered for as long as it serves, re-registering when
 //!   the agent forgets it.
 //! - [`watch`]: one blocking-query loop per dependency, publishing its set of passing providers.
-//! - [`pool`]: spreads requests over a watched set, fails over on dead instances, fails fast on none.
+//! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
+//!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber.
@@ -24,6 +25,6 @@ pub mod watch;
 mod backoff;
 
 pub use consul::{ConsulArgs, ConsulSettings};
-pub use pool::{PoolError, ProviderPool};
+pub use pool::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
 pub use watch::{Provider, ProviderSet, ProviderWatch, WatchStatus};

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use discovery::{PoolError, Provider, ProviderPool, ProviderWatch};
+use discovery::{Answer, Call, Junk, PoolError, Provider, ProviderPool, ProviderWatch};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,45 @@ struct ErrorBody {
     error: String,
 }
 
+/// Limits of one call to grading or log, chosen per call (see [`CallLimits`]): what the
+/// portal waits for one instance before trying another, and the most it reads of its answer.
+pub mod limits {
+    use std::time::Duration;
+
+    use discovery::CallLimits;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// One student with their grades: even a thousand grades is a few hundred KB.
+    pub const STUDENT: CallLimits = CallLimits {
+        timeout: Duration::from_secs(3),
+        max_answer_bytes: MIB,
+    };
+    /// Every student with their grades and average: about 4.5 KB per student with 50 grades,
+    /// so 32 MiB holds some 7,000 of them.
+    pub const STUDENT_LIST: CallLimits = CallLimits {
+        timeout: Duration::from_secs(3),
+        max_answer_bytes: 32 * MIB,
+    };
+    /// A change: grading commits it (an fsync, or a round trip to PostgreSQL) before it
+    /// answers, with one student or an error.
+    pub const CHANGE: CallLimits = CallLimits {
+        timeout: Duration::from_secs(5),
+        max_answer_bytes: MIB,
+    };
+    /// One log instance's page on the logs page, which waits for the slowest instance and
+    /// shows a failing one as missing, so its wait is short. 100 records of messages up to
+    /// 64 KiB each, with room for JSON escapes: 16 MiB.
+    pub const LOG_PAGE: CallLimits = CallLimits {
+        timeout: Duration::from_secs(2),
+        max_answer_bytes: 16 * MIB,
+    };
+}
+
+/// What a judge makes of an answer: a result for the handler (data, or a reason it can show),
+/// or junk, which counts against the instance that sent it.
+type Judged<T> = Result<Result<T, PortalError>, Junk>;
+
 /// Calls to grading, spread over its healthy instances.
 #[derive(Clone)]
 pub struct Grading {
@@ -114,44 +153,41 @@ impl Grading {
 
     /// Every student, with grades and average.
     pub async fn students(&self) -> Result<Vec<Student>, PortalError> {
-        let response = self
-            .pool
-            .get("/students")
-            .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        read_json(GRADING_SERVICE, response).await
+        let call = Call::get("/students", limits::STUDENT_LIST);
+        self.call(call, |answer| {
+            decode(GRADING_SERVICE, &answer, || {
+                unexpected_status(GRADING_SERVICE, answer.status)
+            })
+        })
+        .await
     }
 
     /// One student; [`PortalError::StudentNotFound`] when grading does not know the id.
     pub async fn student(&self, id: u64) -> Result<Student, PortalError> {
         let path = format!("/students/{id}");
-        let response = self
-            .pool
-            .get(&path)
-            .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(PortalError::StudentNotFound(id));
-        }
-        read_json(GRADING_SERVICE, response).await
+        let call = Call::get(&path, limits::STUDENT);
+        self.call(call, |answer| {
+            decode(GRADING_SERVICE, &answer, || {
+                PortalError::StudentNotFound(id)
+            })
+        })
+        .await
     }
 
     /// Adds a grade, at most once per `key` (grading's `Idempotency-Key`): a form sent twice,
-    /// or a request retried on another instance after one died mid-request, adds one grade.
+    /// or a request retried on another instance after one failed mid-request, adds one grade.
     pub async fn add_grade(
         &self,
         id: u64,
         grade: &NewGrade<'_>,
         key: &str,
     ) -> Result<Verdict<()>, PortalError> {
-        let response = self
-            .pool
-            .post_json_once(&format!("/students/{id}/grades"), grade, key)
-            .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        Ok(judge(response, PortalError::StudentNotFound(id))
-            .await?
-            .map(drop))
+        let path = format!("/students/{id}/grades");
+        let call = Call::post_json_once(&path, grade, key, limits::CHANGE);
+        self.call(call, |answer| {
+            judge(&answer, || PortalError::StudentNotFound(id), grade_answer)
+        })
+        .await
     }
 
     /// Adds a student, at most once per `key`; done, it is the new student's id.
@@ -160,22 +196,18 @@ impl Grading {
         student: &NewStudent<'_>,
         key: &str,
     ) -> Result<Verdict<u64>, PortalError> {
-        let response = self
-            .pool
-            .post_json_once("/students", student, key)
-            .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        let not_found = PortalError::Upstream {
+        let call = Call::post_json_once("/students", student, key, limits::CHANGE);
+        let not_found = || PortalError::Upstream {
             service: GRADING_SERVICE,
             detail: "POST /students answered 404".to_owned(),
         };
-        Ok(match judge(response, not_found).await? {
-            Verdict::Done(response) => {
-                let added: Student = read_json(GRADING_SERVICE, response).await?;
-                Verdict::Done(added.id)
-            }
-            Verdict::Refused(message) => Verdict::Refused(message),
+        self.call(call, |answer| {
+            judge(&answer, not_found, |body| {
+                let added: Student = serde_json::from_slice(body).map_err(junk)?;
+                Ok(added.id)
+            })
         })
+        .await
     }
 
     /// Replaces a grade's title, type and score (a PUT: safe to retry on another instance).
@@ -185,53 +217,69 @@ impl Grading {
         grade_id: u64,
         grade: &NewGrade<'_>,
     ) -> Result<Verdict<()>, PortalError> {
-        let response = self
-            .pool
-            .put_json(&format!("/students/{id}/grades/{grade_id}"), grade)
-            .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        let not_found = PortalError::GradeNotFound {
+        let path = format!("/students/{id}/grades/{grade_id}");
+        let call = Call::put_json(&path, grade, limits::CHANGE);
+        let not_found = || PortalError::GradeNotFound {
             student: id,
             grade: grade_id,
         };
-        Ok(judge(response, not_found).await?.map(drop))
+        self.call(call, |answer| judge(&answer, not_found, grade_answer))
+            .await
     }
 
     /// Deletes a grade. One already gone counts as deleted: a confirmation sent twice, or a
     /// retry after a lost answer, ends where the teacher wanted.
     pub async fn delete_grade(&self, id: u64, grade_id: u64) -> Result<(), PortalError> {
         let path = format!("/students/{id}/grades/{grade_id}");
-        let response = self
-            .pool
-            .send(reqwest::Method::DELETE, &path, None)
+        self.call(Call::delete(&path, limits::CHANGE), |answer| {
+            Ok(match answer.status {
+                status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
+                status => Err(unexpected_status(GRADING_SERVICE, status)),
+            })
+        })
+        .await
+    }
+
+    async fn call<T>(
+        &self,
+        call: Call<'_>,
+        judge: impl Fn(Answer) -> Judged<T>,
+    ) -> Result<T, PortalError> {
+        self.pool
+            .call(call, judge)
             .await
-            .map_err(pool_failure(GRADING_SERVICE))?;
-        match response.status() {
-            status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
-            status => Err(unexpected_status(GRADING_SERVICE, status)),
-        }
+            .map_err(pool_failure(GRADING_SERVICE))?
     }
 }
 
-/// Sorts grading's answer to a change: success (the answer, to read further), its verdict on the
-/// input (a 400 or 422, with its message), `not_found` for a 404, or the dependency failing.
-async fn judge(
-    response: reqwest::Response,
-    not_found: PortalError,
-) -> Result<Verdict<reqwest::Response>, PortalError> {
-    match response.status() {
-        status if status.is_success() => Ok(Verdict::Done(response)),
-        StatusCode::NOT_FOUND => Err(not_found),
+/// Sorts grading's answer to a change: done (what `done` reads of the body), its verdict on the
+/// input (a 400 or 422, with its message), `not_found` for a 404, or grading breaking its
+/// contract.
+fn judge<T>(
+    answer: &Answer,
+    not_found: impl Fn() -> PortalError,
+    done: impl Fn(&[u8]) -> Result<T, Junk>,
+) -> Judged<Verdict<T>> {
+    Ok(match answer.status {
+        status if status.is_success() => Ok(Verdict::Done(done(&answer.body)?)),
+        StatusCode::NOT_FOUND => Err(not_found()),
         status @ (StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) => {
-            let body: Result<ErrorBody, _> =
-                serde_json::from_slice(&response.bytes().await.unwrap_or_default());
+            let body: Result<ErrorBody, _> = serde_json::from_slice(&answer.body);
             let message = body.map(|b| b.error).unwrap_or_else(|_| {
                 format!("grading refused the change ({status}) without saying why")
             });
             Ok(Verdict::Refused(message))
         }
         status => Err(unexpected_status(GRADING_SERVICE, status)),
-    }
+    })
+}
+
+/// Grading's answer to a grade added or changed: the grade as stored. Checked rather than
+/// ignored, so that a 2xx with junk from a broken instance is not taken for a stored grade.
+fn grade_answer(body: &[u8]) -> Result<(), Junk> {
+    serde_json::from_slice::<Grade>(body)
+        .map(drop)
+        .map_err(junk)
 }
 
 /// Reads from the log service's instances, one at a time: each keeps its own records.
@@ -270,12 +318,15 @@ impl LogReader {
     ) -> Result<Vec<LogRecord>, PortalError> {
         debug_assert!(service.is_none_or(is_service_name));
         let path = log_path(service, level, before);
-        let response = self
-            .pool
-            .get_from(instance, &path)
+        let call = Call::get(&path, limits::LOG_PAGE).to_instance(instance);
+        self.pool
+            .call(call, |answer| {
+                decode(LOG_SERVICE, &answer, || {
+                    unexpected_status(LOG_SERVICE, answer.status)
+                })
+            })
             .await
-            .map_err(pool_failure(LOG_SERVICE))?;
-        read_json(LOG_SERVICE, response).await
+            .map_err(pool_failure(LOG_SERVICE))?
     }
 }
 
@@ -325,23 +376,26 @@ fn unexpected_status(service: &'static str, status: StatusCode) -> PortalError {
     }
 }
 
-/// The body of a successful answer as `T`; any other status or a body that does not fit is the
-/// dependency misbehaving.
-async fn read_json<T: DeserializeOwned>(
+/// A read's answer as `T`. A success whose body is not a `T` is junk: that instance is
+/// misbehaving, and another may answer. A 404 is `not_found`; another status breaks the
+/// service's contract.
+fn decode<T: DeserializeOwned>(
     service: &'static str,
-    response: reqwest::Response,
-) -> Result<T, PortalError> {
-    let status = response.status();
-    if !status.is_success() {
-        return Err(unexpected_status(service, status));
+    answer: &Answer,
+    not_found: impl FnOnce() -> PortalError,
+) -> Judged<T> {
+    match answer.status {
+        status if status.is_success() => {
+            Ok(Ok(serde_json::from_slice(&answer.body).map_err(junk)?))
+        }
+        StatusCode::NOT_FOUND => Ok(Err(not_found())),
+        status => Ok(Err(unexpected_status(service, status))),
     }
-    let upstream = |detail: String| PortalError::Upstream { service, detail };
-    let body = response
-        .bytes()
-        .await
-        .map_err(|err| upstream(format!("reading the answer failed: {err}")))?;
-    serde_json::from_slice(&body)
-        .map_err(|err| upstream(format!("answered JSON the portal cannot read: {err}")))
+}
+
+/// An answer that does not decode, for the pool to count against its instance.
+fn junk(err: serde_json::Error) -> Junk {
+    Junk(format!("JSON the portal cannot read: {err}"))
 }
 
 #[cfg(test)]
@@ -370,6 +424,41 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"title": "Quiz 2", "type": "Quiz", "score": 88.0})
+        );
+    }
+
+    #[test]
+    fn a_success_without_the_stored_grade_is_junk_not_a_stored_grade() {
+        let answer = |status: StatusCode, body: &'static str| Answer {
+            status,
+            body: body.into(),
+        };
+        let not_found = || PortalError::StudentNotFound(1);
+        let junk = judge(
+            &answer(StatusCode::OK, "<html>Whoops</html>"),
+            not_found,
+            grade_answer,
+        );
+        assert!(
+            junk.is_err(),
+            "a 200 with junk must count against the instance"
+        );
+        let stored = r#"{"id":13,"title":"Quiz 2","type":"Quiz","score":92.5}"#;
+        let done = judge(
+            &answer(StatusCode::CREATED, stored),
+            not_found,
+            grade_answer,
+        );
+        assert!(matches!(done, Ok(Ok(Verdict::Done(())))));
+        let refused = r#"{"error":"score: must be between 0 and 100"}"#;
+        let refused = judge(
+            &answer(StatusCode::UNPROCESSABLE_ENTITY, refused),
+            not_found,
+            grade_answer,
+        );
+        assert!(
+            matches!(refused, Ok(Ok(Verdict::Refused(ref m))) if m.starts_with("score:")),
+            "{refused:?}"
         );
     }
 

@@ -225,6 +225,16 @@ impl ConsulAgent {
         }
     }
 
+    /// Deregisters the service instance `id` (`PUT /v1/agent/service/deregister/ID`).
+    pub async fn deregister(&self, id: &str) {
+        let url = format!("{}/v1/agent/service/deregister/{id}", self.http_addr());
+        let response = self.with_token(self.client.put(&url)).send().await;
+        match response.map(|r| r.error_for_status()) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => panic!("PUT {url}: {e}"),
+        }
+    }
+
     /// GETs `path` from the agent as JSON; a failure fails the test.
     async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
         self.try_get(path)

@@ -8,11 +8,13 @@
 
 mod browser;
 mod consul;
+pub mod misbehaving;
 mod postgres;
 mod process;
 
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
+pub use misbehaving::{MisbehavingServer, Misbehaviour};
 pub use postgres::Postgres;
 pub use process::ServiceProcess;
 

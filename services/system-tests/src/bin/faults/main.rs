@@ -1,7 +1,8 @@
 //! The fault scenarios of RELIABILITY.md, run against the real binaries and a real Consul agent
 //! on loopback: SIGKILL under load, a rolling restart, a Consul outage with lost state, a log
-//! outage, a full disk, and crashes during writes. Each prints its figures; at the end one
-//! table of all of them, and the exit code says whether every claim held.
+//! outage, a full disk, crashes during writes, and misbehaving providers. Each prints its
+//! figures; at the end one table of all of them, and the exit code says whether every claim
+//! held.
 //!
 //! Run it with `scripts/faults.sh` (which builds everything first); the bad-input scenario is
 //! part of `cargo test` (`services/system-tests/tests/bad_input.rs`). `faults cluster` runs the
@@ -14,6 +15,7 @@ mod crash;
 mod disk_full;
 mod load;
 mod log_outage;
+mod misbehaving;
 mod report;
 mod rolling;
 mod sigkill;
@@ -36,6 +38,8 @@ table of figures, and exits 1 if any scenario's claim failed.
   4  log service down for 30 s while grading and the portal produce records
   5  disk full under the log service and grading (a small tmpfs; needs root)
   6  SIGKILL of log and grading during writes; a torn last line
+  8  misbehaving providers: a grading instance that hangs, answers 500 or junk,
+     or streams a huge body, beside a healthy one, under load through the portal
 
   --markdown FILE  also write the table as Markdown to FILE
 
@@ -69,7 +73,7 @@ async fn main() -> ExitCode {
             "--markdown" => markdown = args.next(),
             "--smoke" if on_cluster => chosen.push(1),
             number => match number.parse::<u8>() {
-                Ok(n @ 1..=6) => chosen.push(n),
+                Ok(n @ (1..=6 | 8)) => chosen.push(n),
                 _ => {
                     eprint!("faults: unknown argument {number:?}\n\n{usage}");
                     return ExitCode::from(2);
@@ -78,7 +82,7 @@ async fn main() -> ExitCode {
         }
     }
     if chosen.is_empty() {
-        chosen = (1..=6).collect();
+        chosen = (1..=6).chain([8]).collect();
     }
     chosen.dedup();
 
@@ -138,6 +142,7 @@ async fn run(number: u8) -> Outcome {
         3 => consul_outage::run().await,
         4 => log_outage::run().await,
         5 => disk_full::run().await,
+        8 => misbehaving::run().await,
         _ => crash::run().await,
     }
 }
