@@ -9,6 +9,8 @@
 //! - [`watch`]: one blocking-query loop per dependency, publishing its set of passing providers.
 //! - [`pool`]: spreads requests over a watched set, fails over on dead instances, fails fast on none.
 //! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
+//! - [`server`]: the accept loop: header and idle timeouts, a connection cap that sheds but keeps
+//!   `/health` answered, client errors counted, `HEAD` as `GET`.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber.
 
@@ -18,6 +20,7 @@ pub mod http;
 pub mod pool;
 pub mod registration;
 pub mod runtime;
+pub mod server;
 pub mod telemetry;
 pub mod watch;
 
@@ -26,4 +29,5 @@ mod backoff;
 pub use consul::{ConsulArgs, ConsulSettings};
 pub use pool::{PoolError, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
+pub use server::{ConnectionArgs, ConnectionLimits, ConnectionStats};
 pub use watch::{Provider, ProviderSet, ProviderWatch, WatchStatus};

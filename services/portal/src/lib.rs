@@ -70,7 +70,8 @@ impl App {
             advertise: config.advertise,
             consul,
         })
-        .await?;
+        .await?
+        .with_connection_limits(config.connections.limits());
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),

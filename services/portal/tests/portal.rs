@@ -216,6 +216,9 @@ async fn the_portal_says_grading_is_unavailable_until_an_instance_registers() {
         "{html}"
     );
     assert!(!html.contains("<script>"), "{html}");
+    for path in ["/", "/students/1", "/status"] {
+        testkit::assert_head_answers_as_get(&format!("{}{path}", portal.base_url())).await;
+    }
 
     let page = get(&portal, "/status").await;
     assert_eq!(page.status, 200);
