@@ -19,6 +19,7 @@ scenario's claim failed.
   4  log service down for 30 s while grading and the portal produce records
   5  disk full under log and grading (a 16 MiB tmpfs: needs root, else skipped)
   6  SIGKILL of log and grading during writes, and a torn last line
+  7  connections: slow headers, thousands idle, over the cap, thousands aborted
 
 Options:
   --debug          build and run the debug profile (quicker to build)

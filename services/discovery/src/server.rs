@@ -49,6 +49,11 @@ const SHED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// not spin; connections closing in the meantime free what the next accept needs.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
+/// Connections open at once above which a fall back to half is worth returning memory for.
+const FLOOD_OPEN_CONNECTIONS: u64 = 256;
+/// How often the open-connection count is looked at for that.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// The limits one server applies to its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -184,6 +189,7 @@ pub async fn serve<F>(
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut accept_failing = false;
+    let memory = tokio::spawn(release_memory_after_floods(stats.clone()));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -233,10 +239,44 @@ pub async fn serve<F>(
         });
     }
     drop(listener);
+    memory.abort();
     let _ = stop.send(true);
     drop(open);
     let _ = all_closed.recv().await;
 }
+
+/// After a flood of connections has gone, hands the memory their buffers used back to the
+/// system. glibc's allocator keeps freed memory inside its arenas (the flood's buffers are
+/// scattered among live ones, so nothing can be trimmed from the top), and RSS would stay at the
+/// flood's high-water mark for the life of the process; `malloc_trim` returns the free pages.
+async fn release_memory_after_floods(stats: ConnectionStats) {
+    let mut peak = 0;
+    let mut every = tokio::time::interval(MEMORY_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let open = stats.0.open.load(Ordering::Relaxed);
+        peak = peak.max(open);
+        if peak >= FLOOD_OPEN_CONNECTIONS && open <= peak / 2 {
+            peak = open;
+            // It walks the whole heap: not on an async worker.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it takes the allocator's own locks.
+    let released = unsafe { libc::malloc_trim(0) };
+    debug!(
+        released = released == 1,
+        "trimmed the heap after a connection flood"
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Errors from `accept` that concern one connection only, and need no pause.
 fn is_connection_error(err: &io::Error) -> bool {

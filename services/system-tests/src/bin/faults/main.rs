@@ -1,6 +1,6 @@
 //! The fault scenarios of RELIABILITY.md, run against the real binaries and a real Consul agent
 //! on loopback: SIGKILL under load, a rolling restart, a Consul outage with lost state, a log
-//! outage, a full disk, and crashes during writes. Each prints its figures; at the end one
+//! outage, a full disk, crashes during writes, and hostile connections. Each prints its figures; at the end one
 //! table of all of them, and the exit code says whether every claim held.
 //!
 //! Run it with `scripts/faults.sh` (which builds everything first); the bad-input scenario is
@@ -9,6 +9,7 @@
 
 mod cluster;
 mod common;
+mod connections;
 mod consul_outage;
 mod crash;
 mod disk_full;
@@ -36,6 +37,7 @@ table of figures, and exits 1 if any scenario's claim failed.
   4  log service down for 30 s while grading and the portal produce records
   5  disk full under the log service and grading (a small tmpfs; needs root)
   6  SIGKILL of log and grading during writes; a torn last line
+  7  connections: slow headers, thousands idle, over the cap, thousands aborted
 
   --markdown FILE  also write the table as Markdown to FILE
 
@@ -69,7 +71,7 @@ async fn main() -> ExitCode {
             "--markdown" => markdown = args.next(),
             "--smoke" if on_cluster => chosen.push(1),
             number => match number.parse::<u8>() {
-                Ok(n @ 1..=6) => chosen.push(n),
+                Ok(n @ 1..=7) => chosen.push(n),
                 _ => {
                     eprint!("faults: unknown argument {number:?}\n\n{usage}");
                     return ExitCode::from(2);
@@ -78,7 +80,7 @@ async fn main() -> ExitCode {
         }
     }
     if chosen.is_empty() {
-        chosen = (1..=6).collect();
+        chosen = (1..=7).collect();
     }
     chosen.dedup();
 
@@ -138,7 +140,8 @@ async fn run(number: u8) -> Outcome {
         3 => consul_outage::run().await,
         4 => log_outage::run().await,
         5 => disk_full::run().await,
-        _ => crash::run().await,
+        6 => crash::run().await,
+        _ => connections::run().await,
     }
 }
 
