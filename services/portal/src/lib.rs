@@ -77,7 +77,8 @@ impl App {
             service.pool(LOG_SERVICE),
             consul_ui,
         )
-        .with_time_zone(config.time_zone);
+        .with_time_zone(config.time_zone)
+        .with_connection_stats(service.connection_stats());
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
     }

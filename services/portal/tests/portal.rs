@@ -228,6 +228,12 @@ async fn the_portal_says_grading_is_unavailable_until_an_instance_registers() {
         "{}",
         page.html
     );
+    assert!(
+        page.html
+            .contains("<dt>Client connection errors (aborted, malformed)</dt><dd>0</dd>"),
+        "{}",
+        page.html
+    );
 }
 
 #[tokio::test]
