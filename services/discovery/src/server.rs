@@ -57,8 +57,11 @@ const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The limits one server applies to its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
+    /// Longest time from a request's first byte to the end of its head.
     pub header_timeout: Duration,
+    /// Longest wait for the next request on a keep-alive connection.
     pub idle_timeout: Duration,
+    /// Connections served at once; more are shed (see the module comment).
     pub max_connections: usize,
 }
 
@@ -89,6 +92,7 @@ pub struct ConnectionArgs {
 }
 
 impl ConnectionArgs {
+    /// The limits these flags set.
     pub fn limits(&self) -> ConnectionLimits {
         ConnectionLimits {
             header_timeout: self.header_timeout,
@@ -136,6 +140,7 @@ pub struct ConnectionCounts {
 }
 
 impl ConnectionStats {
+    /// The counters as they are now.
     pub fn counts(&self) -> ConnectionCounts {
         let c = &self.0;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
