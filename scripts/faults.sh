@@ -22,6 +22,7 @@ scenario's claim failed.
   8  misbehaving providers: a grading instance that hangs, answers 500 or
      junk, or streams a huge body, beside a healthy one, under load through
      the portal (figures: failed requests, time to ejection, portal memory)
+  9  connections: slow headers, thousands idle, over the cap, thousands aborted
 
 Options:
   --debug          build and run the debug profile (quicker to build)

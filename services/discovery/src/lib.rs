@@ -10,6 +10,8 @@
 //! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
 //!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
+//! - [`server`]: the accept loop: header and idle timeouts, a connection cap that sheds but keeps
+//!   `/health` answered, client errors counted, `HEAD` as `GET`.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber.
 
@@ -19,6 +21,7 @@ pub mod http;
 pub mod pool;
 pub mod registration;
 pub mod runtime;
+pub mod server;
 pub mod telemetry;
 pub mod watch;
 
@@ -27,4 +30,5 @@ mod backoff;
 pub use consul::{ConsulArgs, ConsulSettings};
 pub use pool::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
+pub use server::{ConnectionArgs, ConnectionLimits, ConnectionStats};
 pub use watch::{Provider, ProviderSet, ProviderWatch, WatchStatus};

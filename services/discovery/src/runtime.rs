@@ -12,13 +12,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use warp::Filter;
-use warp::reply::Response;
+use warp::reply::{Reply, Response};
 
 use crate::agent::{AgentClient, HttpCheck, Registration};
 use crate::consul::ConsulSettings;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
 use crate::registration::RegistrationKeeper;
+use crate::server::{ConnectionLimits, ConnectionStats};
 use crate::watch::ProviderWatch;
 
 /// How often the agent probes `/health`, and how long a probe may take.
@@ -82,6 +83,8 @@ pub struct Service {
     http: reqwest::Client,
     /// One pool (so one watch) per dependency, however many parts of the service use it.
     pools: Mutex<HashMap<String, ProviderPool>>,
+    connection_limits: ConnectionLimits,
+    connection_stats: ConnectionStats,
 }
 
 /// The body of `GET /health`.
@@ -120,7 +123,20 @@ impl Service {
             advertised_port,
             http: http_client(),
             pools: Mutex::default(),
+            connection_limits: ConnectionLimits::default(),
+            connection_stats: ConnectionStats::default(),
         })
+    }
+
+    /// Serve under these limits instead of the defaults (see [`crate::server`]).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Service {
+        self.connection_limits = limits;
+        self
+    }
+
+    /// The counters of this instance's connections, also served at `/status/connections`.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.connection_stats.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -176,8 +192,8 @@ impl Service {
         }
     }
 
-    /// Registers, serves `routes` (plus `GET /health` and the shared error mapping) until
-    /// `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
+    /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections` and the shared
+    /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
     pub async fn run<F>(self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
@@ -199,11 +215,14 @@ impl Service {
                     .expect("static response")
             });
         let app = health
+            .or(crate::server::status_route(self.connection_stats.clone()))
+            .unify()
             .or(routes)
             .unify()
             .recover(handle_rejection)
             .unify()
             .with(warp::log::custom(log_request))
+            .map(Reply::into_response)
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.
             .boxed();
@@ -214,14 +233,15 @@ impl Service {
         );
 
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            warp::serve(app)
-                .incoming(self.listener)
-                .graceful(async {
-                    let _ = drained.await;
-                })
-                .run(),
-        );
+        let server = tokio::spawn(crate::server::serve(
+            self.listener,
+            app,
+            self.connection_limits,
+            self.connection_stats.clone(),
+            async {
+                let _ = drained.await;
+            },
+        ));
         info!(service = name, listen = %self.local_addr, "serving");
 
         shutdown.await;

@@ -88,7 +88,8 @@ impl App {
             advertise: config.advertise,
             consul,
         })
-        .await?;
+        .await?
+        .with_connection_limits(config.connections.limits());
         Ok(App { service, store })
     }
 

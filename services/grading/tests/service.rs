@@ -169,6 +169,8 @@ async fn students_survive_a_restart_and_the_demo_is_seeded_once(db: Database) {
         .unwrap()
         .len();
     assert!(demo_count >= 3, "expected demo students, got {demo_count}");
+    testkit::assert_head_answers_as_get(&format!("{base}/students")).await;
+    testkit::assert_head_answers_as_get(&format!("{base}/students/1")).await;
 
     let new_student = json!({"firstName": "Wanda", "lastName": "Maximoff <3"});
     let (student_url, student) = post_created(&format!("{base}/students"), &new_student).await;
@@ -315,6 +317,12 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "GRADEBOOK_DATABASE_URL",
         "CONSUL_HTTP_ADDR",
         "CONSUL_HTTP_TOKEN",
+        "--header-timeout",
+        "GRADEBOOK_HEADER_TIMEOUT",
+        "--idle-timeout",
+        "GRADEBOOK_IDLE_TIMEOUT",
+        "--max-connections",
+        "GRADEBOOK_MAX_CONNECTIONS",
     ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }

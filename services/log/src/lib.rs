@@ -62,7 +62,8 @@ impl App {
             advertise: config.advertise,
             consul,
         })
-        .await?;
+        .await?
+        .with_connection_limits(config.connections.limits());
         Ok(App { service, store })
     }
 

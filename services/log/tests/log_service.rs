@@ -169,6 +169,49 @@ async fn records_are_acknowledged_durably_and_survive_a_restart() {
         .unwrap();
     assert_eq!(only_grading.len(), 1);
     assert_eq!(only_grading[0]["level"], "warn");
+    testkit::assert_head_answers_as_get(&format!("{}/log?limit=2", service.base_url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_and_malformed_connections_are_counted_not_logged_as_errors() {
+    use tokio::io::AsyncWriteExt;
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let service = start_log_service(&agent, data.path(), free_port()).await;
+    let client_errors = || async {
+        let counts: serde_json::Value = http_client()
+            .get(format!("{}/status/connections", service.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts["client_errors"].as_u64().unwrap()
+    };
+    let before = client_errors().await;
+    let attempts: [&[u8]; 3] = [
+        // A body cut short, a head cut short, and junk.
+        b"POST /log HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf",
+        b"GET /log HTTP/1.1\r\nhost",
+        b"\x16\x03\x01 not http at all\r\n\r\n",
+    ];
+    for attempt in attempts.iter().cycle().take(30) {
+        let mut stream = tokio::net::TcpStream::connect(service.addr())
+            .await
+            .unwrap();
+        stream.write_all(attempt).await.unwrap();
+        // Give the server time to read what was sent before the client goes away.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counted = eventually("the client errors counted", PATIENCE, || async {
+        let counted = client_errors().await - before;
+        (counted >= 30).then_some(counted)
+    })
+    .await;
+    assert_eq!(counted, 30);
+    let output = service.output();
+    assert!(!output.contains("ERROR"), "{output}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

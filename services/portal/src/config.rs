@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use discovery::ConsulArgs;
+use discovery::{ConnectionArgs, ConsulArgs};
 
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
@@ -28,6 +28,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub consul: ConsulArgs,
+
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 /// A zone of the tz database by name, so a typo stops the start rather than showing UTC.

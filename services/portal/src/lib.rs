@@ -70,13 +70,15 @@ impl App {
             advertise: config.advertise,
             consul,
         })
-        .await?;
+        .await?
+        .with_connection_limits(config.connections.limits());
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
             consul_ui,
         )
-        .with_time_zone(config.time_zone);
+        .with_time_zone(config.time_zone)
+        .with_connection_stats(service.connection_stats());
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
     }

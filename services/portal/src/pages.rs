@@ -171,6 +171,8 @@ pub struct StatusPage {
     pub consul_ui: String,
     /// The portal's own log shipping, when installed (the binary installs it, tests may not).
     pub shipping: Option<ShippingView>,
+    /// The portal's own connections, when the server's counters were handed in.
+    pub connections: Option<discovery::server::ConnectionCounts>,
 }
 
 /// Counters of this portal's log shipping: what the log service has, what waits, what was lost.
@@ -778,6 +780,7 @@ mod tests {
             dependencies: vec![DependencyView::from(&set(WatchStatus::Live, vec![]))],
             consul_ui: "http://127.0.0.1:8500/ui/".into(),
             shipping: None,
+            connections: None,
         };
         let html = page.render().unwrap();
         assert!(
@@ -872,6 +875,7 @@ mod tests {
                 waiting: 7,
                 dropped: 0,
             }),
+            connections: None,
         };
         let html = page.render().unwrap();
         for expected in [

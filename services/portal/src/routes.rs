@@ -36,6 +36,8 @@ pub struct Portal {
     consul_ui: Arc<str>,
     /// The zone of the times on the logs page.
     time_zone: jiff::tz::TimeZone,
+    /// The counters of the portal's own connections, for the status page.
+    connections: Option<discovery::ConnectionStats>,
 }
 
 impl Portal {
@@ -47,7 +49,14 @@ impl Portal {
             log: LogReader::new(log),
             consul_ui: consul_ui.into(),
             time_zone: jiff::tz::TimeZone::UTC,
+            connections: None,
         }
+    }
+
+    /// Shows these connection counters (the portal's own server's) on the status page.
+    pub fn with_connection_stats(mut self, stats: discovery::ConnectionStats) -> Self {
+        self.connections = Some(stats);
+        self
     }
 
     /// The same portal showing log times in `zone`.
@@ -466,6 +475,7 @@ fn show_status(portal: &Portal) -> Response {
         dependencies,
         consul_ui: portal.consul_ui.to_string(),
         shipping: discovery::telemetry::shipping_stats().map(|stats| ShippingView::from(&*stats)),
+        connections: portal.connections.as_ref().map(|stats| stats.counts()),
     };
     pages::render(StatusCode::OK, &page)
 }

@@ -216,12 +216,21 @@ async fn the_portal_says_grading_is_unavailable_until_an_instance_registers() {
         "{html}"
     );
     assert!(!html.contains("<script>"), "{html}");
+    for path in ["/", "/students/1", "/status"] {
+        testkit::assert_head_answers_as_get(&format!("{}{path}", portal.base_url())).await;
+    }
 
     let page = get(&portal, "/status").await;
     assert_eq!(page.status, 200);
     assert!(page.html.contains(&grading.to_string()), "{}", page.html);
     assert!(
         page.html.contains(&format!("{}/ui/", agent.http_addr())),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html
+            .contains("<dt>Client connection errors (aborted, malformed)</dt><dd>0</dd>"),
         "{}",
         page.html
     );

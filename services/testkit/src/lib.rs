@@ -137,6 +137,39 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
 }
 
+/// Asserts that `HEAD url` answers as `GET url` does: same status and headers (but the date),
+/// and no body.
+pub async fn assert_head_answers_as_get(url: &str) {
+    let client = http_client();
+    let get = client.get(url).send().await.unwrap();
+    let head = client.head(url).send().await.unwrap();
+    let headers = |response: &reqwest::Response| -> Vec<(String, String)> {
+        let mut headers: Vec<_> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != "date")
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        headers.sort();
+        headers
+    };
+    assert_eq!(head.status(), get.status(), "HEAD {url}");
+    assert_eq!(headers(&head), headers(&get), "HEAD {url}");
+    assert!(
+        !get.bytes().await.unwrap().is_empty(),
+        "GET {url} has a body"
+    );
+    assert!(
+        head.bytes().await.unwrap().is_empty(),
+        "HEAD {url} has none"
+    );
+}
+
 /// Creates (truncating) the log file `dir/name` and returns its path with handles for a child's
 /// stdout and stderr, so output lands in the file and not in the test's own output.
 fn log_file(dir: &Path, name: &str) -> (PathBuf, Stdio, Stdio) {

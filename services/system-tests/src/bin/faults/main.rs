@@ -1,8 +1,8 @@
 //! The fault scenarios of RELIABILITY.md, run against the real binaries and a real Consul agent
 //! on loopback: SIGKILL under load, a rolling restart, a Consul outage with lost state, a log
-//! outage, a full disk, crashes during writes, and misbehaving providers. Each prints its
-//! figures; at the end one table of all of them, and the exit code says whether every claim
-//! held.
+//! outage, a full disk, crashes during writes, misbehaving providers and hostile connections.
+//! Each prints its figures; at the end one table of all of them, and the exit code says
+//! whether every claim held.
 //!
 //! Run it with `scripts/faults.sh` (which builds everything first); the bad-input scenario is
 //! part of `cargo test` (`services/system-tests/tests/bad_input.rs`). `faults cluster` runs the
@@ -10,6 +10,7 @@
 
 mod cluster;
 mod common;
+mod connections;
 mod consul_outage;
 mod crash;
 mod disk_full;
@@ -40,6 +41,7 @@ table of figures, and exits 1 if any scenario's claim failed.
   6  SIGKILL of log and grading during writes; a torn last line
   8  misbehaving providers: a grading instance that hangs, answers 500 or junk,
      or streams a huge body, beside a healthy one, under load through the portal
+  9  connections: slow headers, thousands idle, over the cap, thousands aborted
 
   --markdown FILE  also write the table as Markdown to FILE
 
@@ -73,7 +75,7 @@ async fn main() -> ExitCode {
             "--markdown" => markdown = args.next(),
             "--smoke" if on_cluster => chosen.push(1),
             number => match number.parse::<u8>() {
-                Ok(n @ (1..=6 | 8)) => chosen.push(n),
+                Ok(n @ (1..=6 | 8 | 9)) => chosen.push(n),
                 _ => {
                     eprint!("faults: unknown argument {number:?}\n\n{usage}");
                     return ExitCode::from(2);
@@ -82,7 +84,7 @@ async fn main() -> ExitCode {
         }
     }
     if chosen.is_empty() {
-        chosen = (1..=6).chain([8]).collect();
+        chosen = (1..=6).chain([8, 9]).collect();
     }
     chosen.dedup();
 
@@ -143,6 +145,7 @@ async fn run(number: u8) -> Outcome {
         4 => log_outage::run().await,
         5 => disk_full::run().await,
         8 => misbehaving::run().await,
+        9 => connections::run().await,
         _ => crash::run().await,
     }
 }

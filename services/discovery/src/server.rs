@@ -1,0 +1,641 @@
+//! The accept loop every service serves through: HTTP/1.1 over hyper with the limits warp's own
+//! loop lacks. A client that sends its request head slowly, or keeps a connection idle, is closed
+//! after a timeout; at most `max_connections` are served, and connections beyond that are shed
+//! with a 503 while `/health` is still answered, so the Consul check keeps passing under a flood.
+//! Client-side connection failures (aborted, malformed, timed out) are counted and logged at
+//! debug: a script opening thousands of them must not become thousands of shipped ERROR records.
+//! `HEAD` is answered wherever `GET` is, here once rather than per route.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use warp::Filter;
+use warp::http::{Method, Request, StatusCode, header};
+use warp::reply::Reply;
+
+/// How long a client may take from the first byte of a request head to its end, and how long a
+/// fresh connection may stay silent. Ten seconds is far beyond what any client on a working link
+/// needs (heads are a few hundred bytes) and short enough that a slow-header client holds a
+/// connection for seconds, not forever. hyper's own default is 30 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may wait for its next request. Longer than the 60 s our own
+/// callers keep idle pooled connections (`runtime::http_client`), so the caller closes first and
+/// never sends a request on a connection this side is closing.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Connections served at once. Each costs a file descriptor and a few kilobytes of buffers; 1024
+/// is far above what the callers' pools open, and leaves room under the usual 4096+ descriptor
+/// limit of containers (and a warning at start when the limit is lower, see [`check_fd_limit`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections beyond the cap that are still read, one request each, to answer `/health` and a
+/// 503 to the rest. Past these, new connections are closed at once.
+const SHED_SLOTS: usize = 64;
+/// A shed connection gets this long to send its request head; the Consul check sends at once.
+const SHED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the loop pauses when accepting fails for lack of descriptors or memory, so it does
+/// not spin; connections closing in the meantime free what the next accept needs.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Connections open at once above which a fall back to half is worth returning memory for.
+const FLOOD_OPEN_CONNECTIONS: u64 = 256;
+/// How often the open-connection count is looked at for that.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The limits one server applies to its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Longest time from a request's first byte to the end of its head.
+    pub header_timeout: Duration,
+    /// Longest wait for the next request on a keep-alive connection.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are shed (see the module comment).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Command-line flags (each with an environment variable) for the connection limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// Close a connection whose request head takes longer than this (slow-header clients).
+    #[arg(long, env = "GRADEBOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Close a keep-alive connection idle this long between requests.
+    #[arg(long, env = "GRADEBOOK_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Connections served at once; more are answered 503 (except /health) and closed.
+    #[arg(long, env = "GRADEBOOK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+}
+
+impl ConnectionArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// Counters of one server's connections, shared with whatever shows them (`/status/connections`).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    open: AtomicU64,
+    shed: AtomicU64,
+    refused: AtomicU64,
+    header_timeouts: AtomicU64,
+    idle_closed: AtomicU64,
+    client_errors: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// What `GET /status/connections` answers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now (served and shed).
+    pub open: u64,
+    /// Accepted over the cap and answered 503 (or `/health`).
+    pub shed: u64,
+    /// Closed at once, over the cap and every shed slot taken.
+    pub refused: u64,
+    /// Closed because the request head did not arrive in time.
+    pub header_timeouts: u64,
+    /// Keep-alive connections closed after the idle timeout.
+    pub idle_closed: u64,
+    /// Connections that failed on the client's side: aborted mid-request, malformed requests.
+    pub client_errors: u64,
+    /// Failed accepts (out of descriptors, say).
+    pub accept_errors: u64,
+}
+
+impl ConnectionStats {
+    /// The counters as they are now.
+    pub fn counts(&self) -> ConnectionCounts {
+        let c = &self.0;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ConnectionCounts {
+            accepted: get(&c.accepted),
+            open: get(&c.open),
+            shed: get(&c.shed),
+            refused: get(&c.refused),
+            header_timeouts: get(&c.header_timeouts),
+            idle_closed: get(&c.idle_closed),
+            client_errors: get(&c.client_errors),
+            accept_errors: get(&c.accept_errors),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /status/connections`: the counters as JSON.
+pub fn status_route(
+    stats: ConnectionStats,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("status" / "connections")
+        .and(warp::get())
+        .map(move || warp::reply::json(&stats.counts()).into_response())
+}
+
+/// Serves `filter` on `listener` under `limits` until `shutdown` resolves; then stops accepting,
+/// lets open connections finish their current request, and returns once all are closed.
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    limits: ConnectionLimits,
+    stats: ConnectionStats,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    check_fd_limit(limits.max_connections);
+    let service = TowerToHyperService::new(warp::service(filter));
+    let served = Arc::new(Semaphore::new(limits.max_connections));
+    let shed = Arc::new(Semaphore::new(SHED_SLOTS));
+    let (stop, stopping) = watch::channel(false);
+    // Every connection task holds a sender; when the last is gone, all connections are closed.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_failing = false;
+    let memory = tokio::spawn(release_memory_after_floods(stats.clone()));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match stream {
+            Ok((stream, _)) => {
+                accept_failing = false;
+                stream
+            }
+            Err(err) => {
+                ConnectionStats::bump(&stats.0.accept_errors);
+                if !is_connection_error(&err) {
+                    // Out of descriptors or memory: say so once per streak, pause, go on.
+                    if !accept_failing {
+                        warn!("accepting connections fails, pausing and retrying: {err}");
+                    }
+                    accept_failing = true;
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
+                continue;
+            }
+        };
+        ConnectionStats::bump(&stats.0.accepted);
+        let (permit, mode) = match served.clone().try_acquire_owned() {
+            Ok(permit) => (permit, Mode::Serve),
+            Err(_) => match shed.clone().try_acquire_owned() {
+                Ok(permit) => (permit, Mode::Shed),
+                Err(_) => {
+                    ConnectionStats::bump(&stats.0.refused);
+                    continue; // dropping the stream closes it
+                }
+            },
+        };
+        let connection = Connection {
+            service: service.clone(),
+            limits,
+            stats: stats.clone(),
+            mode,
+        };
+        let stopping = stopping.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            connection.run(stream, stopping).await;
+            drop(permit);
+            drop(open);
+        });
+    }
+    drop(listener);
+    memory.abort();
+    let _ = stop.send(true);
+    drop(open);
+    let _ = all_closed.recv().await;
+}
+
+/// After a flood of connections has gone, hands the memory their buffers used back to the
+/// system. glibc's allocator keeps freed memory inside its arenas (the flood's buffers are
+/// scattered among live ones, so nothing can be trimmed from the top), and RSS would stay at the
+/// flood's high-water mark for the life of the process; `malloc_trim` returns the free pages.
+async fn release_memory_after_floods(stats: ConnectionStats) {
+    let mut peak = 0;
+    let mut every = tokio::time::interval(MEMORY_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let open = stats.0.open.load(Ordering::Relaxed);
+        peak = peak.max(open);
+        if peak >= FLOOD_OPEN_CONNECTIONS && open <= peak / 2 {
+            peak = open;
+            // It walks the whole heap: not on an async worker.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it takes the allocator's own locks.
+    let released = unsafe { libc::malloc_trim(0) };
+    debug!(
+        released = released == 1,
+        "trimmed the heap after a connection flood"
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// Errors from `accept` that concern one connection only, and need no pause.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Warns at start when the descriptor limit cannot hold the connection cap: past it, accepts fail
+/// with EMFILE before the cap sheds anything. Read from /proc; elsewhere, no warning.
+fn check_fd_limit(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<usize>().ok());
+    // Room for the shed slots, the database, log files and outgoing connections.
+    let needed = max_connections + SHED_SLOTS + 256;
+    if let Some(soft) = soft.filter(|soft| *soft < needed) {
+        warn!(
+            "open-file limit {soft} is below the {needed} that --max-connections {max_connections} \
+             needs: raise it (ulimit -n) or lower --max-connections"
+        );
+    }
+}
+
+/// The service's routes, as hyper calls them.
+trait Routes:
+    hyper::service::Service<
+        Request<RequestBody>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Routes for S where
+    S: hyper::service::Service<
+            Request<RequestBody>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Under the cap: every request is served, on a keep-alive connection.
+    Serve,
+    /// Over the cap: one request, `/health` served and anything else answered 503.
+    Shed,
+}
+
+/// Where a connection is in its request cycle, for the timeouts.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Waiting for the first byte of a request, since then (fresh connections start here too,
+    /// under the header timeout: a connection that never says anything is a slow header).
+    Idle { since: Instant, fresh: bool },
+    /// Reading a request head, since its first byte.
+    ReadingHead { since: Instant },
+    /// A request is being answered; no timeout of ours applies.
+    Busy,
+}
+
+/// Shared by the socket, the response body and the connection's timeout loop, which wakes on
+/// every change.
+type SharedPhase = Arc<watch::Sender<Phase>>;
+
+struct Connection<S> {
+    service: S,
+    limits: ConnectionLimits,
+    stats: ConnectionStats,
+    mode: Mode,
+}
+
+impl<S> Connection<S>
+where
+    S: Routes,
+{
+    async fn run(self, stream: TcpStream, mut stopping: watch::Receiver<bool>) {
+        let counters = &self.stats.0;
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        if self.mode == Mode::Shed {
+            ConnectionStats::bump(&counters.shed);
+        }
+        let _ = stream.set_nodelay(true);
+        let phase: SharedPhase = Arc::new(watch::Sender::new(Phase::Idle {
+            since: Instant::now(),
+            fresh: true,
+        }));
+        let mut phase_changes = phase.subscribe();
+        let io = TokioIo::new(PhaseTracking {
+            stream,
+            phase: phase.clone(),
+        });
+        let mode = self.mode;
+        let service = self.service.clone();
+        let request_phase = phase.clone();
+        let body_failed = Arc::new(AtomicBool::new(false));
+        let request_body_failed = body_failed.clone();
+        let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+            request_phase.send_replace(Phase::Busy);
+            let request = request.map(|body| RequestBody {
+                body,
+                failed: request_body_failed.clone(),
+            });
+            let answer = answer(service.clone(), mode, request);
+            let phase = request_phase.clone();
+            async move {
+                let response = answer.await;
+                Ok::<_, std::convert::Infallible>(response.map(|body| PhaseBody {
+                    body,
+                    phase: Some(phase),
+                }))
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.keep_alive(mode == Mode::Serve);
+        let conn = builder.serve_connection(io, handler);
+        let mut conn = std::pin::pin!(conn);
+        let header_timeout = match mode {
+            Mode::Serve => self.limits.header_timeout,
+            Mode::Shed => SHED_HEADER_TIMEOUT.min(self.limits.header_timeout),
+        };
+        let mut draining = *stopping.borrow();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let now = Instant::now();
+            let current = *phase_changes.borrow_and_update();
+            let deadline = match current {
+                Phase::Idle { since, fresh: true } | Phase::ReadingHead { since } => {
+                    Some((since + header_timeout, &counters.header_timeouts))
+                }
+                Phase::Idle {
+                    since,
+                    fresh: false,
+                } => Some((since + self.limits.idle_timeout, &counters.idle_closed)),
+                Phase::Busy => None,
+            };
+            if let Some((deadline, counter)) = deadline
+                && deadline <= now
+            {
+                // Nothing is in flight: dropping the connection loses no answer.
+                ConnectionStats::bump(counter);
+                debug!(?current, "closing a connection past its timeout");
+                break;
+            }
+            let wake = deadline.map(|(deadline, _)| deadline);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    // The client's doing (reset, half a request, junk): counted, not shipped. A
+                    // body cut short may still have been answered (a 4xx), so hyper saw no error.
+                    if let Err(err) = result {
+                        ConnectionStats::bump(&counters.client_errors);
+                        debug!("client connection error: {err}");
+                    } else if body_failed.load(Ordering::Relaxed) {
+                        ConnectionStats::bump(&counters.client_errors);
+                        debug!("client connection error: request body cut short");
+                    }
+                    break;
+                }
+                _ = sleep_until(wake) => {}
+                _ = phase_changes.changed() => {}
+                changed = stopping.changed(), if !draining => {
+                    draining = true;
+                    if changed.is_ok() {
+                        // Idle connections close now; one mid-request finishes it first.
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+        counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to one request: HEAD as GET (hyper sends the headers without the body), and on a
+/// shed connection a 503 for anything but `/health`.
+fn answer<S: Routes>(
+    service: S,
+    mode: Mode,
+    mut request: Request<RequestBody>,
+) -> impl Future<Output = warp::reply::Response> + Send + 'static {
+    let shed = mode == Mode::Shed && request.uri().path() != "/health";
+    if request.method() == Method::HEAD {
+        *request.method_mut() = Method::GET;
+    }
+    let routed = (!shed).then(|| hyper::service::Service::call(&service, request));
+    async move {
+        match routed {
+            Some(routed) => match routed.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => {
+                let mut response = crate::http::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections; try again shortly",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                response
+            }
+        }
+    }
+}
+
+/// The socket, noting when a request's first byte arrives so the header timeout starts then.
+struct PhaseTracking {
+    stream: TcpStream,
+    phase: SharedPhase,
+}
+
+impl AsyncRead for PhaseTracking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.phase.send_if_modified(|phase| match phase {
+                Phase::Idle { .. } => {
+                    *phase = Phase::ReadingHead {
+                        since: Instant::now(),
+                    };
+                    true
+                }
+                _ => false,
+            });
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for PhaseTracking {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A request body that remembers whether reading it failed (the client went away mid-body).
+struct RequestBody {
+    body: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl Body for RequestBody {
+    type Data = <Incoming as Body>::Data;
+    type Error = <Incoming as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that marks the connection idle once hyper is done with it (written in full,
+/// or dropped unread for a HEAD): the idle timeout runs from then.
+struct PhaseBody<B> {
+    body: B,
+    phase: Option<SharedPhase>,
+}
+
+impl<B> Drop for PhaseBody<B> {
+    fn drop(&mut self) {
+        if let Some(phase) = self.phase.take() {
+            phase.send_replace(Phase::Idle {
+                since: Instant::now(),
+                fresh: false,
+            });
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for PhaseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
