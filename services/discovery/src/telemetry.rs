@@ -81,21 +81,11 @@ struct Shipping {
 
 static SHIPPING: OnceLock<Shipping> = OnceLock::new();
 
-/// The target of warp's event for every connection that ends mid-request: logged as an ERROR
-/// ("server connection error: IncompleteMessage"), though a client hanging up (a dropped long
-/// poll, a closed tab, a port scan) is the client's business. Off unless `RUST_LOG` names warp.
-const CONNECTION_ERRORS: &str = "warp::server";
-
-/// `RUST_LOG` (default `info`), with warp's per-connection errors off unless it names warp.
+/// `RUST_LOG` (default `info`). Connection-level client errors (a client hanging up, junk on the
+/// socket) are the serving layer's debug events (`discovery::server`), not errors.
 fn stderr_filter(rust_log: Option<&str>) -> EnvFilter {
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
-    let directives = if directives.contains("warp") {
-        directives.to_owned()
-    } else {
-        format!("{directives},{CONNECTION_ERRORS}=off")
-    };
-    EnvFilter::try_new(directives)
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{CONNECTION_ERRORS}=off")))
+    EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 fn stderr_layer<S>() -> impl Layer<S>
@@ -140,11 +130,7 @@ pub fn init_with_shipping(service: &'static str) {
         sender,
         stats,
     }
-    .with_filter(level)
-    // Never ship them either: a client could otherwise fill the log by hanging up.
-    .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-        !meta.target().starts_with(CONNECTION_ERRORS)
-    }));
+    .with_filter(level);
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)
