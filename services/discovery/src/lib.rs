@@ -9,10 +9,12 @@
 //! - [`watch`]: one blocking-query loop per dependency, publishing its set of passing providers.
 //! - [`pool`]: spreads requests over a watched set, fails over on dead instances, fails fast on none.
 //! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
+//! - [`browser`]: the Host allow-list and the security headers on every answer.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber.
 
 pub mod agent;
+pub mod browser;
 pub mod consul;
 pub mod http;
 pub mod pool;
@@ -23,6 +25,7 @@ pub mod watch;
 
 mod backoff;
 
+pub use browser::AllowedHostsArgs;
 pub use consul::{ConsulArgs, ConsulSettings};
 pub use pool::{PoolError, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};

@@ -15,6 +15,7 @@ use warp::Filter;
 use warp::reply::Response;
 
 use crate::agent::{AgentClient, HttpCheck, Registration};
+use crate::browser::HostAllowList;
 use crate::consul::ConsulSettings;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
@@ -54,6 +55,8 @@ pub struct ServiceDefinition {
     /// the bound address.
     pub advertise: Option<String>,
     pub consul: ConsulSettings,
+    /// Host names served besides loopback names and the advertised host (see [`crate::browser`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why a service could not start.
@@ -198,11 +201,9 @@ impl Service {
                     .body(warp::hyper::body::Bytes::from(health_json.clone()).into())
                     .expect("static response")
             });
-        let app = health
-            .or(routes)
-            .unify()
-            .recover(handle_rejection)
-            .unify()
+        let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
+        let app = health.or(routes).unify().recover(handle_rejection).unify();
+        let app = crate::browser::guard(allowed, app)
             .with(warp::log::custom(log_request))
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::ConsulArgs;
+use discovery::{AllowedHostsArgs, ConsulArgs};
 
 /// Serves students and their grades as JSON from an embedded SQLite database (or PostgreSQL,
 /// with --database-url); registers with
@@ -40,6 +40,9 @@ pub struct Config {
     /// Where the local Consul agent is and how to authenticate to it.
     #[command(flatten)]
     pub consul: ConsulArgs,
+
+    #[command(flatten)]
+    pub hosts: AllowedHostsArgs,
 }
 
 /// Parses a PostgreSQL URL without echoing it: it may hold a password.

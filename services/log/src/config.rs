@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::ConsulArgs;
+use discovery::{AllowedHostsArgs, ConsulArgs};
 
 /// Receives log records over HTTP and stores them durably; registers with Consul as `log`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -24,6 +24,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub consul: ConsulArgs,
+
+    #[command(flatten)]
+    pub hosts: AllowedHostsArgs,
 }
 
 #[cfg(test)]
