@@ -46,14 +46,12 @@ pub struct InvalidId {
     pub text: String,
 }
 
-/// Ids are SQLite rowids: positive and within i64. Digits only, so `+7` or ` 7` are not ids.
+/// Ids are SQLite rowids, read as every service reads a path id ([`discovery::http::PathId`]):
+/// plain digits without a leading zero, so `+7`, ` 7` or `07` are not ids.
 fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
-    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    digits_only
-        .then(|| text.parse::<i64>().ok())
-        .flatten()
-        .filter(|&id| id > 0)
-        .ok_or_else(|| InvalidId {
+    text.parse::<discovery::http::PathId>()
+        .map(|discovery::http::PathId(id)| id as i64)
+        .map_err(|_| InvalidId {
             kind,
             text: echo(text),
         })
@@ -325,7 +323,7 @@ mod tests {
     fn ids_are_positive_whole_numbers_within_i64() {
         assert_eq!(StudentId::parse("7"), Ok(StudentId(7)));
         assert_eq!(GradeId::parse(&i64::MAX.to_string()), Ok(GradeId(i64::MAX)));
-        let bad = "0 -1 +7 7.0 0x7 abc 9223372036854775808 99999999999999999999999".split(' ');
+        let bad = "0 07 -1 +7 7.0 0x7 abc 9223372036854775808 99999999999999999999999".split(' ');
         for bad in bad.chain(["", " 7"]) {
             assert!(StudentId::parse(bad).is_err(), "{bad:?}");
         }
@@ -482,6 +480,7 @@ mod tests {
                 match StudentId::parse(&text) {
                     Ok(StudentId(id)) => {
                         prop_assert!(text.bytes().all(|b| b.is_ascii_digit()) && id > 0);
+                        prop_assert_eq!(id.to_string(), text);
                     }
                     Err(err) => {
                         let message = err.to_string();
