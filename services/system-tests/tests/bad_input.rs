@@ -189,6 +189,9 @@ fn log_cases() -> Vec<Case> {
             r#""service": "a", "message": "x", "trace_id": "{}""#,
             "t".repeat(101)
         ))),
+        case("POST", "/log", 422, "W3C trace-context trace-id").json(&record(
+            r#""service": "a", "message": "x", "trace_id": "request-42""#,
+        )),
         case("GET", "/log?limit=-1", 400, "limit: must be a whole number"),
         case(
             "GET",
