@@ -146,7 +146,9 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         // frame-ancestors for browsers that predate it.
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with our own forms, which the
+        // portal's CSRF check must then refuse.
+        (header::REFERRER_POLICY, "same-origin"),
     ];
     for (name, value) in set {
         headers.insert(name, HeaderValue::from_static(value));
@@ -214,7 +216,7 @@ mod tests {
         for response in [&served, &refused] {
             let headers = response.headers();
             assert_eq!(headers["x-content-type-options"], "nosniff");
-            assert_eq!(headers["referrer-policy"], "no-referrer");
+            assert_eq!(headers["referrer-policy"], "same-origin");
             let csp = headers["content-security-policy"].to_str().unwrap();
             assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
             assert!(!csp.contains("unsafe-inline"), "{csp}");

@@ -8,11 +8,13 @@
 
 mod browser;
 mod consul;
+mod portal_form;
 mod postgres;
 mod process;
 
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
+pub use portal_form::FormToken;
 pub use postgres::Postgres;
 pub use process::ServiceProcess;
 
