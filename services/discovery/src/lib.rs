@@ -12,10 +12,12 @@
 //! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
 //! - [`server`]: the accept loop: header and idle timeouts, a connection cap that sheds but keeps
 //!   `/health` answered, client errors counted, `HEAD` as `GET`.
+//! - [`browser`]: the Host allow-list and the security headers on every answer.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber.
 
 pub mod agent;
+pub mod browser;
 pub mod consul;
 pub mod http;
 pub mod pool;
@@ -27,6 +29,7 @@ pub mod watch;
 
 mod backoff;
 
+pub use browser::AllowedHostsArgs;
 pub use consul::{ConsulArgs, ConsulSettings};
 pub use pool::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};

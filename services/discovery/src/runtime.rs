@@ -15,6 +15,7 @@ use warp::Filter;
 use warp::reply::{Reply, Response};
 
 use crate::agent::{AgentClient, HttpCheck, Registration};
+use crate::browser::HostAllowList;
 use crate::consul::ConsulSettings;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
@@ -55,6 +56,8 @@ pub struct ServiceDefinition {
     /// the bound address.
     pub advertise: Option<String>,
     pub consul: ConsulSettings,
+    /// Host names served besides loopback names and the advertised host (see [`crate::browser`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why a service could not start.
@@ -214,13 +217,15 @@ impl Service {
                     .body(warp::hyper::body::Bytes::from(health_json.clone()).into())
                     .expect("static response")
             });
+        let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
         let app = health
             .or(crate::server::status_route(self.connection_stats.clone()))
             .unify()
             .or(routes)
             .unify()
             .recover(handle_rejection)
-            .unify()
+            .unify();
+        let app = crate::browser::guard(allowed, app)
             .with(warp::log::custom(log_request))
             .map(Reply::into_response)
             // hyper's service adapter clones the whole filter for every request, and with it

@@ -32,6 +32,7 @@ impl Instance {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: None,
             consul: ConsulSettings::local(agent.http_addr()),
+            allowed_hosts: Vec::new(),
         })
         .await
         .expect("binds")

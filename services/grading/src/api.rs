@@ -1,7 +1,7 @@
 //! The HTTP API: students (`/students`, `/students/{id}`) and their grades
 //! (`/students/{id}/grades`, `/students/{id}/grades/{gradeId}`), as camelCase JSON.
 
-use discovery::http::{Object, body_limit, respond};
+use discovery::http::{Object, body_limit, json_content_type, respond};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warp::http::{StatusCode, header};
@@ -237,6 +237,7 @@ async fn delete_grade(id: String, grade_id: String, store: Store) -> Result<impl
 fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (T,), Error = Rejection> + Clone
 {
     body_limit(MAX_BODY_BYTES)
+        .and(json_content_type())
         .and(warp::body::json())
         .map(|Object(body)| body)
 }

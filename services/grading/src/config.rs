@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{ConnectionArgs, ConsulArgs};
+use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
 
 /// Serves students and their grades as JSON from an embedded SQLite database (or PostgreSQL,
 /// with --database-url); registers with
@@ -43,6 +43,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: ConnectionArgs,
+
+    #[command(flatten)]
+    pub hosts: AllowedHostsArgs,
 }
 
 /// Parses a PostgreSQL URL without echoing it: it may hold a password.

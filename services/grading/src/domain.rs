@@ -46,14 +46,12 @@ pub struct InvalidId {
     pub text: String,
 }
 
-/// Ids are SQLite rowids: positive and within i64. Digits only, so `+7` or ` 7` are not ids.
+/// Ids are SQLite rowids, read as every service reads a path id ([`discovery::http::PathId`]):
+/// plain digits without a leading zero, so `+7`, ` 7` or `07` are not ids.
 fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
-    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    digits_only
-        .then(|| text.parse::<i64>().ok())
-        .flatten()
-        .filter(|&id| id > 0)
-        .ok_or_else(|| InvalidId {
+    text.parse::<discovery::http::PathId>()
+        .map(|discovery::http::PathId(id)| id as i64)
+        .map_err(|_| InvalidId {
             kind,
             text: echo(text),
         })
@@ -92,8 +90,9 @@ id_type!(
     "grade"
 );
 
-/// Trims, then requires 1 to `max_chars` characters and no control characters: these are one-line
-/// labels, and a newline or escape sequence in one is a mistake or an attack on a terminal.
+/// Trims, then requires 1 to `max_chars` characters, no control characters (these are one-line
+/// labels, and a newline or escape sequence in one is a mistake or an attack on a terminal), no
+/// bidirectional controls, and at least one visible character.
 fn parse_label(field: &'static str, text: &str, max_chars: usize) -> Result<String, InvalidField> {
     let text = text.trim();
     if text.is_empty() {
@@ -105,6 +104,20 @@ fn parse_label(field: &'static str, text: &str, max_chars: usize) -> Result<Stri
             "must not contain control characters such as newlines or tabs",
         ));
     }
+    if text.chars().any(is_bidi_control) {
+        return Err(invalid(
+            field,
+            "must not contain bidirectional controls (U+200E, U+200F, U+202A to U+202E, U+2066 \
+             to U+2069, U+061C): they reorder the text around them on every page",
+        ));
+    }
+    if !text.chars().any(is_visible) {
+        return Err(invalid(
+            field,
+            "must contain at least one visible character (not only spaces, zero-width or other \
+             invisible characters)",
+        ));
+    }
     let chars = text.chars().count();
     if chars > max_chars {
         return Err(invalid(
@@ -113,6 +126,42 @@ fn parse_label(field: &'static str, text: &str, max_chars: usize) -> Result<Stri
         ));
     }
     Ok(text.to_owned())
+}
+
+/// The characters that change the direction of the text after them: the embeddings and
+/// overrides (U+202A to U+202E), the isolates (U+2066 to U+2069) and the marks (U+200E LRM,
+/// U+200F RLM, U+061C ALM). A name ending in U+202E reverses the rest of its line on the page.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Neither white space nor one of Unicode's default-ignorable code points (DerivedCoreProperties
+/// `Default_Ignorable_Code_Point`: zero-width spaces and joiners, soft hyphen, variation
+/// selectors, Hangul fillers, tags and the rest), which render as nothing. A label made only of
+/// those looks empty on the page; they are allowed beside visible characters (a zero-width
+/// joiner is part of many scripts and emoji).
+fn is_visible(c: char) -> bool {
+    let default_ignorable = matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    );
+    !c.is_whitespace() && !default_ignorable
 }
 
 /// A first or last name: 1 to [`MAX_NAME_CHARS`] characters after trimming. HTML is kept as
@@ -325,7 +374,7 @@ mod tests {
     fn ids_are_positive_whole_numbers_within_i64() {
         assert_eq!(StudentId::parse("7"), Ok(StudentId(7)));
         assert_eq!(GradeId::parse(&i64::MAX.to_string()), Ok(GradeId(i64::MAX)));
-        let bad = "0 -1 +7 7.0 0x7 abc 9223372036854775808 99999999999999999999999".split(' ');
+        let bad = "0 07 -1 +7 7.0 0x7 abc 9223372036854775808 99999999999999999999999".split(' ');
         for bad in bad.chain(["", " 7"]) {
             assert!(StudentId::parse(bad).is_err(), "{bad:?}");
         }
@@ -334,6 +383,45 @@ mod tests {
             err.starts_with("no student with id \"xxx") && err.len() < 200,
             "{err}"
         );
+    }
+
+    #[test]
+    fn labels_need_a_visible_character_and_no_bidi_control() {
+        for invisible in [
+            "\u{200B}",
+            "\u{200B}\u{2060}\u{FEFF}",
+            "\u{3164}\u{00AD}",
+            "\u{E0041}",
+            " \u{200D} ",
+        ] {
+            let err = Name::parse("firstName", invisible).unwrap_err().to_string();
+            assert!(
+                err.starts_with("firstName: must contain at least one visible"),
+                "{invisible:?}: {err}"
+            );
+        }
+        for bidi in [
+            "Ada\u{202E}ecalevol",
+            "\u{2067}Ada",
+            "Quiz\u{200F}",
+            "x\u{061C}y",
+        ] {
+            let err = Title::parse(bidi).unwrap_err().to_string();
+            assert!(
+                err.starts_with("title: must not contain bidirectional controls"),
+                "{bidi:?}: {err}"
+            );
+        }
+        // Zero-width joiners and variation selectors inside real text are part of it.
+        for fine in [
+            "👩\u{200D}🔬",
+            "क्\u{200D}ष",
+            "Zoë",
+            "李小龍",
+            "Quiz ❤\u{FE0F}",
+        ] {
+            assert_eq!(Title::parse(fine).unwrap().as_str(), fine);
+        }
     }
 
     #[test]
@@ -448,6 +536,7 @@ mod tests {
             prop_oneof![
                 any::<String>(),
                 "[ \t\n\r\u{0}\u{1b}\u{85}\u{2028}<>&\"'a-zé]{0,40}",
+                "[a\u{200B}\u{200D}\u{202E}\u{2066}\u{FEFF}\u{3164} ]{0,8}",
                 "[a-z ]{190,210}",
             ]
         }
@@ -482,6 +571,7 @@ mod tests {
                 match StudentId::parse(&text) {
                     Ok(StudentId(id)) => {
                         prop_assert!(text.bytes().all(|b| b.is_ascii_digit()) && id > 0);
+                        prop_assert_eq!(id.to_string(), text);
                     }
                     Err(err) => {
                         let message = err.to_string();
@@ -496,6 +586,8 @@ mod tests {
                 let trimmed = text.trim();
                 let valid = !trimmed.is_empty()
                     && !trimmed.chars().any(char::is_control)
+                    && !trimmed.chars().any(is_bidi_control)
+                    && trimmed.chars().any(is_visible)
                     && trimmed.chars().count() <= MAX_TITLE_CHARS;
                 match Title::parse(&text) {
                     Ok(title) => {

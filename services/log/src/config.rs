@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{ConnectionArgs, ConsulArgs};
+use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
 
 /// Receives log records over HTTP and stores them durably; registers with Consul as `log`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -27,6 +27,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub connections: ConnectionArgs,
+
+    #[command(flatten)]
+    pub hosts: AllowedHostsArgs,
 }
 
 #[cfg(test)]

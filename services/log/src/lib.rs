@@ -61,6 +61,7 @@ impl App {
             listen: config.listen,
             advertise: config.advertise,
             consul,
+            allowed_hosts: config.hosts.allowed_hosts.clone(),
         })
         .await?
         .with_connection_limits(config.connections.limits());

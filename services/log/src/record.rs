@@ -15,9 +15,6 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest accepted `service` name, in characters.
 pub const MAX_SERVICE_CHARS: usize = 100;
 
-/// Longest accepted `trace_id`, in characters.
-pub const MAX_TRACE_ID_CHARS: usize = 100;
-
 /// How much of a rejected value an error message repeats back, so a huge bad field does not
 /// produce a huge error response.
 const MAX_ECHO_CHARS: usize = 64;
@@ -141,9 +138,11 @@ pub enum InvalidRecord {
     /// `time` is not an RFC 3339 timestamp (the value is repeated, shortened if long).
     #[error("time: {0:?} is not an RFC 3339 timestamp such as \"2026-11-21T16:05:03.123Z\"")]
     Time(String),
-    /// `trace_id` is longer than [`MAX_TRACE_ID_CHARS`].
-    #[error("trace_id: longer than {} characters", MAX_TRACE_ID_CHARS)]
-    TraceIdTooLong,
+    /// `trace_id` is not a W3C trace-id (the value is repeated, shortened if long).
+    #[error(
+        "trace_id: {0:?} is not a W3C trace-context trace-id: 32 lowercase hex digits, not all zero"
+    )]
+    TraceId(String),
 }
 
 impl NewRecord {
@@ -168,11 +167,10 @@ impl NewRecord {
             None => now,
         };
         let trace_id = self.trace_id.filter(|id| !id.is_empty());
-        if trace_id
-            .as_ref()
-            .is_some_and(|id| id.chars().count() > MAX_TRACE_ID_CHARS)
+        if let Some(id) = &trace_id
+            && !is_trace_id(id)
         {
-            return Err(InvalidRecord::TraceIdTooLong);
+            return Err(InvalidRecord::TraceId(echo(id)));
         }
         Ok(Record {
             time: humantime::format_rfc3339_millis(time).to_string(),
@@ -182,6 +180,17 @@ impl NewRecord {
             trace_id,
         })
     }
+}
+
+/// The trace-id of W3C Trace Context (`traceparent`'s second field): 32 lowercase hex digits,
+/// not all zero (the invalid value). Only that form is stored, so a trace id is something any
+/// tracing tool can look up and never a carrier for arbitrary text.
+pub fn is_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0')
 }
 
 /// Service names end up in URLs, file names and log lines, so they are kept to a safe alphabet.
@@ -380,17 +389,24 @@ mod tests {
             trace_id: Some(id.into()),
             ..new("m")
         };
-        let ok = with_trace(&"t".repeat(MAX_TRACE_ID_CHARS));
+        let w3c = "4bf92f3577b34da6a3ce929d0e0e4736";
         assert_eq!(
-            ok.validate(now()).unwrap().trace_id.as_deref(),
-            Some("t".repeat(MAX_TRACE_ID_CHARS).as_str())
+            with_trace(w3c).validate(now()).unwrap().trace_id.as_deref(),
+            Some(w3c)
         );
-        assert_eq!(
-            with_trace(&"t".repeat(MAX_TRACE_ID_CHARS + 1))
-                .validate(now())
-                .unwrap_err(),
-            InvalidRecord::TraceIdTooLong
-        );
+        for not_w3c in [
+            "t".repeat(32),
+            "4BF92F3577B34DA6A3CE929D0E0E4736".to_owned(),
+            "0".repeat(32),
+            w3c[1..].to_owned(),
+            format!("{w3c}0"),
+            "req-42".to_owned(),
+            format!("{}\u{202E}", &w3c[..31]),
+        ] {
+            let err = with_trace(&not_w3c).validate(now()).unwrap_err();
+            assert!(matches!(err, InvalidRecord::TraceId(_)), "{not_w3c:?}");
+            assert!(err.to_string().starts_with("trace_id: "), "{err}");
+        }
         assert_eq!(with_trace("").validate(now()).unwrap().trace_id, None);
     }
 

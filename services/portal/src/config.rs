@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use discovery::{ConnectionArgs, ConsulArgs};
+use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
 
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
@@ -26,11 +26,28 @@ pub struct Config {
     #[arg(long, env = "GRADEBOOK_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
     pub time_zone: jiff::tz::TimeZone,
 
+    /// What GET /status shows: `full` (each dependency's instances with addresses and ids, and
+    /// the Consul UI link), `summary` (each dependency's state and instance count only), or
+    /// `off` (404). Public deployments: summary or off, so the page maps no internal addresses.
+    #[arg(long, env = "GRADEBOOK_STATUS", value_enum, default_value_t = StatusMode::Full)]
+    pub status: StatusMode,
+
     #[command(flatten)]
     pub consul: ConsulArgs,
 
     #[command(flatten)]
     pub connections: ConnectionArgs,
+
+    #[command(flatten)]
+    pub hosts: AllowedHostsArgs,
+}
+
+/// How much the status page shows; see `Config::status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusMode {
+    Full,
+    Summary,
+    Off,
 }
 
 /// A zone of the tz database by name, so a typo stops the start rather than showing UTC.

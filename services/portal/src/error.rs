@@ -8,6 +8,7 @@ use warp::Rejection;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+use crate::csrf::CsrfRefusal;
 use crate::pages::{self, ErrorPage};
 use crate::routes::MAX_FORM_BYTES;
 
@@ -36,6 +37,9 @@ pub enum PortalError {
     UnsupportedMediaType,
     #[error("{0}")]
     BadRequest(String),
+    /// A form post that failed the CSRF checks; the message says which.
+    #[error("{0}")]
+    Forbidden(#[from] CsrfRefusal),
     /// A bug in the portal; logged, never shown.
     #[error("{0}")]
     Internal(String),
@@ -53,6 +57,7 @@ impl PortalError {
             PortalError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PortalError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PortalError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PortalError::Forbidden(_) => StatusCode::FORBIDDEN,
             PortalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,6 +108,8 @@ impl From<PortalError> for Response {
 pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         PortalError::NotFound
+    } else if let Some(refusal) = rejection.find::<CsrfRefusal>() {
+        PortalError::Forbidden(refusal.clone())
     } else if let Some(too_large) = rejection.find::<BodyTooLarge>() {
         PortalError::BodyTooLarge {
             limit: too_large.limit,

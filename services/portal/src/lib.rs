@@ -6,11 +6,13 @@
 //! - [`logs`]: what a reader of several log instances sees: the merge, and paging per instance.
 //! - [`pages`]: the askama templates (in `templates/`) and the view data they render.
 //! - [`routes`]: the pages as warp routes; handlers are plain async functions.
+//! - [`csrf`]: the checks every form post passes: same origin, and the token of the page's cookie.
 //! - [`error`]: every failure, and warp's own rejections, mapped to an HTML page in one place.
 //! - [`config`]: flags and environment variables.
 //! - [`App`]: build (bind, watch the dependencies) then run (register, serve, deregister, drain).
 
 pub mod config;
+pub mod csrf;
 pub mod error;
 pub mod logs;
 pub mod pages;
@@ -69,6 +71,7 @@ impl App {
             listen: config.listen,
             advertise: config.advertise,
             consul,
+            allowed_hosts: config.hosts.allowed_hosts.clone(),
         })
         .await?
         .with_connection_limits(config.connections.limits());
@@ -78,7 +81,8 @@ impl App {
             consul_ui,
         )
         .with_time_zone(config.time_zone)
-        .with_connection_stats(service.connection_stats());
+        .with_connection_stats(service.connection_stats())
+        .with_status(config.status);
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
     }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+use crate::csrf::{CsrfForm, CsrfToken};
 use crate::logs::Cursor;
 use crate::upstream::{Grade, LogRecord, Student};
 
@@ -55,6 +56,21 @@ pub struct EditGradePage {
 pub struct DeleteGradePage {
     pub student: Student,
     pub grade: Grade,
+    /// The form's CSRF token (see [`crate::csrf`]).
+    pub csrf: String,
+}
+
+/// The delete form as the browser sends it: only its CSRF token.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DeleteForm {
+    pub csrf: String,
+}
+
+impl CsrfForm for DeleteForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// The student form as the browser sends it; every field is text, missing ones are empty.
@@ -65,6 +81,8 @@ pub struct StudentForm {
     pub last_name: String,
     /// A key the page hands out with the form, sent to grading as the `Idempotency-Key`.
     pub request: String,
+    /// The CSRF token (hidden; see [`crate::csrf`]).
+    pub csrf: String,
 }
 
 impl StudentForm {
@@ -74,6 +92,20 @@ impl StudentForm {
             request: discovery::pool::new_idempotency_key(),
             ..StudentForm::default()
         }
+    }
+
+    /// The same form carrying `token`.
+    pub fn carrying(self, token: &CsrfToken) -> Self {
+        StudentForm {
+            csrf: token.as_str().to_owned(),
+            ..self
+        }
+    }
+}
+
+impl CsrfForm for StudentForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
 }
 
@@ -133,6 +165,14 @@ pub struct GradeForm {
     /// A key the page hands out with the form (hidden), sent to grading as the
     /// `Idempotency-Key`: the same form sent twice adds one grade.
     pub request: String,
+    /// The CSRF token (hidden; see [`crate::csrf`]).
+    pub csrf: String,
+}
+
+impl CsrfForm for GradeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 impl GradeForm {
@@ -154,6 +194,15 @@ impl GradeForm {
             kind: grade.kind.clone(),
             score: grade.score.to_string(),
             request: String::new(),
+            csrf: String::new(),
+        }
+    }
+
+    /// The same form carrying `token`.
+    pub fn carrying(self, token: &CsrfToken) -> Self {
+        GradeForm {
+            csrf: token.as_str().to_owned(),
+            ..self
         }
     }
 
@@ -169,6 +218,9 @@ impl GradeForm {
 pub struct StatusPage {
     pub dependencies: Vec<DependencyView>,
     pub consul_ui: String,
+    /// Whether instances' addresses and ids and the Consul UI link are shown
+    /// ([`StatusMode::Full`](crate::config::StatusMode::Full)) or only each dependency's state.
+    pub full: bool,
     /// The portal's own log shipping, when installed (the binary installs it, tests may not).
     pub shipping: Option<ShippingView>,
     /// The portal's own connections, when the server's counters were handed in.
@@ -584,6 +636,7 @@ mod tests {
                 kind: "Homework".into(),
                 score: "abc".into(),
                 request: "k-7".into(),
+                csrf: "c".repeat(32),
             },
             error: Some("score: must be a number".into()),
             flash: None,
@@ -777,6 +830,7 @@ mod tests {
             "starting"
         );
         let page = StatusPage {
+            full: true,
             dependencies: vec![DependencyView::from(&set(WatchStatus::Live, vec![]))],
             consul_ui: "http://127.0.0.1:8500/ui/".into(),
             shipping: None,
@@ -845,10 +899,15 @@ mod tests {
         let question = DeleteGradePage {
             student: tony,
             grade,
+            csrf: "c".repeat(32),
         }
         .render()
         .unwrap();
         assert!(question.contains("Delete this grade?"), "{question}");
+        assert!(
+            question.contains(&format!(r#"name="csrf" value="{}""#, "c".repeat(32))),
+            "the delete form carries its CSRF token: {question}"
+        );
         assert!(
             question.contains(r#"action="/students/7/grades/1/delete""#),
             "{question}"
@@ -858,6 +917,7 @@ mod tests {
     #[test]
     fn the_status_page_shows_providers_and_links_the_consul_ui() {
         let page = StatusPage {
+            full: true,
             dependencies: vec![DependencyView {
                 service: "grading".into(),
                 providers: vec![Provider {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery::http::{body_limit, respond};
+use discovery::http::{PathId, body_limit, respond};
 use discovery::{Provider, ProviderPool};
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -14,11 +14,13 @@ use warp::http::header::{self, HeaderValue};
 use warp::reply::{Reply, Response};
 
 use crate::LOG_SERVICE;
+use crate::config::StatusMode;
+use crate::csrf::{self, CsrfToken};
 use crate::error::{PortalError, handle_rejection};
 use crate::logs::{self, Cursor};
 use crate::pages::{
-    self, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow, LogsPage,
-    MissingLog, ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
+    self, DeleteForm, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow,
+    LogsPage, MissingLog, ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
 };
 use crate::upstream::{
     Grade, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, NewStudent, Student, Verdict,
@@ -38,6 +40,8 @@ pub struct Portal {
     time_zone: jiff::tz::TimeZone,
     /// The counters of the portal's own connections, for the status page.
     connections: Option<discovery::ConnectionStats>,
+    /// How much `/status` shows.
+    status: StatusMode,
 }
 
 impl Portal {
@@ -50,12 +54,19 @@ impl Portal {
             consul_ui: consul_ui.into(),
             time_zone: jiff::tz::TimeZone::UTC,
             connections: None,
+            status: StatusMode::Full,
         }
     }
 
     /// Shows these connection counters (the portal's own server's) on the status page.
     pub fn with_connection_stats(mut self, stats: discovery::ConnectionStats) -> Self {
         self.connections = Some(stats);
+        self
+    }
+
+    /// The same portal with `/status` showing `mode`'s detail, or answering 404 for `Off`.
+    pub fn with_status(mut self, mode: StatusMode) -> Self {
+        self.status = mode;
         self
     }
 
@@ -116,54 +127,61 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
     let students = warp::path::end()
         .and(warp::get())
         .and(flash)
+        .and(csrf::page_token())
         .and(with_portal.clone())
         .then(list_students)
         .map(respond);
     let new_student = warp::path!("students")
         .and(warp::post())
-        .and(form_body())
+        .and(csrf::checked(form_body::<StudentForm>()))
         .and(with_portal.clone())
         .then(add_student)
         .map(respond);
     let students_again = warp::path!("students")
         .and(warp::get())
         .map(|| see_other("/".to_owned(), None));
-    let student = warp::path!("students" / u64)
+    let student = warp::path!("students" / PathId)
         .and(warp::get())
         .and(flash)
+        .and(csrf::page_token())
         .and(with_portal.clone())
         .then(show_student)
         .map(respond);
-    let new_grade = warp::path!("students" / u64 / "grades")
+    let new_grade = warp::path!("students" / PathId / "grades")
         .and(warp::post())
-        .and(form_body())
+        .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
         .then(add_grade)
         .map(respond);
-    let grades_again = warp::path!("students" / u64 / "grades")
+    let grades_again = warp::path!("students" / PathId / "grades")
         .and(warp::get())
-        .map(|id: u64| see_other(format!("/students/{id}"), None));
-    let edit_form = warp::path!("students" / u64 / "grades" / u64 / "edit")
+        .map(|PathId(id)| see_other(format!("/students/{id}"), None));
+    let edit_form = warp::path!("students" / PathId / "grades" / PathId / "edit")
         .and(warp::get())
+        .and(csrf::page_token())
         .and(with_portal.clone())
         .then(show_grade_form)
         .map(respond);
-    let change_grade = warp::path!("students" / u64 / "grades" / u64)
+    let change_grade = warp::path!("students" / PathId / "grades" / PathId)
         .and(warp::post())
-        .and(form_body())
+        .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
         .then(change_grade)
         .map(respond);
-    let grade_again = warp::path!("students" / u64 / "grades" / u64)
+    let grade_again = warp::path!("students" / PathId / "grades" / PathId)
         .and(warp::get())
-        .map(|id: u64, grade: u64| see_other(format!("/students/{id}/grades/{grade}/edit"), None));
-    let delete_question = warp::path!("students" / u64 / "grades" / u64 / "delete")
+        .map(|PathId(id), PathId(grade)| {
+            see_other(format!("/students/{id}/grades/{grade}/edit"), None)
+        });
+    let delete_question = warp::path!("students" / PathId / "grades" / PathId / "delete")
         .and(warp::get())
+        .and(csrf::page_token())
         .and(with_portal.clone())
         .then(confirm_delete)
         .map(respond);
-    let delete_grade = warp::path!("students" / u64 / "grades" / u64 / "delete")
+    let delete_grade = warp::path!("students" / PathId / "grades" / PathId / "delete")
         .and(warp::post())
+        .and(csrf::checked(form_body::<DeleteForm>()))
         .and(with_portal.clone())
         .then(delete_grade)
         .map(respond);
@@ -171,6 +189,9 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_portal.clone())
         .map(|portal: Portal| show_status(&portal));
+    let stylesheet = warp::path!("static" / "gradebook.css")
+        .and(warp::get())
+        .map(stylesheet);
     let logs = warp::path!("logs")
         .and(warp::get())
         .and(
@@ -206,6 +227,8 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .or(status)
         .unify()
         .or(logs)
+        .unify()
+        .or(stylesheet)
         .unify()
         .recover(handle_rejection)
         .unify()
@@ -281,15 +304,20 @@ fn request_key(sent: &mut String) -> Result<(), PortalError> {
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
-async fn list_students(flash: Option<Flash>, portal: Portal) -> Result<Response, PortalError> {
+async fn list_students(
+    flash: Option<Flash>,
+    token: CsrfToken,
+    portal: Portal,
+) -> Result<Response, PortalError> {
     let students = portal.grading.students().await?;
     let page = StudentsPage {
         students,
-        form: StudentForm::fresh(),
+        form: StudentForm::fresh().carrying(&token),
         error: None,
         flash,
     };
-    Ok(shown_once(pages::render(StatusCode::OK, &page), flash))
+    let page = shown_once(pages::render(StatusCode::OK, &page), flash);
+    Ok(token.set_on(page))
 }
 
 /// Post, then redirect to the new student's page.
@@ -320,23 +348,29 @@ async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, 
 
 #[tracing::instrument(level = "debug", skip(portal))]
 async fn show_student(
-    id: u64,
+    PathId(id): PathId,
     flash: Option<Flash>,
+    token: CsrfToken,
     portal: Portal,
 ) -> Result<Response, PortalError> {
     let student = portal.grading.student(id).await?;
     let page = StudentPage {
         student,
-        form: GradeForm::fresh(),
+        form: GradeForm::fresh().carrying(&token),
         error: None,
         flash,
     };
-    Ok(shown_once(pages::render(StatusCode::OK, &page), flash))
+    let page = shown_once(pages::render(StatusCode::OK, &page), flash);
+    Ok(token.set_on(page))
 }
 
 /// Post, then redirect: a reload of the page that follows does not add the grade twice.
 #[tracing::instrument(level = "debug", skip(form, portal))]
-async fn add_grade(id: u64, mut form: GradeForm, portal: Portal) -> Result<Response, PortalError> {
+async fn add_grade(
+    PathId(id): PathId,
+    mut form: GradeForm,
+    portal: Portal,
+) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.title, &form.kind, &form.score, &form.request])?;
     request_key(&mut form.request)?;
     let verdict = match grade_of(&form) {
@@ -380,22 +414,27 @@ async fn student_and_grade(
 }
 
 #[tracing::instrument(level = "debug", skip(portal))]
-async fn show_grade_form(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+async fn show_grade_form(
+    PathId(id): PathId,
+    PathId(grade_id): PathId,
+    token: CsrfToken,
+    portal: Portal,
+) -> Result<Response, PortalError> {
     let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
     let page = EditGradePage {
         student,
         grade_id,
-        form: GradeForm::of(&grade),
+        form: GradeForm::of(&grade).carrying(&token),
         error: None,
     };
-    Ok(pages::render(StatusCode::OK, &page))
+    Ok(token.set_on(pages::render(StatusCode::OK, &page)))
 }
 
 /// Post, then redirect; the change is a PUT to grading, so a retry applies it once.
 #[tracing::instrument(level = "debug", skip(form, portal))]
 async fn change_grade(
-    id: u64,
-    grade_id: u64,
+    PathId(id): PathId,
+    PathId(grade_id): PathId,
     form: GradeForm,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -422,16 +461,28 @@ async fn change_grade(
 }
 
 #[tracing::instrument(level = "debug", skip(portal))]
-async fn confirm_delete(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+async fn confirm_delete(
+    PathId(id): PathId,
+    PathId(grade_id): PathId,
+    token: CsrfToken,
+    portal: Portal,
+) -> Result<Response, PortalError> {
     let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
-    Ok(pages::render(
-        StatusCode::OK,
-        &DeleteGradePage { student, grade },
-    ))
+    let page = DeleteGradePage {
+        student,
+        grade,
+        csrf: token.as_str().to_owned(),
+    };
+    Ok(token.set_on(pages::render(StatusCode::OK, &page)))
 }
 
 #[tracing::instrument(level = "debug", skip(portal))]
-async fn delete_grade(id: u64, grade_id: u64, portal: Portal) -> Result<Response, PortalError> {
+async fn delete_grade(
+    PathId(id): PathId,
+    PathId(grade_id): PathId,
+    _form: DeleteForm,
+    portal: Portal,
+) -> Result<Response, PortalError> {
     portal.grading.delete_grade(id, grade_id).await?;
     Ok(see_other(
         format!("/students/{id}"),
@@ -466,7 +517,24 @@ fn parse_score(text: &str) -> Option<f64> {
         .filter(|score| score.is_finite())
 }
 
+/// The style sheet every page links: a file, since the Content-Security-Policy allows no inline
+/// style. Compiled in, like the templates.
+fn stylesheet() -> Response {
+    let css = include_str!("../static/gradebook.css");
+    let mut response =
+        warp::reply::with_header(css, header::CONTENT_TYPE, "text/css; charset=utf-8")
+            .into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
 fn show_status(portal: &Portal) -> Response {
+    if portal.status == StatusMode::Off {
+        return PortalError::NotFound.into();
+    }
     let dependencies = [portal.grading.watch(), portal.log.watch()]
         .into_iter()
         .map(|watch| DependencyView::from(&watch.current()))
@@ -474,6 +542,7 @@ fn show_status(portal: &Portal) -> Response {
     let page = StatusPage {
         dependencies,
         consul_ui: portal.consul_ui.to_string(),
+        full: portal.status == StatusMode::Full,
         shipping: discovery::telemetry::shipping_stats().map(|stats| ShippingView::from(&*stats)),
         connections: portal.connections.as_ref().map(|stats| stats.counts()),
     };
@@ -621,15 +690,18 @@ mod tests {
 
     /// The portal's routes over a Consul agent that is not there.
     fn test_routes() -> BoxedFilter<(Response,)> {
+        routes(test_portal())
+    }
+
+    fn test_portal() -> Portal {
         let consul = ConsulSettings::local("http://127.0.0.1:1");
         let http = discovery::runtime::http_client();
         let pool = |name| ProviderPool::new(ProviderWatch::spawn(&consul, name), http.clone());
-        let portal = Portal::new(
+        Portal::new(
             pool("grading"),
             pool("log"),
             "http://127.0.0.1:1/ui/".into(),
-        );
-        routes(portal)
+        )
     }
 
     fn get(path: &str) -> RequestBuilder {
@@ -663,6 +735,10 @@ mod tests {
             ),
             (get("/nope"), 404, "There is no page at this address."),
             (get("/students/abc"), 404, "404 Not Found"),
+            // Not ids to grading either: the portal must not call /students/1 for them.
+            (get("/students/+1"), 404, "404 Not Found"),
+            (get("/students/01"), 404, "404 Not Found"),
+            (get("/students/1/grades/+2/edit"), 404, "404 Not Found"),
             (
                 get("/students/1").method("DELETE"),
                 405,
@@ -690,6 +766,113 @@ mod tests {
             assert_eq!(got, status, "{html}");
             assert!(html.contains(text), "{text:?} missing from {html}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_form_post_without_the_cookies_token_or_from_another_site_is_refused_with_403() {
+        let token = crate::csrf::CsrfToken::generate();
+        let token = token.as_str();
+        let other = crate::csrf::CsrfToken::generate();
+        let grade = |csrf: &str| format!("title=T&type=Quiz&score=80&csrf={csrf}");
+        let form = "application/x-www-form-urlencoded";
+        let from_here = |path: &str, body: String| {
+            post(path, form, body)
+                .header("host", "localhost:5000")
+                .header("cookie", format!("gradebook_csrf={token}"))
+        };
+        let refused = [
+            (
+                post("/students/1/grades", form, grade(token)),
+                "security token",
+            ),
+            (from_here("/students/1/grades", grade("")), "security token"),
+            (
+                from_here("/students/1/grades", grade(other.as_str())),
+                "security token",
+            ),
+            (
+                from_here(
+                    "/students",
+                    format!(
+                        "first_name=A&last_name=B&csrf={other}",
+                        other = other.as_str()
+                    ),
+                ),
+                "security token",
+            ),
+            (
+                from_here("/students/1/grades/2", grade("")),
+                "security token",
+            ),
+            (
+                from_here("/students/1/grades/2/delete", String::new()),
+                "security token",
+            ),
+            (
+                from_here("/students/1/grades", grade(token))
+                    .header("origin", "http://evil.example"),
+                "from another site (Origin: http://evil.example)",
+            ),
+            (
+                from_here("/students/1/grades", grade(token))
+                    .header("sec-fetch-site", "cross-site"),
+                "from another site (Sec-Fetch-Site: cross-site)",
+            ),
+        ];
+        for (request, why) in refused {
+            let (status, _, html) = send(request).await;
+            assert_eq!(status, 403, "{html}");
+            assert!(html.contains(why), "{why:?} missing from {html}");
+        }
+        // Past both checks, the grade goes to grading, which is not there.
+        let accepted = from_here("/students/1/grades", grade(token))
+            .header("origin", "http://localhost:5000")
+            .header("sec-fetch-site", "same-origin");
+        assert_eq!(send(accepted).await.0, 503);
+        let delete = from_here("/students/1/grades/2/delete", format!("csrf={token}"));
+        assert_eq!(send(delete).await.0, 503);
+    }
+
+    #[tokio::test]
+    async fn the_status_page_can_be_summarised_or_turned_off() {
+        let summary = routes(test_portal().with_status(StatusMode::Summary));
+        let response = get("/status").reply(&summary).await;
+        let html = String::from_utf8_lossy(response.body());
+        assert_eq!(response.status(), 200);
+        assert!(html.contains("<h2>grading "), "{html}");
+        assert!(
+            !html.contains("127.0.0.1:1"),
+            "no address in a summary: {html}"
+        );
+        assert!(
+            !html.contains("No healthy instance is registered."),
+            "{html}"
+        );
+
+        let off = routes(test_portal().with_status(StatusMode::Off));
+        let response = get("/status").reply(&off).await;
+        assert_eq!(response.status(), 404);
+        assert!(!String::from_utf8_lossy(response.body()).contains("grading"));
+    }
+
+    #[tokio::test]
+    async fn the_style_sheet_is_a_file_and_no_page_has_inline_style() {
+        let response = get("/static/gradebook.css").reply(&test_routes()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/css; charset=utf-8"
+        );
+        assert!(String::from_utf8_lossy(response.body()).contains(":root"));
+        let (_, _, html) = send(get("/status")).await;
+        assert!(
+            html.contains(r#"<link rel="stylesheet" href="/static/gradebook.css">"#),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<style") && !html.contains("<script"),
+            "{html}"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::{ConsulAgent, ServiceProcess, eventually, free_port};
+use testkit::{ConsulAgent, FormToken, ServiceProcess, eventually, free_port};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -156,12 +156,12 @@ async fn get(portal: &ServiceProcess, path: &str) -> Page {
     read(browser().get(url).send().await.unwrap()).await
 }
 
-/// Posts `form` (already URL-encoded) as a browser posts the grade form.
+/// Posts `form` (already URL-encoded) as a browser posts the grade form: with the CSRF cookie
+/// and token of a page of the portal.
 async fn post_form(portal: &ServiceProcess, path: &str, form: &'static str) -> Page {
-    let request = browser()
-        .post(format!("{}{path}", portal.base_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form);
+    let home = format!("{}/", portal.base_url());
+    let token = FormToken::fetch(&browser(), &home).await.unwrap();
+    let request = token.post(&browser(), &format!("{}{path}", portal.base_url()), form);
     read(request.send().await.unwrap()).await
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use system_tests::{Gradebook, client};
-use testkit::{ServiceProcess, free_port};
+use testkit::{FormToken, ServiceProcess, free_port};
 
 /// One request and what its answer must be.
 struct Case {
@@ -56,14 +56,36 @@ impl Case {
 
 /// Sends each case to `service`; returns one line per case whose answer was not as it must be.
 /// `html` services answer with pages, the others with `{"error": "..."}`.
+/// The portal's posts carry the CSRF cookie and token of its home page, as a browser's would,
+/// so that each case reaches the check it is about.
 async fn check(service: &ServiceProcess, html: bool, cases: Vec<Case>) -> Vec<String> {
     let http = client();
+    let token = match html {
+        true => Some(
+            FormToken::fetch(&http, &format!("{}/", service.base_url()))
+                .await
+                .expect("the portal's home page sets the CSRF cookie"),
+        ),
+        false => None,
+    };
     let mut wrong = Vec::new();
-    for case in cases {
+    for mut case in cases {
         let mut request = http.request(
             case.method.clone(),
             format!("{}{}", service.base_url(), case.path),
         );
+        if let Some(token) = &token
+            && case.method == Method::POST
+        {
+            request = request.header("cookie", format!("gradebook_csrf={}", token.as_str()));
+            // An empty body stays empty: those cases are about the body's length.
+            if case.content_type == Some("application/x-www-form-urlencoded")
+                && !case.body.is_empty()
+            {
+                case.body
+                    .extend_from_slice(format!("&csrf={}", token.as_str()).as_bytes());
+            }
+        }
         if let Some(content_type) = case.content_type {
             request = request.header("content-type", content_type);
         }
@@ -189,6 +211,9 @@ fn log_cases() -> Vec<Case> {
             r#""service": "a", "message": "x", "trace_id": "{}""#,
             "t".repeat(101)
         ))),
+        case("POST", "/log", 422, "W3C trace-context trace-id").json(&record(
+            r#""service": "a", "message": "x", "trace_id": "request-42""#,
+        )),
         case("GET", "/log?limit=-1", 400, "limit: must be a whole number"),
         case(
             "GET",
@@ -246,6 +271,8 @@ fn grading_cases() -> Vec<Case> {
     for id in [
         "-1",
         "0",
+        "+1",
+        "01",
         "99999999999999999999",
         "abc",
         "1.5",
@@ -313,11 +340,52 @@ fn grading_cases() -> Vec<Case> {
             .json(r#"{"firstName": "A", "lastName": "B", "age": 3}"#),
         case("POST", "/students", 400, "invalid JSON body").body("application/json", invalid_utf8),
         case("POST", "/students", 413, "limit of 65536 bytes").json(&huge),
-        case("POST", "/students", 415, "unsupported Content-Type")
-            .body("text/plain", r#"{"firstName": "A", "lastName": "B"}"#),
-        case("POST", "/students", 415, "unsupported Content-Type").body(form, "firstName=A"),
+        case(
+            "POST",
+            "/students",
+            415,
+            "Content-Type must be application/json",
+        )
+        .body("text/plain", r#"{"firstName": "A", "lastName": "B"}"#),
+        case(
+            "POST",
+            "/students",
+            415,
+            "Content-Type must be application/json",
+        )
+        .body(form, "firstName=A"),
+        // JSON without a type: what a page on another site can send without a preflight.
+        Case {
+            body: br#"{"title": "T", "type": "Quiz", "score": 1}"#.to_vec(),
+            ..case("POST", "/students/1/grades", 415, "application/json")
+        },
+        Case {
+            body: br#"{"title": "T", "type": "Quiz", "score": 1}"#.to_vec(),
+            ..case("PUT", "/students/1/grades/1", 415, "application/json")
+        },
         case("POST", "/students", 422, "firstName: must not be empty")
             .json(r#"{"firstName": "  ", "lastName": "B"}"#),
+        case(
+            "POST",
+            "/students",
+            422,
+            "firstName: must contain at least one visible",
+        )
+        .json(r#"{"firstName": "\u200b\u2060", "lastName": "B"}"#),
+        case(
+            "POST",
+            "/students",
+            422,
+            "lastName: must not contain bidirectional",
+        )
+        .json(r#"{"firstName": "A", "lastName": "B\u202e"}"#),
+        case(
+            "POST",
+            "/students/1/grades",
+            422,
+            "title: must not contain bidirectional",
+        )
+        .json(r#"{"title": "\u2067Quiz", "type": "Quiz", "score": 1}"#),
         case(
             "POST",
             "/students",
@@ -441,7 +509,15 @@ fn portal_cases() -> Vec<Case> {
         ..grade(body)
     };
     let mut cases = Vec::new();
-    for id in ["-1", "abc", "99999999999999999999", "1.5", "0x1"] {
+    for id in [
+        "-1",
+        "+1",
+        "01",
+        "abc",
+        "99999999999999999999",
+        "1.5",
+        "0x1",
+    ] {
         cases.push(case(
             "GET",
             &format!("/students/{id}"),
@@ -485,7 +561,11 @@ fn portal_cases() -> Vec<Case> {
             "title: must not contain control characters",
         ),
         refused("title=T&type=Exam&score=1", "is not a grade type"),
-        refused("", "score: must be a number").header("content-length", b"0"),
+        // An empty form has no CSRF token either.
+        Case {
+            status: 403,
+            ..refused("", "security token").header("content-length", b"0")
+        },
         case(
             "POST",
             "/students/1/grades",
@@ -551,6 +631,13 @@ fn portal_cases() -> Vec<Case> {
         case("GET", "/logs?level=loud", 400, "level: one of trace"),
         case("POST", "/students", 422, "firstName: must not be empty")
             .body(form, "first_name=&last_name=X"),
+        case(
+            "POST",
+            "/students",
+            422,
+            "lastName: must not contain bidirectional",
+        )
+        .body(form, "first_name=A&last_name=B%E2%80%AE"),
         case(
             "POST",
             "/students/1/grades/1",
@@ -731,11 +818,11 @@ async fn every_endpoint_answers_bad_input_with_a_4xx_naming_the_problem() {
     // ...through the portal's form too (a double click sends the page's request key twice)...
     let form = "title=dup-form&type=Quiz&score=70&request=form-key-1";
     let url = format!("{}/students/3/grades", portal.base_url());
+    let token = FormToken::fetch(&http, &format!("{}/", portal.base_url()))
+        .await
+        .unwrap();
     let portal_posts = (0..10).map(|_| {
-        let request = http
-            .post(&url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form);
+        let request = token.post(&http, &url, form);
         async move { request.send().await.unwrap().status().as_u16() }
     });
     let statuses = futures_join(portal_posts).await;

@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use system_tests::compose::{STARTUP, Stack, docker, screenshot_path};
 use system_tests::{PATIENCE, client};
-use testkit::{Browser, eventually};
-
-/// What a browser sends for the portal's grade form.
-const FORM: &str = "application/x-www-form-urlencoded";
+use testkit::{Browser, FormToken, eventually};
 
 /// Waits until log, grading (`gradings` instances) and portal all pass their checks in the stack's
 /// Consul, and returns the passing grading addresses.
@@ -157,10 +154,15 @@ async fn compose_up_serves_the_walkthrough_with_the_consul_ui_dns_and_the_portal
     assert_eq!(status, 200);
     assert!(students.contains("Bruce"), "{students}");
 
-    let posted = client()
-        .post(format!("{}/students/2/grades", stack.portal_url()))
-        .header("content-type", FORM)
-        .body("title=Compose+quiz&type=Quiz&score=88")
+    let form = FormToken::fetch(&client(), &format!("{}/students/2", stack.portal_url()))
+        .await
+        .unwrap();
+    let posted = form
+        .post(
+            &client(),
+            &format!("{}/students/2/grades", stack.portal_url()),
+            "title=Compose+quiz&type=Quiz&score=88",
+        )
         .send()
         .await
         .unwrap();
@@ -373,10 +375,15 @@ async fn stop_deregisters_and_exits_0_and_the_data_outlives_down_and_up() {
         .await
         .unwrap();
     assert_eq!(stored.status(), 201);
-    let posted = client()
-        .post(format!("{}/students/3/grades", stack.portal_url()))
-        .header("content-type", FORM)
-        .body("title=Kept+across+down&type=Test&score=71")
+    let form = FormToken::fetch(&client(), &format!("{}/students/3", stack.portal_url()))
+        .await
+        .unwrap();
+    let posted = form
+        .post(
+            &client(),
+            &format!("{}/students/3/grades", stack.portal_url()),
+            "title=Kept+across+down&type=Test&score=71",
+        )
         .send()
         .await
         .unwrap();

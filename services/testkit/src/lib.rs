@@ -9,12 +9,14 @@
 mod browser;
 mod consul;
 pub mod misbehaving;
+mod portal_form;
 mod postgres;
 mod process;
 
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
 pub use misbehaving::{MisbehavingServer, Misbehaviour};
+pub use portal_form::FormToken;
 pub use postgres::Postgres;
 pub use process::ServiceProcess;
 

@@ -163,6 +163,7 @@ async fn visibility(consul: &str, trials: usize, watcher_count: usize, pause: Du
             listen: ([127, 0, 0, 1], 0).into(),
             advertise: None,
             consul: settings.clone(),
+            allowed_hosts: Vec::new(),
         })
         .await
         .expect("binding a loopback port");

@@ -87,7 +87,8 @@ pub async fn portal_page(http: &reqwest::Client, portal: &str, n: u64) -> Result
     expect(http.get(format!("{portal}{path}")).send().await, 200, &path).await
 }
 
-/// A grade added through the portal's form, expecting the redirect that follows a success.
+/// A grade added through the portal's form (fetched first, as a browser does), expecting the
+/// redirect that follows a success.
 pub async fn portal_grade(
     http: &reqwest::Client,
     portal: &str,
@@ -95,11 +96,16 @@ pub async fn portal_grade(
     n: u64,
     acked: &Acked,
 ) -> Result<(), String> {
-    let path = format!("/students/{}/grades", 1 + n % STUDENTS);
-    let response = http
-        .post(format!("{portal}{path}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("title={title}&type=Quiz&score=80"))
+    let student = format!("/students/{}", 1 + n % STUDENTS);
+    // As a browser does: the page first, for the form's CSRF cookie and token.
+    let form = testkit::FormToken::fetch(http, &format!("{portal}{student}")).await?;
+    let path = format!("{student}/grades");
+    let response = form
+        .post(
+            http,
+            &format!("{portal}{path}"),
+            &format!("title={title}&type=Quiz&score=80"),
+        )
         .send()
         .await;
     expect(response, 303, &path).await?;

@@ -1,0 +1,225 @@
+//! What every service answers to a browser, whatever the route: only requests addressed to one of
+//! its own host names are served (a DNS-rebinding page reaches us under its own name), and every
+//! answer carries headers that forbid framing, sniffing, inline script and leaking the address.
+//!
+//! Every service gets this, not just the portal: grading and log listen on addresses a browser
+//! on a hostile page can reach just as well once that page's name resolves to them.
+
+use std::sync::Arc;
+
+use warp::http::header::{self, HeaderValue};
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::http::json_error;
+
+/// The flag (and environment variable) naming the host names a service answers to besides the
+/// loopback ones and its advertised address. Flattened into each service's configuration.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AllowedHostsArgs {
+    /// Host name (or address) browsers may use to reach this service, besides localhost names
+    /// and the advertised host; repeat the flag or separate with commas. `*` allows any host
+    /// (only behind a proxy that checks Host itself).
+    #[arg(
+        long = "allowed-host",
+        env = "GRADEBOOK_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The host names a service answers to. Ports are not compared: a rebinding page can use any
+/// port, and the name is what it cannot choose.
+#[derive(Debug, Clone)]
+pub struct HostAllowList {
+    names: Arc<[String]>,
+    any: bool,
+}
+
+impl HostAllowList {
+    /// Loopback names (`localhost`, `*.localhost`, 127.0.0.0/8, `::1`), `advertised_host` (what
+    /// Consul's health check and other services put in `Host`) and the `extra` names given.
+    pub fn new(advertised_host: &str, extra: &[String]) -> HostAllowList {
+        let any = extra.iter().any(|name| name.trim() == "*");
+        let names = std::iter::once(advertised_host)
+            .chain(extra.iter().map(String::as_str))
+            .map(normalize)
+            .filter(|name| !name.is_empty() && name != "*")
+            .collect();
+        HostAllowList { names, any }
+    }
+
+    /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) names this service.
+    pub fn allows(&self, host: &str) -> bool {
+        let name = normalize(strip_port(host));
+        if name.is_empty() {
+            return false;
+        }
+        self.any || is_loopback_name(&name) || self.names.contains(&name)
+    }
+}
+
+/// Lowercase, without brackets around an IPv6 address or a final dot.
+fn normalize(name: &str) -> String {
+    let name = name.trim().trim_start_matches('[').trim_end_matches(']');
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[::1]:80` or `[::1]`
+        return rest.split(']').next().unwrap_or("");
+    }
+    match host.rsplit_once(':') {
+        // One colon: `name:port`. More: a bare IPv6 address, which a Host header never is.
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        Some(_) => "",
+        None => host,
+    }
+}
+
+/// Names that only ever reach this machine, which a foreign page cannot be served under.
+fn is_loopback_name(name: &str) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A request whose `Host` is not one of ours.
+#[derive(Debug)]
+struct ForeignHost;
+
+impl warp::reject::Reject for ForeignHost {}
+
+/// Serves `app` only to requests whose `Host` is allowed; others get a 421 without `app` seeing
+/// them. Every answer, refusals included, carries [`add_security_headers`]'s headers.
+///
+/// 421 Misdirected Request (RFC 9110, 15.5.20) says exactly this: the request reached a server
+/// that does not answer for that name. A 400 would say the request itself was malformed, which
+/// a rebinding page's request is not.
+pub fn guard<F>(
+    allowed: HostAllowList,
+    app: F,
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone
+where
+    F: Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone + Send + Sync,
+{
+    let ours = warp::header::optional::<String>("host")
+        .and_then(move |host: Option<String>| {
+            let allowed = allowed.clone();
+            async move {
+                match host {
+                    Some(host) if allowed.allows(&host) => Ok(()),
+                    _ => Err(warp::reject::custom(ForeignHost)),
+                }
+            }
+        })
+        .untuple_one();
+    ours.and(app)
+        .recover(|_: Rejection| async {
+            Ok::<_, std::convert::Infallible>(json_error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server does not answer for that Host; see --allowed-host",
+            ))
+        })
+        .unify()
+        .map(|mut response: Response| {
+            add_security_headers(response.headers_mut());
+            response
+        })
+}
+
+/// What every answer tells the browser: no script, style or image from anywhere but here and no
+/// inline script (CSP), no framing by another site, no guessing a type other than the one sent,
+/// no address of ours in the `Referer` of a link followed elsewhere.
+pub fn add_security_headers(headers: &mut HeaderMap) {
+    const POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+                          form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    let set = [
+        (header::CONTENT_SECURITY_POLICY, POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // frame-ancestors for browsers that predate it.
+        (header::X_FRAME_OPTIONS, "DENY"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with our own forms, which the
+        // portal's CSRF check must then refuse.
+        (header::REFERRER_POLICY, "same-origin"),
+    ];
+    for (name, value) in set {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
+        let list = HostAllowList::new("10.0.0.7", &["gradebook.example".to_owned()]);
+        guard(
+            list,
+            warp::any().map(|| warp::reply::html("hello").into_response()),
+        )
+    }
+
+    use warp::Reply;
+
+    #[test]
+    fn loopback_names_the_advertised_host_and_the_listed_ones_are_allowed() {
+        let list = HostAllowList::new("10.0.0.7", &["Gradebook.Example".to_owned()]);
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "app.localhost:5000",
+            "127.0.0.1:5000",
+            "127.3.2.1",
+            "[::1]:5000",
+            "10.0.0.7:6100",
+            "gradebook.example",
+            "GRADEBOOK.example.:443",
+        ] {
+            assert!(list.allows(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:5000",
+            "localhost.evil.example",
+            "10.0.0.8:6100",
+            "",
+            ":5000",
+            "[::2]:5000",
+            "10.0.0.7:x",
+        ] {
+            assert!(!list.allows(host), "{host}");
+        }
+        assert!(HostAllowList::new("h", &["*".to_owned()]).allows("evil.example"));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_host_gets_421_and_every_answer_carries_the_security_headers() {
+        let served = warp::test::request()
+            .header("host", "localhost:5000")
+            .reply(&app())
+            .await;
+        assert_eq!(served.status(), 200);
+        assert_eq!(served.body().as_ref(), b"hello");
+        let refused = warp::test::request()
+            .header("host", "rebound.evil.example:5000")
+            .reply(&app())
+            .await;
+        assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
+        for response in [&served, &refused] {
+            let headers = response.headers();
+            assert_eq!(headers["x-content-type-options"], "nosniff");
+            assert_eq!(headers["referrer-policy"], "same-origin");
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert!(!csp.contains("unsafe-inline"), "{csp}");
+        }
+    }
+}
