@@ -74,7 +74,7 @@ fn limits(header: u64, idle: u64, max: usize) -> ConnectionLimits {
 /// Sends one request on `stream` (keeping it open) and reads the whole answer, which must say
 /// how long its body is.
 async fn request(stream: &mut TcpStream, method: &str, path: &str) -> String {
-    let head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    let head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];

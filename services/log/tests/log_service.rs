@@ -192,7 +192,7 @@ async fn aborted_and_malformed_connections_are_counted_not_logged_as_errors() {
     let before = client_errors().await;
     let attempts: [&[u8]; 3] = [
         // A body cut short, a head cut short, and junk.
-        b"POST /log HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf",
+        b"POST /log HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\nhalf",
         b"GET /log HTTP/1.1\r\nhost",
         b"\x16\x03\x01 not http at all\r\n\r\n",
     ];

@@ -161,7 +161,7 @@ async fn idle_connections(outcome: &mut Outcome, grading: &ServiceProcess) {
             }
         };
         if stream
-            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .await
             .is_err()
         {
@@ -230,7 +230,7 @@ async fn aborted_connections(
     let records_before = records().await.unwrap_or(0);
     let errors_before = counts(grading).await["client_errors"].as_u64().unwrap_or(0);
     let attempts: [&[u8]; 3] = [
-        b"POST /students HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"first",
+        b"POST /students HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"first",
         b"GET /students HTTP/1.1\r\nhos",
         b"\x16\x03\x01\x02\x00 not http\r\n\r\n",
     ];
@@ -299,7 +299,7 @@ async fn too_many(outcome: &mut Outcome, gradebook: &Gradebook, capped: &Service
     for _ in 0..CAP {
         if let Ok(mut stream) = TcpStream::connect(addr).await {
             let _ = stream
-                .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
                 .await;
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
@@ -319,7 +319,7 @@ async fn too_many(outcome: &mut Outcome, gradebook: &Gradebook, capped: &Service
         match &mut stream {
             Some(stream) => {
                 let _ = stream
-                    .write_all(b"GET /students HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .write_all(b"GET /students HTTP/1.1\r\nhost: localhost\r\n\r\n")
                     .await;
                 let mut buf = [0u8; 256];
                 let n = stream.read(&mut buf).await.unwrap_or(0);
