@@ -468,15 +468,28 @@ mod tests {
         assert_eq!(*stored.lock().unwrap(), ["keep me"]);
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let (sender, mut receiver) = mpsc::channel(2);
+    /// grading's shipping layer over a queue of `capacity` records, the queue's other end, and
+    /// the counters.
+    fn grading_layer(
+        capacity: usize,
+    ) -> (
+        ShippingLayer,
+        mpsc::Receiver<ShippedRecord>,
+        Arc<ShippingStats>,
+    ) {
+        let (sender, receiver) = mpsc::channel(capacity);
         let stats = Arc::new(ShippingStats::default());
         let layer = ShippingLayer {
             service: "grading",
             sender,
             stats: stats.clone(),
         };
+        (layer, receiver, stats)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (layer, mut receiver, stats) = grading_layer(2);
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             for n in 0..5 {
                 tracing::info!(target: "grading_service::api", n, "event");
@@ -493,13 +506,7 @@ mod tests {
 
     #[test]
     fn the_shippers_own_events_are_not_shipped() {
-        let (sender, mut receiver) = mpsc::channel(8);
-        let stats = Arc::new(ShippingStats::default());
-        let layer = ShippingLayer {
-            service: "grading",
-            sender,
-            stats,
-        };
+        let (layer, mut receiver, _) = grading_layer(8);
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             tracing::warn!("could not ship 3 log records, will retry");
         });
@@ -508,13 +515,7 @@ mod tests {
 
     #[test]
     fn what_happens_while_shipping_is_not_shipped_at_any_level() {
-        let (sender, mut receiver) = mpsc::channel(8);
-        let stats = Arc::new(ShippingStats::default());
-        let layer = ShippingLayer {
-            service: "grading",
-            sender,
-            stats,
-        };
+        let (layer, mut receiver, _) = grading_layer(8);
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             shipper_span().in_scope(|| {
                 let inner = tracing::trace_span!(target: "reqwest::connect", "connect");
