@@ -488,6 +488,9 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
     browser
         .screenshot(&screenshot_path("cluster-consul-nodes.png"))
         .await;
+    // Ends the session, so Chromium exits too: dropping the browser stops only ChromeDriver,
+    // and each run left a Chromium behind.
+    browser.quit().await;
 
     let portals = cluster.portal_urls();
     let title = format!("shape-{}", fastrand::u32(..));
