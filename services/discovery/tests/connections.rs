@@ -1,10 +1,12 @@
 //! The runtime's connection limits against real clients on raw sockets, with the instance
 //! registered in a real Consul agent whose HTTP check must keep passing.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use discovery::{ConnectionLimits, ConsulSettings, Service, ServiceDefinition};
+use discovery::ConnectionLimits;
 use testkit::{ConsulAgent, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,27 +27,15 @@ struct Instance {
 
 impl Instance {
     async fn start(agent: &ConsulAgent, limits: ConnectionLimits) -> Instance {
-        let service = Service::bind(ServiceDefinition {
-            name: "limited",
-            version: "9.9.9-test",
-            tags: vec![],
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            consul: ConsulSettings::local(agent.http_addr()),
-            allowed_hosts: Vec::new(),
-        })
-        .await
-        .expect("binds")
-        .with_connection_limits(limits);
+        let service = common::bind(agent, "limited", &[])
+            .await
+            .with_connection_limits(limits);
         let addr = service.local_addr();
         let id = service.instance_id();
         let hello = warp::path("hello")
             .and(warp::get())
             .map(|| "hello, world\n".into_response());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(service.run(hello, async {
-            let _ = stopped.await;
-        }));
+        let (stop, task) = common::run_until_stopped(service, hello);
         Instance {
             addr,
             id,

@@ -1,13 +1,13 @@
 //! The discovery layer against a real Consul agent: in-process services built on the real
 //! runtime register, get watched, fail over and heal, exactly as the service binaries do.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use discovery::{
-    ConsulSettings, PoolError, ProviderPool, ProviderWatch, Service, ServiceDefinition, WatchStatus,
-};
+use discovery::{ConsulSettings, PoolError, ProviderPool, ProviderWatch, WatchStatus};
 use testkit::{ConsulAgent, eventually};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,17 +27,7 @@ struct Instance {
 
 impl Instance {
     async fn start(agent: &ConsulAgent, name: &'static str) -> Instance {
-        let service = Service::bind(ServiceDefinition {
-            name,
-            version: "9.9.9-test",
-            tags: vec!["http".into(), "test".into()],
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            consul: ConsulSettings::local(agent.http_addr()),
-            allowed_hosts: Vec::new(),
-        })
-        .await
-        .expect("binds");
+        let service = common::bind(agent, name, &["http", "test"]).await;
         let addr = service.local_addr();
         let id = service.instance_id();
         let whoami = warp::path("whoami").map(move || addr.to_string().into_response());
@@ -47,10 +37,7 @@ impl Instance {
             "done".into_response()
         });
         let routes = whoami.or(slow).unify();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(service.run(routes, async {
-            let _ = stopped.await;
-        }));
+        let (stop, task) = common::run_until_stopped(service, routes);
         Instance {
             addr,
             id,

@@ -5,13 +5,14 @@
 //! gets at most [`FAILURES_TO_EJECT`] requests before it is ejected, plus one probe per
 //! ejection that ends.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use discovery::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
 use discovery::{
     Answer, Call, CallLimits, ConsulSettings, Junk, PoolError, ProviderPool, ProviderWatch,
-    Service, ServiceDefinition,
 };
 use reqwest::StatusCode;
 use testkit::{ConsulAgent, MisbehavingServer as Double, Misbehaviour, eventually};
@@ -35,23 +36,10 @@ struct Healthy {
 }
 
 async fn healthy(agent: &ConsulAgent) -> Healthy {
-    let service = Service::bind(ServiceDefinition {
-        name: "grading",
-        version: "9.9.9-test",
-        tags: vec!["http".into()],
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        consul: ConsulSettings::local(agent.http_addr()),
-        allowed_hosts: Vec::new(),
-    })
-    .await
-    .expect("binds");
+    let service = common::bind(agent, "grading", &["http"]).await;
     let addr = service.local_addr();
     let routes = warp::path("whoami").map(move || addr.to_string().into_response());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(service.run(routes, async {
-        let _ = stopped.await;
-    }));
+    let (stop, _) = common::run_until_stopped(service, routes);
     Healthy { addr, _stop: stop }
 }
 
