@@ -15,10 +15,10 @@ Consul already running on :8500 is left alone.
 
 Then (without extra arguments) scripts/check-walkthrough.sh replays README's
 walkthrough against a fresh run-local.sh. When a Docker engine answers, it then builds the
-images with scripts/images.sh and runs the compose tests, which start
-docker-compose.yml as projects named gradebook-test-*, and the cluster smoke
-(scripts/cluster-faults.sh --smoke: docker-compose.cluster.yml's shape, and its
-Consul leader killed under load). Under CI=true a missing engine is a failure.
+images with scripts/images.sh --debug-binaries (the binaries just tested, no release build) and
+runs the compose tests, which start docker-compose.yml as projects named gradebook-test-*, and
+the cluster smoke (scripts/cluster-faults.sh --smoke: docker-compose.cluster.yml's shape, and
+its Consul leader killed under load). Under CI=true a missing engine is a failure.
 TXT
     exit 0 ;;
 esac
@@ -52,7 +52,7 @@ export CONSUL_BIN
 echo "test: using $("$CONSUL_BIN" version | head -n 1) at $CONSUL_BIN"
 
 # The images' Debian bases come from debootstrap: minutes of downloads on a fresh machine, so they
-# are made while the tests run (the rest of scripts/images.sh, a release build, waits for them).
+# are made while the tests run (the rest of scripts/images.sh waits for them).
 bases_log=$(mktemp)
 bases_pid=
 if [ $# -eq 0 ] && docker info >/dev/null 2>&1; then
@@ -105,7 +105,9 @@ else
       wait "$bases_pid" || bases_ok=false
       cat "$bases_log"
     fi
-    if [ "$bases_ok" = true ] && scripts/images.sh; then
+    # The debug binaries just tested, not a release build: these tests are about how the parts
+    # fit, and a release build would add about 7 minutes on a fresh machine.
+    if [ "$bases_ok" = true ] && scripts/images.sh --debug-binaries; then
       cargo test -p system-tests --test compose -- --ignored --test-threads=1 2>&1 | tee -a "$results" || status=1
       # The cluster file's smoke (its shape, and the Consul leader killed under load), one check;
       # scripts/cluster-faults.sh runs every cluster scenario.
