@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use discovery::ConsulArgs;
+use service_runtime::{AllowedHostsArgs, ConnectionArgs};
 
 /// Serves students and their grades as JSON from an embedded SQLite database (or PostgreSQL,
 /// with --database-url); registers with
 /// Consul as `grading` (tags `http`, `api`: `api.grading.service.consul` in DNS).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "grading-service", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP_SHIPPING)]
+#[command(name = "grading-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:6100")]

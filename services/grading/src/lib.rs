@@ -24,7 +24,8 @@ pub mod wal_index;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use discovery::ConsulSettings;
+use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
 use crate::store::Store;
@@ -43,7 +44,7 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     /// The listener could not be bound or the advertised address is invalid.
     #[error(transparent)]
-    Service(#[from] discovery::StartError),
+    Service(#[from] service_runtime::StartError),
 }
 
 /// The database `config` names: PostgreSQL with `--database-url`, else SQLite in `--data-dir`.

@@ -7,9 +7,9 @@ use grading_service::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    discovery::telemetry::init_with_shipping(grading_service::SERVICE_NAME);
+    service_runtime::telemetry::init_with_shipping(grading_service::SERVICE_NAME);
     let config: Config = discovery::consul::parse_settings();
-    let shutdown = discovery::shutdown_signal();
+    let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
             app.run(shutdown).await;

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use discovery::ConsulArgs;
+use service_runtime::{AllowedHostsArgs, ConnectionArgs};
 
 /// Receives log records over HTTP and stores them durably; registers with Consul as `log`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "log-service", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP)]
+#[command(name = "log-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:4000")]

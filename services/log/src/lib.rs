@@ -18,7 +18,8 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use discovery::ConsulSettings;
+use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
 use crate::store::LogStore;
@@ -36,7 +37,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Service(#[from] discovery::StartError),
+    Service(#[from] service_runtime::StartError),
 }
 
 /// A log service with its store open and its listener bound.

@@ -5,9 +5,9 @@ use log_service::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    discovery::telemetry::init();
+    service_runtime::telemetry::init();
     let config: Config = discovery::consul::parse_settings();
-    let shutdown = discovery::shutdown_signal();
+    let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
             app.run(shutdown).await;

@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use discovery::ConsulArgs;
+use service_runtime::{AllowedHostsArgs, ConnectionArgs};
 
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "portal", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP_SHIPPING)]
+#[command(name = "portal", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:5000")]

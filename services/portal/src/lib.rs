@@ -23,7 +23,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use discovery::ConsulSettings;
+use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
 pub use crate::error::PortalError;
@@ -45,7 +46,7 @@ pub enum StartError {
     #[error(transparent)]
     Consul(#[from] discovery::consul::ConsulSettingsError),
     #[error(transparent)]
-    Service(#[from] discovery::StartError),
+    Service(#[from] service_runtime::StartError),
 }
 
 /// A portal with its listener bound and its dependencies watched.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use discovery::backoff;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
@@ -22,7 +23,6 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::backoff;
 use crate::pool::ProviderPool;
 
 /// Records waiting for a log instance, at most. At ~200 bytes each, about 2 MB.
@@ -82,7 +82,7 @@ struct Shipping {
 static SHIPPING: OnceLock<Shipping> = OnceLock::new();
 
 /// `RUST_LOG` (default `info`). Connection-level client errors (a client hanging up, junk on the
-/// socket) are the serving layer's debug events (`discovery::server`), not errors.
+/// socket) are the serving layer's debug events (`service_runtime::server`), not errors.
 fn stderr_filter(rust_log: Option<&str>) -> EnvFilter {
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
     EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
@@ -443,8 +443,8 @@ mod tests {
         let agent = testkit::ConsulAgent::start().await;
         let stored = picky_log(&agent).await;
         let pool = ProviderPool::new(
-            crate::watch::ProviderWatch::spawn(
-                &crate::ConsulSettings::local(agent.http_addr()),
+            discovery::watch::ProviderWatch::spawn(
+                &discovery::ConsulSettings::local(agent.http_addr()),
                 "log",
             ),
             crate::runtime::http_client(),
@@ -521,7 +521,7 @@ mod tests {
                 let inner = tracing::trace_span!(target: "reqwest::connect", "connect");
                 inner.in_scope(|| {
                     tracing::debug!(target: "hyper_util::client::legacy::pool", "reuse idle connection");
-                    tracing::error!(target: "discovery::pool", "ejected an instance");
+                    tracing::error!(target: "service_runtime::pool", "ejected an instance");
                 });
             });
             tracing::debug!(target: "hyper_util::client::legacy::pool", "a request of the app's own");

@@ -8,20 +8,20 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use discovery::agent::{AgentClient, HttpCheck, Registration};
+use discovery::consul::ConsulSettings;
+use discovery::registration::RegistrationKeeper;
+use discovery::watch::ProviderWatch;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
-use crate::agent::{AgentClient, HttpCheck, Registration};
 use crate::browser::HostAllowList;
-use crate::consul::ConsulSettings;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
-use crate::registration::RegistrationKeeper;
 use crate::server::{ConnectionLimits, ConnectionStats};
-use crate::watch::ProviderWatch;
 
 /// How often the agent probes `/health`, and how long a probe may take.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
