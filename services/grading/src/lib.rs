@@ -25,6 +25,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use discovery::ConsulSettings;
+use service_runtime::telemetry::Shipping;
 use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
@@ -32,6 +33,8 @@ use crate::store::Store;
 
 /// Consul service name.
 pub const SERVICE_NAME: &str = "grading";
+/// Consul name of the service grading ships its log records to.
+pub const LOG_SERVICE: &str = "log";
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,13 @@ impl App {
         .await?
         .with_connection_limits(config.connections.limits());
         Ok(App { service, store })
+    }
+
+    /// Ships this instance's log records, queued by the subscriber that made `shipping`, while
+    /// it serves.
+    pub fn with_shipping(mut self, shipping: Shipping) -> App {
+        self.service = self.service.with_shipping(shipping);
+        self
     }
 
     /// The bound address.

@@ -2,17 +2,18 @@
 
 use std::process::ExitCode;
 
-use grading_service::App;
 use grading_service::config::Config;
+use grading_service::{App, LOG_SERVICE, SERVICE_NAME};
+use service_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    service_runtime::telemetry::init_with_shipping(grading_service::SERVICE_NAME);
+    let shipping = telemetry::init_with_shipping(SERVICE_NAME, LOG_SERVICE);
     let config: Config = discovery::consul::parse_settings();
     let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
-            app.run(shutdown).await;
+            app.with_shipping(shipping).run(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use discovery::ConsulSettings;
+use service_runtime::telemetry::Shipping;
 use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
@@ -86,6 +87,14 @@ impl App {
         .with_status(config.status);
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
+    }
+
+    /// Ships the portal's log records, queued by the subscriber that made `shipping`, while it
+    /// serves, and shows their counters on the status page.
+    pub fn with_shipping(mut self, shipping: Shipping) -> App {
+        self.portal = self.portal.with_shipping_stats(shipping.stats());
+        self.service = self.service.with_shipping(shipping);
+        self
     }
 
     /// The bound address.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use discovery::Provider;
 use service_runtime::ProviderPool;
 use service_runtime::http::{PathId, body_limit, respond};
+use service_runtime::telemetry::ShippingStats;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -41,6 +42,8 @@ pub struct Portal {
     time_zone: jiff::tz::TimeZone,
     /// The counters of the portal's own connections, for the status page.
     connections: Option<service_runtime::ConnectionStats>,
+    /// The counters of the portal's own log shipping, for the status page.
+    shipping: Option<Arc<ShippingStats>>,
     /// How much `/status` shows.
     status: StatusMode,
 }
@@ -55,6 +58,7 @@ impl Portal {
             consul_ui: consul_ui.into(),
             time_zone: jiff::tz::TimeZone::UTC,
             connections: None,
+            shipping: None,
             status: StatusMode::Full,
         }
     }
@@ -62,6 +66,12 @@ impl Portal {
     /// Shows these connection counters (the portal's own server's) on the status page.
     pub fn with_connection_stats(mut self, stats: service_runtime::ConnectionStats) -> Self {
         self.connections = Some(stats);
+        self
+    }
+
+    /// Shows these log shipping counters (the portal's own) on the status page.
+    pub fn with_shipping_stats(mut self, stats: Arc<ShippingStats>) -> Self {
+        self.shipping = Some(stats);
         self
     }
 
@@ -544,8 +554,7 @@ fn show_status(portal: &Portal) -> Response {
         dependencies,
         consul_ui: portal.consul_ui.to_string(),
         full: portal.status == StatusMode::Full,
-        shipping: service_runtime::telemetry::shipping_stats()
-            .map(|stats| ShippingView::from(&*stats)),
+        shipping: portal.shipping.as_deref().map(ShippingView::from),
         connections: portal.connections.as_ref().map(|stats| stats.counts()),
     };
     pages::render(StatusCode::OK, &page)

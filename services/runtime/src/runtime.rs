@@ -22,6 +22,7 @@ use crate::browser::HostAllowList;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
 use crate::server::{ConnectionLimits, ConnectionStats};
+use crate::telemetry::Shipping;
 
 /// How often the agent probes `/health`, and how long a probe may take.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -88,6 +89,8 @@ pub struct Service {
     pools: Mutex<HashMap<String, ProviderPool>>,
     connection_limits: ConnectionLimits,
     connection_stats: ConnectionStats,
+    /// This instance's own log records, shipped while it serves (see [`Service::with_shipping`]).
+    shipping: Option<Shipping>,
 }
 
 /// The body of `GET /health`.
@@ -128,12 +131,20 @@ impl Service {
             pools: Mutex::default(),
             connection_limits: ConnectionLimits::default(),
             connection_stats: ConnectionStats::default(),
+            shipping: None,
         })
     }
 
     /// Serve under these limits instead of the defaults (see [`crate::server`]).
     pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Service {
         self.connection_limits = limits;
+        self
+    }
+
+    /// Ships the records queued in `shipping` to its destination service while serving, and
+    /// waits briefly for the last of them at shutdown. Without it nothing is shipped.
+    pub fn with_shipping(mut self, shipping: Shipping) -> Service {
+        self.shipping = Some(shipping);
         self
     }
 
@@ -197,7 +208,7 @@ impl Service {
 
     /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections` and the shared
     /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
-    pub async fn run<F>(self, routes: F, shutdown: impl Future<Output = ()> + Send)
+    pub async fn run<F>(mut self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
     {
@@ -231,7 +242,10 @@ impl Service {
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.
             .boxed();
-        let shipping_to = crate::telemetry::start_shipping(|| self.pool("log"));
+        let shipper = self.shipping.take().map(|shipping| {
+            let destination = self.pool(shipping.destination());
+            shipping.start(destination)
+        });
         let keeper = RegistrationKeeper::spawn(
             AgentClient::new(self.definition.consul.clone()),
             self.registration(),
@@ -265,8 +279,14 @@ impl Service {
                 "connections still open after {DRAIN_LIMIT:?}; closing them"
             ),
         }
-        if let Some(log) = &shipping_to {
-            crate::telemetry::flush(log, SHIPPING_FLUSH_LIMIT).await;
+        if let Some(shipper) = &shipper {
+            let waiting = shipper.flush(SHIPPING_FLUSH_LIMIT).await;
+            if waiting > 0 {
+                warn!(
+                    service = name,
+                    "{waiting} log records not delivered within {SHIPPING_FLUSH_LIMIT:?}"
+                );
+            }
         }
     }
 }

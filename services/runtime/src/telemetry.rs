@@ -8,8 +8,8 @@
 //! a record of its own once one is reachable again.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use discovery::backoff;
@@ -72,14 +72,72 @@ pub struct ShippingStats {
     pub refused: AtomicU64,
 }
 
-struct Shipping {
+/// The queue [`init_with_shipping`] fills, handed to the service that serves: the records
+/// waiting, their counters and the Consul name of the service they go to. The runtime starts the
+/// shipper with it ([`crate::Service::with_shipping`]) and flushes it at shutdown; it is a value,
+/// so no part of the process reaches for it through a global.
+pub struct Shipping {
     service: &'static str,
+    destination: &'static str,
     stats: Arc<ShippingStats>,
-    /// Taken by the runtime when it starts the shipper task.
-    receiver: Mutex<Option<mpsc::Receiver<ShippedRecord>>>,
+    receiver: mpsc::Receiver<ShippedRecord>,
 }
 
-static SHIPPING: OnceLock<Shipping> = OnceLock::new();
+impl Shipping {
+    /// The counters of this queue, for a status page.
+    pub fn stats(&self) -> Arc<ShippingStats> {
+        self.stats.clone()
+    }
+
+    /// The Consul name of the service the records are shipped to.
+    pub fn destination(&self) -> &'static str {
+        self.destination
+    }
+
+    /// Starts the task that sends the queued records to the instances of `log` (a pool over the
+    /// destination's instances).
+    pub(crate) fn start(self, log: ProviderPool) -> Shipper {
+        tokio::spawn(
+            ship(self.receiver, log.clone(), self.service, self.stats.clone())
+                .instrument(shipper_span()),
+        );
+        Shipper {
+            log,
+            stats: self.stats,
+        }
+    }
+}
+
+/// A started [`Shipping`], kept by the runtime for the flush at shutdown.
+pub(crate) struct Shipper {
+    log: ProviderPool,
+    stats: Arc<ShippingStats>,
+}
+
+impl Shipper {
+    /// Waits until every record queued so far has been delivered or refused, for at most
+    /// `limit`, and not at all when no log instance is known: the last words of a stopping
+    /// service ("deregistered", "drained") are worth a short wait, not a hang. Returns how many
+    /// records are still waiting.
+    pub(crate) async fn flush(&self, limit: Duration) -> u64 {
+        let stats = &self.stats;
+        let target = stats.queued.load(Ordering::Relaxed);
+        // Drops are records that never entered the queue: counting them here would end the wait
+        // while queued records are still on their way.
+        let settled =
+            || stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed);
+        if self.log.watch().current().providers.is_empty() {
+            return target.saturating_sub(settled());
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while settled() < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        target.saturating_sub(settled())
+    }
+}
 
 /// `RUST_LOG` (default `info`). Connection-level client errors (a client hanging up, junk on the
 /// socket) are the serving layer's debug events (`service_runtime::server`), not errors.
@@ -108,79 +166,33 @@ pub fn init() {
         .try_init();
 }
 
-/// Installs the stderr subscriber plus shipping of `service`'s events to the log service. The
-/// records queue up until [`crate::Service::run`] starts the shipper.
-pub fn init_with_shipping(service: &'static str) {
+/// Installs the stderr subscriber plus a layer that queues `service`'s events for the log
+/// service, whose Consul name is `destination`. The records wait in the returned queue until the
+/// runtime starts shipping them ([`crate::Service::with_shipping`]). When a subscriber was
+/// installed already, nothing is queued and the returned queue stays empty.
+pub fn init_with_shipping(service: &'static str, destination: &'static str) -> Shipping {
     let level = std::env::var(SHIP_LEVEL_ENV)
         .ok()
         .and_then(|l| l.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
     let (sender, receiver) = mpsc::channel(SHIPPING_BUFFER);
     let stats = Arc::new(ShippingStats::default());
-    let shipping = Shipping {
-        service,
-        stats: stats.clone(),
-        receiver: Mutex::new(Some(receiver)),
-    };
-    if SHIPPING.set(shipping).is_err() {
-        return;
-    }
     let layer = ShippingLayer {
         service,
         sender,
-        stats,
+        stats: stats.clone(),
     }
     .with_filter(level);
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)
         .try_init();
-}
-
-/// The shipping counters, when shipping is installed.
-pub fn shipping_stats() -> Option<Arc<ShippingStats>> {
-    SHIPPING.get().map(|s| s.stats.clone())
-}
-
-/// Starts the task that sends queued records to the instances `log_pool` makes; does nothing
-/// (and makes no pool) when shipping was not installed or was started already.
-pub(crate) fn start_shipping(log_pool: impl FnOnce() -> ProviderPool) -> Option<ProviderPool> {
-    let shipping = SHIPPING.get()?;
-    let receiver = shipping.receiver.lock().expect("not poisoned").take()?;
-    let log = log_pool();
-    tokio::spawn(
-        ship(
-            receiver,
-            log.clone(),
-            shipping.service,
-            shipping.stats.clone(),
-        )
-        .instrument(shipper_span()),
-    );
-    Some(log)
-}
-
-/// Waits until every record queued so far has been delivered or refused, for at most `limit`,
-/// and not at all when no log instance is known: the last words of a stopping service
-/// ("deregistered", "drained") are worth a short wait, not a hang.
-pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
-    let Some(stats) = shipping_stats() else {
-        return;
-    };
-    if log.watch().current().providers.is_empty() {
-        return;
+    Shipping {
+        service,
+        destination,
+        stats,
+        receiver,
     }
-    let target = stats.queued.load(Ordering::Relaxed);
-    let _ = tokio::time::timeout(limit, async {
-        // Drops are records that never entered the queue: counting them here would end the
-        // wait while queued records are still on their way.
-        while stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed)
-            < target
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
 }
 
 /// The span the shipper task runs in. Whatever happens inside it (the pool's and the HTTP
@@ -380,6 +392,8 @@ async fn ship(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]
