@@ -24,9 +24,8 @@ pub mod wal_index;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::ConsulSettings;
+use service_runtime::Service;
 use service_runtime::telemetry::Shipping;
-use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
 use crate::store::Store;
@@ -81,20 +80,15 @@ pub struct App {
 impl App {
     /// Opens the database (on a blocking thread) and binds the listener; nothing is registered yet.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
+        // `api` makes `api.grading.service.consul` resolve in Consul's DNS.
+        let definition =
+            config
+                .service
+                .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "api"])?;
         let store = open_store(&config).await?;
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            // `api` makes `api.grading.service.consul` resolve in Consul's DNS.
-            tags: vec!["http".to_owned(), "api".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         Ok(App { service, store })
     }
 

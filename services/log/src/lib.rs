@@ -18,8 +18,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::ConsulSettings;
-use service_runtime::{Service, ServiceDefinition};
+use service_runtime::Service;
 
 use crate::config::Config;
 use crate::store::LogStore;
@@ -49,23 +48,19 @@ pub struct App {
 impl App {
     /// Opens the store (off the async workers: it reads the whole file) and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
+        let definition = config.service.definition(
+            SERVICE_NAME,
+            env!("CARGO_PKG_VERSION"),
+            &["http", "store"],
+        )?;
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir, RECENT_CAPACITY))
             .await
             .expect("opening the store does not panic")?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            tags: vec!["http".to_owned(), "store".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         Ok(App { service, store })
     }
 

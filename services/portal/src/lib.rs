@@ -23,9 +23,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery::ConsulSettings;
+use service_runtime::Service;
 use service_runtime::telemetry::Shipping;
-use service_runtime::{Service, ServiceDefinition};
 
 use crate::config::Config;
 pub use crate::error::PortalError;
@@ -60,23 +59,18 @@ impl App {
     /// Binds the listener, starts watching grading and log, and waits (up to 2 s each, together)
     /// for Consul's first answer about them; a Consul that is away only delays the start.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
+        let definition =
+            config
+                .service
+                .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "web"])?;
         // Inside a container network the agent's address is not the browser's (compose sets it).
         let consul_ui = config
             .consul_ui_url
             .clone()
-            .unwrap_or_else(|| format!("{}/ui/", consul.address));
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            tags: vec!["http".to_owned(), "web".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+            .unwrap_or_else(|| format!("{}/ui/", definition.consul.address));
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
