@@ -24,8 +24,8 @@ pub mod wal_index;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use service_runtime::Service;
 use service_runtime::telemetry::Shipping;
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 use crate::store::Store;
@@ -34,20 +34,6 @@ use crate::store::Store;
 pub const SERVICE_NAME: &str = "grading";
 /// Consul name of the service grading ships its log records to.
 pub const LOG_SERVICE: &str = "log";
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The Consul flags or token file are unusable.
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    /// The database could not be opened.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    /// The listener could not be bound or the advertised address is invalid.
-    #[error(transparent)]
-    Service(#[from] service_runtime::StartError),
-}
 
 /// The database `config` names: PostgreSQL with `--database-url`, else SQLite in `--data-dir`.
 async fn open_store(config: &Config) -> Result<Store, store::StoreError> {
@@ -85,7 +71,7 @@ impl App {
             config
                 .service
                 .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "api"])?;
-        let store = open_store(&config).await?;
+        let store = open_store(&config).await.map_err(StartError::store)?;
         let service = Service::bind(definition)
             .await?
             .with_connection_limits(config.service.connections.limits());

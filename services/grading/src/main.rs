@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("grading-service cannot start: {err}");
+            tracing::error!("grading-service cannot start: {}", err.report());
             ExitCode::FAILURE
         }
     }

@@ -18,7 +18,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use service_runtime::Service;
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 use crate::store::LogStore;
@@ -27,17 +27,6 @@ use crate::store::LogStore;
 pub const SERVICE_NAME: &str = "log";
 /// How many recent records `GET /log` serves from memory; older ones are read from the file.
 const RECENT_CAPACITY: usize = api::MAX_READ_LIMIT;
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Service(#[from] service_runtime::StartError),
-}
 
 /// A log service with its store open and its listener bound.
 pub struct App {
@@ -56,7 +45,8 @@ impl App {
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir, RECENT_CAPACITY))
             .await
-            .expect("opening the store does not panic")?;
+            .expect("opening the store does not panic")
+            .map_err(StartError::store)?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
         let service = Service::bind(definition)
             .await?

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("log-service cannot start: {err}");
+            tracing::error!("log-service cannot start: {}", err.report());
             ExitCode::FAILURE
         }
     }

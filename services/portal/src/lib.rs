@@ -23,8 +23,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use service_runtime::Service;
 use service_runtime::telemetry::Shipping;
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 pub use crate::error::PortalError;
@@ -39,15 +39,6 @@ pub const LOG_SERVICE: &str = "log";
 /// How long a starting portal waits for Consul's first answer about each dependency, so its first
 /// requests do not fail with a spurious "unavailable" while Consul would have listed instances.
 const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);
-
-/// Why the portal could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    #[error(transparent)]
-    Service(#[from] service_runtime::StartError),
-}
 
 /// A portal with its listener bound and its dependencies watched.
 pub struct App {

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("portal cannot start: {err}");
+            tracing::error!("portal cannot start: {}", err.report());
             ExitCode::FAILURE
         }
     }

@@ -2,7 +2,8 @@
 //! itself (the `discovery` crate), so that each service crate holds only its own domain.
 //!
 //! # Layout
-//! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return.
+//! - [`runtime`]: bind, register, serve, and on a signal deregister, drain and return; the one
+//!   start-up error of every service.
 //! - [`args`]: the flags every service takes (listen, advertise, Consul, allowed hosts,
 //!   connection limits), flattened once into each binary's configuration.
 //! - [`server`]: the accept loop: header and idle timeouts, a connection cap that sheds but keeps

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use discovery::agent::{AgentClient, HttpCheck, Registration};
-use discovery::consul::ConsulSettings;
+use discovery::consul::{ConsulSettings, ConsulSettingsError};
 use discovery::registration::RegistrationKeeper;
 use discovery::watch::ProviderWatch;
 use serde::Serialize;
@@ -61,9 +61,16 @@ pub struct ServiceDefinition {
     pub allowed_hosts: Vec<String>,
 }
 
-/// Why a service could not start.
+/// Why a service could not start: the one start-up error of every service, so that each `main`
+/// reports a failure the same way ([`StartError::report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The Consul flags are unusable or the token file cannot be read.
+    #[error(transparent)]
+    Consul(#[from] ConsulSettingsError),
+    /// The service's own store (its database, its records file) cannot be opened.
+    #[error("cannot open its store")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -75,6 +82,30 @@ pub enum StartError {
         "--listen {0} is a wildcard address: give --advertise HOST:PORT so Consul can reach this instance"
     )]
     AdvertiseRequired(SocketAddr),
+}
+
+impl StartError {
+    /// A failure of the service's own store, with its cause kept for the report.
+    pub fn store(source: impl std::error::Error + Send + Sync + 'static) -> StartError {
+        StartError::Store(Box::new(source))
+    }
+
+    /// The error and its causes on one line, `what: why: why`, for `main` to log. A cause whose
+    /// text is already in the line (errors that print their source in their own message) is not
+    /// repeated.
+    pub fn report(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = err.source();
+        }
+        line
+    }
 }
 
 /// A service whose listener is bound, ready to register and serve.
@@ -344,6 +375,21 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_report_names_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the grading database /data: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let full = std::io::Error::other("No space left on device");
+        let err = StartError::store(Open { source: full });
+        assert_eq!(
+            err.report(),
+            "cannot open its store: cannot open the grading database /data: No space left on device"
+        );
+    }
 
     #[test]
     fn advertise_takes_host_and_port() {
