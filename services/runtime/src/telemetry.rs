@@ -98,27 +98,22 @@ impl Shipping {
     /// destination's instances).
     pub(crate) fn start(self, log: ProviderPool) -> Shipper {
         tokio::spawn(
-            ship(self.receiver, log.clone(), self.service, self.stats.clone())
-                .instrument(shipper_span()),
+            ship(self.receiver, log, self.service, self.stats.clone()).instrument(shipper_span()),
         );
-        Shipper {
-            log,
-            stats: self.stats,
-        }
+        Shipper { stats: self.stats }
     }
 }
 
 /// A started [`Shipping`], kept by the runtime for the flush at shutdown.
 pub(crate) struct Shipper {
-    log: ProviderPool,
     stats: Arc<ShippingStats>,
 }
 
 impl Shipper {
-    /// Waits until every record queued so far has been delivered or refused, for at most
-    /// `limit`, and not at all when no log instance is known: the last words of a stopping
-    /// service ("deregistered", "drained") are worth a short wait, not a hang. Returns how many
-    /// records are still waiting.
+    /// Waits until every record queued so far has been delivered or refused, or `limit` has
+    /// passed, and returns how many are still waiting. It waits even while no log instance is
+    /// known, since one may appear within the limit; the limit keeps a stopping service's last
+    /// words ("deregistered", "drained") from becoming a hang.
     pub(crate) async fn flush(&self, limit: Duration) -> u64 {
         let stats = &self.stats;
         let target = stats.queued.load(Ordering::Relaxed);
@@ -126,9 +121,6 @@ impl Shipper {
         // while queued records are still on their way.
         let settled =
             || stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed);
-        if self.log.watch().current().providers.is_empty() {
-            return target.saturating_sub(settled());
-        }
         let _ = tokio::time::timeout(limit, async {
             while settled() < target {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -480,6 +472,39 @@ mod tests {
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         // No "records were dropped: the shipping buffer was full" report came with it.
         assert_eq!(*stored.lock().unwrap(), ["keep me"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_waits_for_queued_records_while_no_log_instance_is_known_yet() {
+        let agent = testkit::ConsulAgent::start().await;
+        let watch = discovery::ProviderWatch::spawn(
+            &discovery::ConsulSettings::local(agent.http_addr()),
+            "log",
+        );
+        let pool = ProviderPool::new(watch, crate::runtime::http_client());
+        let (sender, receiver) = mpsc::channel(16);
+        let stats = Arc::new(ShippingStats::default());
+        let shipping = Shipping {
+            service: "grading",
+            destination: "log",
+            stats: stats.clone(),
+            receiver,
+        };
+        let shipper = shipping.start(pool);
+        // What the layer does for each event it queues.
+        sender.send(record("drained; bye")).await.unwrap();
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+
+        let mut flush = std::pin::pin!(shipper.flush(Duration::from_secs(30)));
+        let first_poll =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(flush.as_mut().poll(cx))).await;
+        assert!(
+            first_poll.is_pending(),
+            "flush returned while a record was still waiting for a log instance"
+        );
+        let stored = picky_log(&agent).await;
+        assert_eq!(flush.await, 0, "records left undelivered");
+        assert_eq!(*stored.lock().unwrap(), ["drained; bye"]);
     }
 
     /// grading's shipping layer over a queue of `capacity` records, the queue's other end, and
