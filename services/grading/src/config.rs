@@ -10,7 +10,7 @@ use service_runtime::ServiceArgs;
 /// Consul as `grading` (tags `http`, `api`: `api.grading.service.consul` in DNS).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "grading-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING,
-    mut_arg("listen", |arg| arg.default_value("127.0.0.1:6100")))]
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:6100").required(false)))]
 pub struct Config {
     /// Where it listens and what it advertises, its Consul agent, the host names it answers
     /// to and its connection limits.

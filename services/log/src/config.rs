@@ -8,7 +8,7 @@ use service_runtime::ServiceArgs;
 /// Receives log records over HTTP and stores them durably; registers with Consul as `log`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "log-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP,
-    mut_arg("listen", |arg| arg.default_value("127.0.0.1:4000")))]
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:4000").required(false)))]
 pub struct Config {
     /// Where it listens and what it advertises, its Consul agent, the host names it answers
     /// to and its connection limits.

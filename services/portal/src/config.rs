@@ -7,7 +7,7 @@ use service_runtime::ServiceArgs;
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "portal", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING,
-    mut_arg("listen", |arg| arg.default_value("127.0.0.1:5000")))]
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:5000").required(false)))]
 pub struct Config {
     /// Where it listens and what it advertises, its Consul agent, the host names it answers
     /// to and its connection limits.

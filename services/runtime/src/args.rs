@@ -13,9 +13,10 @@ use crate::server::ConnectionArgs;
 
 /// The settings of a [`crate::Service`], each a flag with an environment variable.
 ///
-/// `--listen` has no default here: each binary sets its own port with
-/// `#[command(mut_arg("listen", |arg| arg.default_value("127.0.0.1:PORT")))]`, and one that
-/// forgets gets a required flag rather than another service's port.
+/// `--listen` has no default here: each binary sets its own port, and one that forgets gets a
+/// required flag rather than another service's port. The binary's `Config` does it with
+/// `mut_arg("listen", |arg| arg.default_value("127.0.0.1:PORT").required(false))` in its
+/// `#[command(...)]` (a default alone leaves the flag marked required).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
     /// Address to listen on (port 0 picks a free port).
