@@ -44,12 +44,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY services/bench/Cargo.toml services/bench/
 COPY services/discovery/Cargo.toml services/discovery/
+COPY services/runtime/Cargo.toml services/runtime/
 COPY services/grading/Cargo.toml services/grading/
 COPY services/log/Cargo.toml services/log/
 COPY services/portal/Cargo.toml services/portal/
 COPY services/system-tests/Cargo.toml services/system-tests/
 COPY services/testkit/Cargo.toml services/testkit/
-RUN for crate in bench discovery grading log portal system-tests testkit; do \
+RUN for crate in bench discovery grading log portal runtime system-tests testkit; do \
       mkdir -p services/$crate/src && touch services/$crate/src/lib.rs; \
     done \
  && for bin in grading log portal; do echo 'fn main() {}' > services/$bin/src/main.rs; done \

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Delay before retry number `attempt` (1-based): doubles from `base` up to `cap`, then a random
 /// point between half and all of it ("equal jitter"), so retries spread but never collapse to 0.
-pub(crate) fn delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
+pub fn delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let ceiling = exp.min(cap);
     let half = ceiling / 2;

@@ -1,6 +1,6 @@
 //! The blocking-query rules of the watch, shown against a local HTTP double of Consul's health
 //! endpoint: a real agent cannot be made to move its index backwards or fail on demand. The same
-//! loop is shown against a real agent in `discovery.rs`.
+//! loop is shown against a real agent in service-runtime's `tests/discovery.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

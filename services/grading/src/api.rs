@@ -1,9 +1,9 @@
 //! The HTTP API: students (`/students`, `/students/{id}`) and their grades
 //! (`/students/{id}/grades`, `/students/{id}/grades/{gradeId}`), as camelCase JSON.
 
-use discovery::http::{Object, body_limit, json_content_type, respond};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use service_runtime::http::{Object, body_limit, json_content_type, respond};
 use warp::http::{StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
@@ -88,7 +88,7 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
     let create = warp::path!("students")
         .and(warp::post())
         .and(warp::header::optional::<String>(
-            discovery::pool::IDEMPOTENCY_KEY,
+            service_runtime::pool::IDEMPOTENCY_KEY,
         ))
         .and(json_body())
         .and(with_store.clone())
@@ -114,7 +114,7 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
     let add = warp::path!("students" / String / "grades")
         .and(warp::post())
         .and(warp::header::optional::<String>(
-            discovery::pool::IDEMPOTENCY_KEY,
+            service_runtime::pool::IDEMPOTENCY_KEY,
         ))
         .and(json_body())
         .and(with_store.clone())
@@ -274,7 +274,7 @@ mod tests {
     /// The API as served, over `db`; keep `db` alive as long as the API.
     async fn api(db: &TestDatabase) -> Api {
         routes(db.open().await)
-            .recover(discovery::http::handle_rejection)
+            .recover(service_runtime::http::handle_rejection)
             .unify()
             .boxed()
     }

@@ -1,24 +1,21 @@
 //! The grading service's settings: each a flag with an environment variable and a default that
 //! runs on a laptop.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use service_runtime::ServiceArgs;
 
 /// Serves students and their grades as JSON from an embedded SQLite database (or PostgreSQL,
 /// with --database-url); registers with
 /// Consul as `grading` (tags `http`, `api`: `api.grading.service.consul` in DNS).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "grading-service", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP_SHIPPING)]
+#[command(name = "grading-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING,
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:6100").required(false)))]
 pub struct Config {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:6100")]
-    pub listen: SocketAddr,
-
-    /// HOST:PORT that Consul and other services use to reach this instance [default: the listen address].
-    #[arg(long, env = "GRADEBOOK_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// Where it listens and what it advertises, its Consul agent, the host names it answers
+    /// to and its connection limits.
+    #[command(flatten)]
+    pub service: ServiceArgs,
 
     /// Directory of the SQLite database (grading.sqlite3), created if missing; demo students are
     /// added when the database is new. Instances sharing it must run on one host.
@@ -36,16 +33,6 @@ pub struct Config {
     /// one machine; set on a real deployment it can only defeat the guard.
     #[arg(long, env = "GRADEBOOK_HOST_ID", hide = true)]
     pub host_id: Option<String>,
-
-    /// Where the local Consul agent is and how to authenticate to it.
-    #[command(flatten)]
-    pub consul: ConsulArgs,
-
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-
-    #[command(flatten)]
-    pub hosts: AllowedHostsArgs,
 }
 
 /// Parses a PostgreSQL URL without echoing it: it may hold a password.
@@ -57,4 +44,13 @@ fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
         return Err("the URL names no host".to_owned());
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listens_on_its_own_port_by_default() {
+        let config = <super::Config as clap::Parser>::try_parse_from(["grading-service"]).unwrap();
+        assert_eq!(config.service.listen.to_string(), "127.0.0.1:6100");
+    }
 }

@@ -46,11 +46,11 @@ pub struct InvalidId {
     pub text: String,
 }
 
-/// Ids are SQLite rowids, read as every service reads a path id ([`discovery::http::PathId`]):
+/// Ids are SQLite rowids, read as every service reads a path id ([`service_runtime::http::PathId`]):
 /// plain digits without a leading zero, so `+7`, ` 7` or `07` are not ids.
 fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
-    text.parse::<discovery::http::PathId>()
-        .map(|discovery::http::PathId(id)| id as i64)
+    text.parse::<service_runtime::http::PathId>()
+        .map(|service_runtime::http::PathId(id)| id as i64)
         .map_err(|_| InvalidId {
             kind,
             text: echo(text),

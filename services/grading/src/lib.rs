@@ -24,27 +24,16 @@ pub mod wal_index;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use service_runtime::telemetry::Shipping;
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 use crate::store::Store;
 
 /// Consul service name.
 pub const SERVICE_NAME: &str = "grading";
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The Consul flags or token file are unusable.
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    /// The database could not be opened.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    /// The listener could not be bound or the advertised address is invalid.
-    #[error(transparent)]
-    Service(#[from] discovery::StartError),
-}
+/// Consul name of the service grading ships its log records to.
+pub const LOG_SERVICE: &str = "log";
 
 /// The database `config` names: PostgreSQL with `--database-url`, else SQLite in `--data-dir`.
 async fn open_store(config: &Config) -> Result<Store, store::StoreError> {
@@ -77,21 +66,23 @@ pub struct App {
 impl App {
     /// Opens the database (on a blocking thread) and binds the listener; nothing is registered yet.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
-        let store = open_store(&config).await?;
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            // `api` makes `api.grading.service.consul` resolve in Consul's DNS.
-            tags: vec!["http".to_owned(), "api".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+        // `api` makes `api.grading.service.consul` resolve in Consul's DNS.
+        let definition =
+            config
+                .service
+                .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "api"])?;
+        let store = open_store(&config).await.map_err(StartError::store)?;
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         Ok(App { service, store })
+    }
+
+    /// Ships this instance's log records, queued by the subscriber that made `shipping`, while
+    /// it serves.
+    pub fn with_shipping(mut self, shipping: Shipping) -> App {
+        self.service = self.service.with_shipping(shipping);
+        self
     }
 
     /// The bound address.

@@ -2,21 +2,22 @@
 
 use std::process::ExitCode;
 
-use grading_service::App;
 use grading_service::config::Config;
+use grading_service::{App, LOG_SERVICE, SERVICE_NAME};
+use service_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    discovery::telemetry::init_with_shipping(grading_service::SERVICE_NAME);
+    let shipping = telemetry::init_with_shipping(SERVICE_NAME, LOG_SERVICE);
     let config: Config = discovery::consul::parse_settings();
-    let shutdown = discovery::shutdown_signal();
+    let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
-            app.run(shutdown).await;
+            app.with_shipping(shipping).run(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("grading-service cannot start: {err}");
+            tracing::error!("grading-service cannot start: {}", err.report());
             ExitCode::FAILURE
         }
     }

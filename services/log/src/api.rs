@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use discovery::http::{Object, body_limit, respond};
 use serde::{Deserialize, Serialize};
+use service_runtime::http::{Object, body_limit, respond};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -29,7 +29,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5 * 60);
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     /// Each one a JSON object, as the batch itself is.
-    #[serde(deserialize_with = "discovery::http::objects")]
+    #[serde(deserialize_with = "service_runtime::http::objects")]
     pub records: Vec<NewRecord>,
 }
 
@@ -238,7 +238,7 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
 #[cfg(test)]
 mod tests {
     use super::*;
-    use discovery::http::handle_rejection;
+    use service_runtime::http::handle_rejection;
 
     async fn post(store: &LogStore, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
         let api = routes(store.clone()).recover(handle_rejection);

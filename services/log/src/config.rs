@@ -1,35 +1,23 @@
 //! The log service's settings: each a flag with an environment variable and a default that runs
 //! on a laptop.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use service_runtime::ServiceArgs;
 
 /// Receives log records over HTTP and stores them durably; registers with Consul as `log`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "log-service", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP)]
+#[command(name = "log-service", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP,
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:4000").required(false)))]
 pub struct Config {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:4000")]
-    pub listen: SocketAddr,
-
-    /// HOST:PORT that Consul and other services use to reach this instance [default: the listen address].
-    #[arg(long, env = "GRADEBOOK_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// Where it listens and what it advertises, its Consul agent, the host names it answers
+    /// to and its connection limits.
+    #[command(flatten)]
+    pub service: ServiceArgs,
 
     /// Directory of the records file (records.jsonl); one instance per directory.
     #[arg(long, env = "GRADEBOOK_DATA_DIR", default_value = "./data/log")]
     pub data_dir: PathBuf,
-
-    #[command(flatten)]
-    pub consul: ConsulArgs,
-
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-
-    #[command(flatten)]
-    pub hosts: AllowedHostsArgs,
 }
 
 #[cfg(test)]
@@ -44,5 +32,11 @@ mod tests {
             !help.contains("GRADEBOOK_SHIP_LEVEL"),
             "only a service that ships its events names the ship level: {help}"
         );
+    }
+
+    #[test]
+    fn listens_on_its_own_port_by_default() {
+        let config = <super::Config as clap::Parser>::try_parse_from(["log-service"]).unwrap();
+        assert_eq!(config.service.listen.to_string(), "127.0.0.1:4000");
     }
 }

@@ -1,6 +1,6 @@
 //! Every way a log request can fail, and the one place that maps them to HTTP.
 
-use discovery::http::json_error;
+use service_runtime::http::json_error;
 use warp::http::StatusCode;
 use warp::reply::Response;
 

@@ -18,7 +18,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 use crate::store::LogStore;
@@ -27,17 +27,6 @@ use crate::store::LogStore;
 pub const SERVICE_NAME: &str = "log";
 /// How many recent records `GET /log` serves from memory; older ones are read from the file.
 const RECENT_CAPACITY: usize = api::MAX_READ_LIMIT;
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Service(#[from] discovery::StartError),
-}
 
 /// A log service with its store open and its listener bound.
 pub struct App {
@@ -48,23 +37,20 @@ pub struct App {
 impl App {
     /// Opens the store (off the async workers: it reads the whole file) and binds the listener.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
+        let definition = config.service.definition(
+            SERVICE_NAME,
+            env!("CARGO_PKG_VERSION"),
+            &["http", "store"],
+        )?;
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || LogStore::open(&data_dir, RECENT_CAPACITY))
             .await
-            .expect("opening the store does not panic")?;
+            .expect("opening the store does not panic")
+            .map_err(StartError::store)?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            tags: vec!["http".to_owned(), "store".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         Ok(App { service, store })
     }
 

@@ -1,22 +1,18 @@
 //! The portal's settings: each a flag with an environment variable and a default that runs on a
 //! laptop.
 
-use std::net::SocketAddr;
-
-use discovery::{AllowedHostsArgs, ConnectionArgs, ConsulArgs};
+use service_runtime::ServiceArgs;
 
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "portal", version, about, long_about = None, after_help = discovery::telemetry::ENV_HELP_SHIPPING)]
+#[command(name = "portal", version, about, long_about = None, after_help = service_runtime::telemetry::ENV_HELP_SHIPPING,
+    mut_arg("listen", |arg| arg.default_value("127.0.0.1:5000").required(false)))]
 pub struct Config {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "GRADEBOOK_LISTEN", default_value = "127.0.0.1:5000")]
-    pub listen: SocketAddr,
-
-    /// HOST:PORT that Consul and browsers use to reach this instance [default: the listen address].
-    #[arg(long, env = "GRADEBOOK_ADVERTISE")]
-    pub advertise: Option<String>,
+    /// Where it listens and what it advertises, its Consul agent, the host names it answers
+    /// to and its connection limits.
+    #[command(flatten)]
+    pub service: ServiceArgs,
 
     /// Consul UI link on the status page, as a browser reaches it [default: the agent address + /ui/].
     #[arg(long, env = "GRADEBOOK_CONSUL_UI_URL")]
@@ -31,15 +27,6 @@ pub struct Config {
     /// `off` (404). Public deployments: summary or off, so the page maps no internal addresses.
     #[arg(long, env = "GRADEBOOK_STATUS", value_enum, default_value_t = StatusMode::Full)]
     pub status: StatusMode,
-
-    #[command(flatten)]
-    pub consul: ConsulArgs,
-
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
-
-    #[command(flatten)]
-    pub hosts: AllowedHostsArgs,
 }
 
 /// How much the status page shows; see `Config::status`.
@@ -69,5 +56,11 @@ mod tests {
             help.contains("GRADEBOOK_SHIP_LEVEL"),
             "only a service that ships its events names the ship level: {help}"
         );
+    }
+
+    #[test]
+    fn listens_on_its_own_port_by_default() {
+        let config = <super::Config as clap::Parser>::try_parse_from(["portal"]).unwrap();
+        assert_eq!(config.service.listen.to_string(), "127.0.0.1:5000");
     }
 }

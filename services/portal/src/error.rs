@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use discovery::http::BodyTooLarge;
+use service_runtime::http::BodyTooLarge;
 use warp::Rejection;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -95,7 +95,7 @@ impl From<PortalError> for Response {
             PortalError::BodyTooLarge { .. } => {
                 let mut page = pages::render(status, &ErrorPage::new(status, err.public_message()));
                 // The rest of the body is never read: the connection cannot be reused.
-                discovery::http::close_after(&mut page);
+                service_runtime::http::close_after(&mut page);
                 page
             }
             other => pages::render(status, &ErrorPage::new(status, other.public_message())),

@@ -23,7 +23,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use service_runtime::telemetry::Shipping;
+use service_runtime::{Service, StartError};
 
 use crate::config::Config;
 pub use crate::error::PortalError;
@@ -39,15 +40,6 @@ pub const LOG_SERVICE: &str = "log";
 /// requests do not fail with a spurious "unavailable" while Consul would have listed instances.
 const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);
 
-/// Why the portal could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Consul(#[from] discovery::consul::ConsulSettingsError),
-    #[error(transparent)]
-    Service(#[from] discovery::StartError),
-}
-
 /// A portal with its listener bound and its dependencies watched.
 pub struct App {
     service: Service,
@@ -58,23 +50,18 @@ impl App {
     /// Binds the listener, starts watching grading and log, and waits (up to 2 s each, together)
     /// for Consul's first answer about them; a Consul that is away only delays the start.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let consul = ConsulSettings::from_args(&config.consul)?;
+        let definition =
+            config
+                .service
+                .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "web"])?;
         // Inside a container network the agent's address is not the browser's (compose sets it).
         let consul_ui = config
             .consul_ui_url
             .clone()
-            .unwrap_or_else(|| format!("{}/ui/", consul.address));
-        let service = Service::bind(ServiceDefinition {
-            name: SERVICE_NAME,
-            version: env!("CARGO_PKG_VERSION"),
-            tags: vec!["http".to_owned(), "web".to_owned()],
-            listen: config.listen,
-            advertise: config.advertise,
-            consul,
-            allowed_hosts: config.hosts.allowed_hosts.clone(),
-        })
-        .await?
-        .with_connection_limits(config.connections.limits());
+            .unwrap_or_else(|| format!("{}/ui/", definition.consul.address));
+        let service = Service::bind(definition)
+            .await?
+            .with_connection_limits(config.service.connections.limits());
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
@@ -85,6 +72,14 @@ impl App {
         .with_status(config.status);
         portal.ready(FIRST_ANSWER_LIMIT).await;
         Ok(App { service, portal })
+    }
+
+    /// Ships the portal's log records, queued by the subscriber that made `shipping`, while it
+    /// serves, and shows their counters on the status page.
+    pub fn with_shipping(mut self, shipping: Shipping) -> App {
+        self.portal = self.portal.with_shipping_stats(shipping.stats());
+        self.service = self.service.with_shipping(shipping);
+        self
     }
 
     /// The bound address.

@@ -1,20 +1,23 @@
+//! `portal`: telemetry, flags, build, run until SIGINT/SIGTERM, exit 0 (or 1 if it cannot start).
+
 use std::process::ExitCode;
 
-use portal::App;
 use portal::config::Config;
+use portal::{App, LOG_SERVICE, SERVICE_NAME};
+use service_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    discovery::telemetry::init_with_shipping(portal::SERVICE_NAME);
+    let shipping = telemetry::init_with_shipping(SERVICE_NAME, LOG_SERVICE);
     let config: Config = discovery::consul::parse_settings();
-    let shutdown = discovery::shutdown_signal();
+    let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {
-            app.run(shutdown).await;
+            app.with_shipping(shipping).run(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!("portal cannot start: {err}");
+            tracing::error!("portal cannot start: {}", err.report());
             ExitCode::FAILURE
         }
     }

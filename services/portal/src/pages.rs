@@ -89,7 +89,7 @@ impl StudentForm {
     /// An empty form with a new request key.
     pub fn fresh() -> Self {
         StudentForm {
-            request: discovery::pool::new_idempotency_key(),
+            request: service_runtime::pool::new_idempotency_key(),
             ..StudentForm::default()
         }
     }
@@ -182,7 +182,7 @@ impl GradeForm {
     /// An empty form with a new request key.
     pub fn fresh() -> Self {
         GradeForm {
-            request: discovery::pool::new_idempotency_key(),
+            request: service_runtime::pool::new_idempotency_key(),
             ..GradeForm::default()
         }
     }
@@ -224,7 +224,7 @@ pub struct StatusPage {
     /// The portal's own log shipping, when installed (the binary installs it, tests may not).
     pub shipping: Option<ShippingView>,
     /// The portal's own connections, when the server's counters were handed in.
-    pub connections: Option<discovery::server::ConnectionCounts>,
+    pub connections: Option<service_runtime::server::ConnectionCounts>,
 }
 
 /// Counters of this portal's log shipping: what the log service has, what waits, what was lost.
@@ -235,8 +235,8 @@ pub struct ShippingView {
     pub dropped: u64,
 }
 
-impl From<&discovery::telemetry::ShippingStats> for ShippingView {
-    fn from(stats: &discovery::telemetry::ShippingStats) -> Self {
+impl From<&service_runtime::telemetry::ShippingStats> for ShippingView {
+    fn from(stats: &service_runtime::telemetry::ShippingStats) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         let delivered = stats.delivered.load(Relaxed);
         let queued = stats.queued.load(Relaxed);

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery::http::{PathId, body_limit, respond};
-use discovery::{Provider, ProviderPool};
+use discovery::Provider;
+use service_runtime::ProviderPool;
+use service_runtime::http::{PathId, body_limit, respond};
+use service_runtime::telemetry::ShippingStats;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -39,7 +41,9 @@ pub struct Portal {
     /// The zone of the times on the logs page.
     time_zone: jiff::tz::TimeZone,
     /// The counters of the portal's own connections, for the status page.
-    connections: Option<discovery::ConnectionStats>,
+    connections: Option<service_runtime::ConnectionStats>,
+    /// The counters of the portal's own log shipping, for the status page.
+    shipping: Option<Arc<ShippingStats>>,
     /// How much `/status` shows.
     status: StatusMode,
 }
@@ -54,13 +58,20 @@ impl Portal {
             consul_ui: consul_ui.into(),
             time_zone: jiff::tz::TimeZone::UTC,
             connections: None,
+            shipping: None,
             status: StatusMode::Full,
         }
     }
 
     /// Shows these connection counters (the portal's own server's) on the status page.
-    pub fn with_connection_stats(mut self, stats: discovery::ConnectionStats) -> Self {
+    pub fn with_connection_stats(mut self, stats: service_runtime::ConnectionStats) -> Self {
         self.connections = Some(stats);
+        self
+    }
+
+    /// Shows these log shipping counters (the portal's own) on the status page.
+    pub fn with_shipping_stats(mut self, stats: Arc<ShippingStats>) -> Self {
+        self.shipping = Some(stats);
         self
     }
 
@@ -116,7 +127,7 @@ impl LogsQuery {
 }
 
 /// All pages, answering every request themselves: warp's rejections become HTML pages here, so
-/// the JSON mapping that `discovery::Service::run` adds never sees one. A form's address also
+/// the JSON mapping that `service_runtime::Service::run` adds never sees one. A form's address also
 /// answers GET with a redirect to the page it belongs to, so reloading it from the address bar
 /// after a refused form lands somewhere useful instead of on a 405.
 pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
@@ -294,7 +305,7 @@ fn refuse_mangled(fields: &[&str]) -> Result<(), PortalError> {
 /// A form from a page of ours carries its request key; one from elsewhere gets its own.
 fn request_key(sent: &mut String) -> Result<(), PortalError> {
     if sent.is_empty() {
-        *sent = discovery::pool::new_idempotency_key();
+        *sent = service_runtime::pool::new_idempotency_key();
     } else if !is_request_key(sent) {
         return Err(PortalError::BadRequest(
             "request: the form's request key is 1 to 100 letters, digits, '-', '_', '.' or ':'; reload the page.".to_owned(),
@@ -543,7 +554,7 @@ fn show_status(portal: &Portal) -> Response {
         dependencies,
         consul_ui: portal.consul_ui.to_string(),
         full: portal.status == StatusMode::Full,
-        shipping: discovery::telemetry::shipping_stats().map(|stats| ShippingView::from(&*stats)),
+        shipping: portal.shipping.as_deref().map(ShippingView::from),
         connections: portal.connections.as_ref().map(|stats| stats.counts()),
     };
     pages::render(StatusCode::OK, &page)
@@ -695,7 +706,7 @@ mod tests {
 
     fn test_portal() -> Portal {
         let consul = ConsulSettings::local("http://127.0.0.1:1");
-        let http = discovery::runtime::http_client();
+        let http = service_runtime::runtime::http_client();
         let pool = |name| ProviderPool::new(ProviderWatch::spawn(&consul, name), http.clone());
         Portal::new(
             pool("grading"),

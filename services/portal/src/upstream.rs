@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use discovery::{Answer, Call, Junk, PoolError, Provider, ProviderPool, ProviderWatch};
+use discovery::{Provider, ProviderWatch};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use service_runtime::{Answer, Call, Junk, PoolError, ProviderPool};
 
 use crate::error::PortalError;
 use crate::{GRADING_SERVICE, LOG_SERVICE};
@@ -100,7 +101,7 @@ struct ErrorBody {
 pub mod limits {
     use std::time::Duration;
 
-    use discovery::CallLimits;
+    use service_runtime::CallLimits;
 
     const MIB: usize = 1024 * 1024;
 

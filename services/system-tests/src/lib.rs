@@ -87,7 +87,7 @@ impl Gradebook {
             "grading-service",
             port,
             &dir,
-            "info,discovery::runtime=debug",
+            "info,service_runtime::runtime=debug",
         )
         .await
     }

@@ -223,7 +223,11 @@ async fn compose_up_serves_the_walkthrough_with_the_consul_ui_dns_and_the_portal
 async fn three_scaled_grading_instances_share_the_load_and_a_docker_kill_fails_no_request() {
     let started = Instant::now();
     // Grading logs each request it serves at debug, so its output shows which instance served.
-    let stack = Stack::up("scale", &[("RUST_LOG", "info,discovery::runtime=debug")]).await;
+    let stack = Stack::up(
+        "scale",
+        &[("RUST_LOG", "info,service_runtime::runtime=debug")],
+    )
+    .await;
     stack
         .compose(&["up", "-d", "--no-build", "--scale", "grading=3"])
         .await;

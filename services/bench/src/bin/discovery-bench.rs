@@ -1,7 +1,7 @@
 //! `discovery-bench`: the discovery figures of `scripts/bench.sh`, measured against a real Consul
 //! agent with the services' own discovery code.
 //!
-//! - `visibility`: real in-process instances (`discovery::Service`) register one at a time while
+//! - `visibility`: real in-process instances (`service_runtime::Service`) register one at a time while
 //!   several `ProviderWatch`es watch; the time from the start of registration to every watcher
 //!   listing the instance, and from a graceful stop to every watcher dropping it.
 //! - `kill`: two real `grading-service` processes behind a `ProviderPool` under a request loop;
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use bench::stats::{ms, percentile};
 use clap::{Parser, Subcommand};
-use discovery::{ConsulSettings, ProviderPool, ProviderWatch, Service, ServiceDefinition};
+use discovery::{ConsulSettings, ProviderWatch};
+use service_runtime::{ProviderPool, Service, ServiceDefinition};
 use warp::Filter;
 use warp::reply::Reply;
 
@@ -263,7 +264,7 @@ async fn kill(consul: &str, bin: &Path, trials: usize, watcher_count: usize, cli
     // The pool's own watch is one of the watchers.
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&settings, "grading"),
-        discovery::runtime::http_client(),
+        service_runtime::runtime::http_client(),
     );
     let mut watchers = vec![pool.watch().clone()];
     watchers.extend((1..watcher_count).map(|_| ProviderWatch::spawn(&settings, "grading")));

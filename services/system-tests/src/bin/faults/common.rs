@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use discovery::pool::Payload;
-use discovery::{ConsulSettings, ProviderPool, ProviderWatch};
+use discovery::{ConsulSettings, ProviderWatch};
 use reqwest::Method;
 use serde_json::{Value, json};
+use service_runtime::ProviderPool;
+use service_runtime::pool::Payload;
 use system_tests::{Gradebook, PATIENCE, client};
 use testkit::{ServiceProcess, eventually};
 
@@ -42,7 +43,7 @@ pub async fn discovered(gradebook: &Gradebook, service: &str, instances: usize) 
     let settings = ConsulSettings::local(gradebook.consul.http_addr());
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&settings, service),
-        discovery::runtime::http_client(),
+        service_runtime::runtime::http_client(),
     );
     let what = format!("the runner's watch sees {instances} {service} instance(s)");
     eventually(&what, PATIENCE, || async {
@@ -129,7 +130,7 @@ pub async fn grading_grade(
 ) -> Result<(), String> {
     let path = format!("/students/{}/grades", 1 + n % STUDENTS);
     let grade = json!({"title": title, "type": "Test", "score": 70});
-    let key = discovery::pool::new_idempotency_key();
+    let key = service_runtime::pool::new_idempotency_key();
     let response = grading.post_json_once(&path, &grade, &key).await;
     expect_pool(response, 201, &path).await?;
     acked.push(title.to_owned());
@@ -231,7 +232,7 @@ async fn expect(
 }
 
 async fn expect_pool(
-    response: Result<reqwest::Response, discovery::PoolError>,
+    response: Result<reqwest::Response, service_runtime::PoolError>,
     status: u16,
     what: &str,
 ) -> Result<(), String> {

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use discovery::telemetry::SHIPPING_BUFFER;
+use service_runtime::telemetry::SHIPPING_BUFFER;
 use system_tests::{Gradebook, PATIENCE, client};
 use testkit::{eventually, free_port};
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use discovery::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
 use serde_json::json;
+use service_runtime::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
 use system_tests::Gradebook;
 use testkit::{MisbehavingServer, Misbehaviour, free_port};
 

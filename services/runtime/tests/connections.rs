@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use discovery::ConnectionLimits;
+use service_runtime::ConnectionLimits;
 use testkit::{ConsulAgent, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

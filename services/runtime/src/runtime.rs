@@ -8,20 +8,21 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use discovery::agent::{AgentClient, HttpCheck, Registration};
+use discovery::consul::{ConsulSettings, ConsulSettingsError};
+use discovery::registration::RegistrationKeeper;
+use discovery::watch::ProviderWatch;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
-use crate::agent::{AgentClient, HttpCheck, Registration};
 use crate::browser::HostAllowList;
-use crate::consul::ConsulSettings;
 use crate::http::handle_rejection;
 use crate::pool::ProviderPool;
-use crate::registration::RegistrationKeeper;
 use crate::server::{ConnectionLimits, ConnectionStats};
-use crate::watch::ProviderWatch;
+use crate::telemetry::Shipping;
 
 /// How often the agent probes `/health`, and how long a probe may take.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,9 +61,16 @@ pub struct ServiceDefinition {
     pub allowed_hosts: Vec<String>,
 }
 
-/// Why a service could not start.
+/// Why a service could not start: the one start-up error of every service, so that each `main`
+/// reports a failure the same way ([`StartError::report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The Consul flags are unusable or the token file cannot be read.
+    #[error(transparent)]
+    Consul(#[from] ConsulSettingsError),
+    /// The service's own store (its database, its records file) cannot be opened.
+    #[error("cannot open its store")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -74,6 +82,30 @@ pub enum StartError {
         "--listen {0} is a wildcard address: give --advertise HOST:PORT so Consul can reach this instance"
     )]
     AdvertiseRequired(SocketAddr),
+}
+
+impl StartError {
+    /// A failure of the service's own store, with its cause kept for the report.
+    pub fn store(source: impl std::error::Error + Send + Sync + 'static) -> StartError {
+        StartError::Store(Box::new(source))
+    }
+
+    /// The error and its causes on one line, `what: why: why`, for `main` to log. A cause whose
+    /// text is already in the line (errors that print their source in their own message) is not
+    /// repeated.
+    pub fn report(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            let text = err.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = err.source();
+        }
+        line
+    }
 }
 
 /// A service whose listener is bound, ready to register and serve.
@@ -88,6 +120,8 @@ pub struct Service {
     pools: Mutex<HashMap<String, ProviderPool>>,
     connection_limits: ConnectionLimits,
     connection_stats: ConnectionStats,
+    /// This instance's own log records, shipped while it serves (see [`Service::with_shipping`]).
+    shipping: Option<Shipping>,
 }
 
 /// The body of `GET /health`.
@@ -128,12 +162,20 @@ impl Service {
             pools: Mutex::default(),
             connection_limits: ConnectionLimits::default(),
             connection_stats: ConnectionStats::default(),
+            shipping: None,
         })
     }
 
     /// Serve under these limits instead of the defaults (see [`crate::server`]).
     pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Service {
         self.connection_limits = limits;
+        self
+    }
+
+    /// Ships the records queued in `shipping` to its destination service while serving, and
+    /// waits briefly for the last of them at shutdown. Without it nothing is shipped.
+    pub fn with_shipping(mut self, shipping: Shipping) -> Service {
+        self.shipping = Some(shipping);
         self
     }
 
@@ -197,7 +239,7 @@ impl Service {
 
     /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections` and the shared
     /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
-    pub async fn run<F>(self, routes: F, shutdown: impl Future<Output = ()> + Send)
+    pub async fn run<F>(mut self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
     {
@@ -231,7 +273,10 @@ impl Service {
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.
             .boxed();
-        let shipping_to = crate::telemetry::start_shipping(|| self.pool("log"));
+        let shipper = self.shipping.take().map(|shipping| {
+            let destination = self.pool(shipping.destination());
+            shipping.start(destination)
+        });
         let keeper = RegistrationKeeper::spawn(
             AgentClient::new(self.definition.consul.clone()),
             self.registration(),
@@ -265,8 +310,14 @@ impl Service {
                 "connections still open after {DRAIN_LIMIT:?}; closing them"
             ),
         }
-        if let Some(log) = &shipping_to {
-            crate::telemetry::flush(log, SHIPPING_FLUSH_LIMIT).await;
+        if let Some(shipper) = &shipper {
+            let waiting = shipper.flush(SHIPPING_FLUSH_LIMIT).await;
+            if waiting > 0 {
+                warn!(
+                    service = name,
+                    "{waiting} log records not delivered within {SHIPPING_FLUSH_LIMIT:?}"
+                );
+            }
         }
     }
 }
@@ -324,6 +375,21 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_report_names_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the grading database /data: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let full = std::io::Error::other("No space left on device");
+        let err = StartError::store(Open { source: full });
+        assert_eq!(
+            err.report(),
+            "cannot open its store: cannot open the grading database /data: No space left on device"
+        );
+    }
 
     #[test]
     fn advertise_takes_host_and_port() {

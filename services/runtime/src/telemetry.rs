@@ -8,10 +8,11 @@
 //! a record of its own once one is reachable again.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use discovery::backoff;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
@@ -22,7 +23,6 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::backoff;
 use crate::pool::ProviderPool;
 
 /// Records waiting for a log instance, at most. At ~200 bytes each, about 2 MB.
@@ -72,17 +72,67 @@ pub struct ShippingStats {
     pub refused: AtomicU64,
 }
 
-struct Shipping {
+/// The queue [`init_with_shipping`] fills, handed to the service that serves: the records
+/// waiting, their counters and the Consul name of the service they go to. The runtime starts the
+/// shipper with it ([`crate::Service::with_shipping`]) and flushes it at shutdown; it is a value,
+/// so no part of the process reaches for it through a global.
+pub struct Shipping {
     service: &'static str,
+    destination: &'static str,
     stats: Arc<ShippingStats>,
-    /// Taken by the runtime when it starts the shipper task.
-    receiver: Mutex<Option<mpsc::Receiver<ShippedRecord>>>,
+    receiver: mpsc::Receiver<ShippedRecord>,
 }
 
-static SHIPPING: OnceLock<Shipping> = OnceLock::new();
+impl Shipping {
+    /// The counters of this queue, for a status page.
+    pub fn stats(&self) -> Arc<ShippingStats> {
+        self.stats.clone()
+    }
+
+    /// The Consul name of the service the records are shipped to.
+    pub fn destination(&self) -> &'static str {
+        self.destination
+    }
+
+    /// Starts the task that sends the queued records to the instances of `log` (a pool over the
+    /// destination's instances).
+    pub(crate) fn start(self, log: ProviderPool) -> Shipper {
+        tokio::spawn(
+            ship(self.receiver, log, self.service, self.stats.clone()).instrument(shipper_span()),
+        );
+        Shipper { stats: self.stats }
+    }
+}
+
+/// A started [`Shipping`], kept by the runtime for the flush at shutdown.
+pub(crate) struct Shipper {
+    stats: Arc<ShippingStats>,
+}
+
+impl Shipper {
+    /// Waits until every record queued so far has been delivered or refused, or `limit` has
+    /// passed, and returns how many are still waiting. It waits even while no log instance is
+    /// known, since one may appear within the limit; the limit keeps a stopping service's last
+    /// words ("deregistered", "drained") from becoming a hang.
+    pub(crate) async fn flush(&self, limit: Duration) -> u64 {
+        let stats = &self.stats;
+        let target = stats.queued.load(Ordering::Relaxed);
+        // Drops are records that never entered the queue: counting them here would end the wait
+        // while queued records are still on their way.
+        let settled =
+            || stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed);
+        let _ = tokio::time::timeout(limit, async {
+            while settled() < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        target.saturating_sub(settled())
+    }
+}
 
 /// `RUST_LOG` (default `info`). Connection-level client errors (a client hanging up, junk on the
-/// socket) are the serving layer's debug events (`discovery::server`), not errors.
+/// socket) are the serving layer's debug events (`service_runtime::server`), not errors.
 fn stderr_filter(rust_log: Option<&str>) -> EnvFilter {
     let directives = rust_log.filter(|d| !d.trim().is_empty()).unwrap_or("info");
     EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
@@ -108,79 +158,33 @@ pub fn init() {
         .try_init();
 }
 
-/// Installs the stderr subscriber plus shipping of `service`'s events to the log service. The
-/// records queue up until [`crate::Service::run`] starts the shipper.
-pub fn init_with_shipping(service: &'static str) {
+/// Installs the stderr subscriber plus a layer that queues `service`'s events for the log
+/// service, whose Consul name is `destination`. The records wait in the returned queue until the
+/// runtime starts shipping them ([`crate::Service::with_shipping`]). When a subscriber was
+/// installed already, nothing is queued and the returned queue stays empty.
+pub fn init_with_shipping(service: &'static str, destination: &'static str) -> Shipping {
     let level = std::env::var(SHIP_LEVEL_ENV)
         .ok()
         .and_then(|l| l.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
     let (sender, receiver) = mpsc::channel(SHIPPING_BUFFER);
     let stats = Arc::new(ShippingStats::default());
-    let shipping = Shipping {
-        service,
-        stats: stats.clone(),
-        receiver: Mutex::new(Some(receiver)),
-    };
-    if SHIPPING.set(shipping).is_err() {
-        return;
-    }
     let layer = ShippingLayer {
         service,
         sender,
-        stats,
+        stats: stats.clone(),
     }
     .with_filter(level);
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)
         .try_init();
-}
-
-/// The shipping counters, when shipping is installed.
-pub fn shipping_stats() -> Option<Arc<ShippingStats>> {
-    SHIPPING.get().map(|s| s.stats.clone())
-}
-
-/// Starts the task that sends queued records to the instances `log_pool` makes; does nothing
-/// (and makes no pool) when shipping was not installed or was started already.
-pub(crate) fn start_shipping(log_pool: impl FnOnce() -> ProviderPool) -> Option<ProviderPool> {
-    let shipping = SHIPPING.get()?;
-    let receiver = shipping.receiver.lock().expect("not poisoned").take()?;
-    let log = log_pool();
-    tokio::spawn(
-        ship(
-            receiver,
-            log.clone(),
-            shipping.service,
-            shipping.stats.clone(),
-        )
-        .instrument(shipper_span()),
-    );
-    Some(log)
-}
-
-/// Waits until every record queued so far has been delivered or refused, for at most `limit`,
-/// and not at all when no log instance is known: the last words of a stopping service
-/// ("deregistered", "drained") are worth a short wait, not a hang.
-pub(crate) async fn flush(log: &ProviderPool, limit: Duration) {
-    let Some(stats) = shipping_stats() else {
-        return;
-    };
-    if log.watch().current().providers.is_empty() {
-        return;
+    Shipping {
+        service,
+        destination,
+        stats,
+        receiver,
     }
-    let target = stats.queued.load(Ordering::Relaxed);
-    let _ = tokio::time::timeout(limit, async {
-        // Drops are records that never entered the queue: counting them here would end the
-        // wait while queued records are still on their way.
-        while stats.delivered.load(Ordering::Relaxed) + stats.refused.load(Ordering::Relaxed)
-            < target
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
 }
 
 /// The span the shipper task runs in. Whatever happens inside it (the pool's and the HTTP
@@ -380,6 +384,8 @@ async fn ship(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]
@@ -443,8 +449,8 @@ mod tests {
         let agent = testkit::ConsulAgent::start().await;
         let stored = picky_log(&agent).await;
         let pool = ProviderPool::new(
-            crate::watch::ProviderWatch::spawn(
-                &crate::ConsulSettings::local(agent.http_addr()),
+            discovery::watch::ProviderWatch::spawn(
+                &discovery::ConsulSettings::local(agent.http_addr()),
                 "log",
             ),
             crate::runtime::http_client(),
@@ -466,6 +472,39 @@ mod tests {
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         // No "records were dropped: the shipping buffer was full" report came with it.
         assert_eq!(*stored.lock().unwrap(), ["keep me"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_waits_for_queued_records_while_no_log_instance_is_known_yet() {
+        let agent = testkit::ConsulAgent::start().await;
+        let watch = discovery::ProviderWatch::spawn(
+            &discovery::ConsulSettings::local(agent.http_addr()),
+            "log",
+        );
+        let pool = ProviderPool::new(watch, crate::runtime::http_client());
+        let (sender, receiver) = mpsc::channel(16);
+        let stats = Arc::new(ShippingStats::default());
+        let shipping = Shipping {
+            service: "grading",
+            destination: "log",
+            stats: stats.clone(),
+            receiver,
+        };
+        let shipper = shipping.start(pool);
+        // What the layer does for each event it queues.
+        sender.send(record("drained; bye")).await.unwrap();
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+
+        let mut flush = std::pin::pin!(shipper.flush(Duration::from_secs(30)));
+        let first_poll =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(flush.as_mut().poll(cx))).await;
+        assert!(
+            first_poll.is_pending(),
+            "flush returned while a record was still waiting for a log instance"
+        );
+        let stored = picky_log(&agent).await;
+        assert_eq!(flush.await, 0, "records left undelivered");
+        assert_eq!(*stored.lock().unwrap(), ["drained; bye"]);
     }
 
     /// grading's shipping layer over a queue of `capacity` records, the queue's other end, and
@@ -521,7 +560,7 @@ mod tests {
                 let inner = tracing::trace_span!(target: "reqwest::connect", "connect");
                 inner.in_scope(|| {
                     tracing::debug!(target: "hyper_util::client::legacy::pool", "reuse idle connection");
-                    tracing::error!(target: "discovery::pool", "ejected an instance");
+                    tracing::error!(target: "service_runtime::pool", "ejected an instance");
                 });
             });
             tracing::debug!(target: "hyper_util::client::legacy::pool", "a request of the app's own");

@@ -1,7 +1,8 @@
-//! Set-up shared by discovery's test binaries: an instance on the real runtime, registered in a
+//! Set-up shared by the runtime's test binaries: an instance on the real runtime, registered in a
 //! real agent, serving test routes until told to stop.
 
-use discovery::{ConsulSettings, Service, ServiceDefinition};
+use discovery::ConsulSettings;
+use service_runtime::{Service, ServiceDefinition};
 use testkit::ConsulAgent;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

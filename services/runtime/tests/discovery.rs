@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use discovery::{ConsulSettings, PoolError, ProviderPool, ProviderWatch, WatchStatus};
+use discovery::{ConsulSettings, ProviderWatch, WatchStatus};
+use service_runtime::{PoolError, ProviderPool};
 use testkit::{ConsulAgent, eventually};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -330,7 +331,7 @@ async fn a_watcher_keeps_its_last_known_set_while_the_agent_is_down() {
     );
 
     // A pool over the stale set still reaches the instance: Consul being away stops nothing.
-    let pool = ProviderPool::new(watch.clone(), discovery::runtime::http_client());
+    let pool = ProviderPool::new(watch.clone(), service_runtime::runtime::http_client());
     let body = pool.get("/whoami").await.unwrap().text().await.unwrap();
     assert_eq!(body, instance.addr.to_string());
 
@@ -397,7 +398,7 @@ async fn a_pool_spreads_requests_and_moves_off_a_crashed_instance_at_once() {
     let agent = ConsulAgent::start().await;
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
-        discovery::runtime::http_client(),
+        service_runtime::runtime::http_client(),
     );
     let a = Instance::start(&agent, "grading").await;
     let b = Instance::start(&agent, "grading").await;
@@ -492,7 +493,7 @@ async fn healthy_and_misbehaving(
 ) -> (ProviderPool, Instance) {
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
-        discovery::runtime::http_client(),
+        service_runtime::runtime::http_client(),
     );
     let healthy = Instance::start(agent, "grading").await;
     agent
@@ -530,8 +531,11 @@ async fn only_safe_requests_are_retried_after_the_server_got_them() {
     let mut tries = 0;
     while failed == 0 && tries < 200 {
         tries += 1;
-        let fresh = ProviderPool::new(pool.watch().clone(), discovery::runtime::http_client());
-        let payload = discovery::pool::Payload {
+        let fresh = ProviderPool::new(
+            pool.watch().clone(),
+            service_runtime::runtime::http_client(),
+        );
+        let payload = service_runtime::pool::Payload {
             content_type: "text/plain",
             bytes: "x".into(),
         };
@@ -564,7 +568,7 @@ async fn a_post_with_an_idempotency_key_is_retried_after_a_hang_up() {
     // The server applies a keyed request at most once, so the pool may send it again: every
     // one of these ends at the healthy instance, whichever instance was tried first.
     for _ in 0..20 {
-        let key = discovery::pool::new_idempotency_key();
+        let key = service_runtime::pool::new_idempotency_key();
         let response = pool
             .post_json_once("/whoami", &serde_json::json!({"n": 1}), &key)
             .await
@@ -614,7 +618,7 @@ async fn a_get_and_a_keyed_post_move_off_an_instance_that_never_answers() {
         let response = if sent % 2 == 0 {
             pool.get("/whoami").await
         } else {
-            let key = discovery::pool::new_idempotency_key();
+            let key = service_runtime::pool::new_idempotency_key();
             pool.post_json_once("/whoami", &serde_json::json!({"n": sent}), &key)
                 .await
         };
@@ -633,7 +637,7 @@ async fn a_pool_with_no_provider_fails_at_once_with_a_typed_error() {
     let agent = ConsulAgent::start().await;
     let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "nobody");
     watch.ready(PATIENCE).await;
-    let pool = ProviderPool::new(watch, discovery::runtime::http_client());
+    let pool = ProviderPool::new(watch, service_runtime::runtime::http_client());
     let started = Instant::now();
     let result = tokio::time::timeout(PATIENCE, pool.get("/"))
         .await

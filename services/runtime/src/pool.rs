@@ -46,7 +46,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::{Method, Response, StatusCode};
 use tracing::{info, warn};
 
-use crate::watch::{Provider, ProviderWatch};
+use discovery::watch::{Provider, ProviderWatch};
 
 /// How long a provider stays ejected the first time; each ejection in a row doubles it.
 pub const FIRST_EJECTION: Duration = Duration::from_secs(1);

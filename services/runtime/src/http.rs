@@ -240,7 +240,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
     }
 }
 
-/// For `#[serde(deserialize_with = "discovery::http::objects")]` on a `Vec<T>`: each element
+/// For `#[serde(deserialize_with = "service_runtime::http::objects")]` on a `Vec<T>`: each element
 /// must be a JSON object (see [`Object`]).
 pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where

@@ -10,11 +10,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use discovery::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
-use discovery::{
-    Answer, Call, CallLimits, ConsulSettings, Junk, PoolError, ProviderPool, ProviderWatch,
-};
+use discovery::{ConsulSettings, ProviderWatch};
 use reqwest::StatusCode;
+use service_runtime::pool::{FAILURES_TO_EJECT, FIRST_EJECTION};
+use service_runtime::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
 use testkit::{ConsulAgent, MisbehavingServer as Double, Misbehaviour, eventually};
 use tokio::sync::oneshot;
 use warp::Filter;
@@ -48,7 +47,7 @@ async fn healthy(agent: &ConsulAgent) -> Healthy {
 async fn pool_listing(agent: &ConsulAgent, expected: usize) -> ProviderPool {
     let pool = ProviderPool::new(
         ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading"),
-        discovery::runtime::http_client(),
+        service_runtime::runtime::http_client(),
     );
     eventually("every instance watched", PATIENCE, || async {
         (pool.watch().current().providers.len() == expected).then_some(())
@@ -184,7 +183,7 @@ async fn a_plain_post_fails_at_most_until_the_failing_instance_is_ejected() {
     let started = Instant::now();
     let mut failed = 0;
     for _ in 0..40 {
-        let payload = discovery::pool::Payload {
+        let payload = service_runtime::pool::Payload {
             content_type: "text/plain",
             bytes: "x".into(),
         };
