@@ -1,7 +1,10 @@
 //! Jittered, capped exponential backoff and a small token bucket, shared by the loops that talk
 //! to Consul so that many instances never retry in lockstep.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that the loops paced by a bucket can be tested on paused time.
+use tokio::time::Instant;
 
 /// Delay before retry number `attempt` (1-based): doubles from `base` up to `cap`, then a random
 /// point between half and all of it ("equal jitter"), so retries spread but never collapse to 0.
@@ -78,5 +81,17 @@ mod tests {
         // A second later the bucket is full again.
         let later = start + Duration::from_secs(1);
         assert_eq!(bucket.take(later), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_paced_by_the_bucket_runs_a_burst_at_once_then_at_the_rate() {
+        let mut bucket = TokenBucket::new(3, 10);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..6 {
+            tokio::time::sleep(bucket.take(Instant::now())).await;
+            at.push(start.elapsed().as_millis());
+        }
+        assert_eq!(at, [0, 0, 0, 100, 200, 300]);
     }
 }

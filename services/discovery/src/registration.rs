@@ -154,7 +154,7 @@ async fn keep_registered(
                 failures = 0;
                 content_hash = Some(hash);
                 // A blocking query that keeps returning at once must not become a busy loop.
-                let pause = polls.take(std::time::Instant::now());
+                let pause = polls.take(tokio::time::Instant::now());
                 unless_stopped(&mut stopping, tokio::time::sleep(pause)).await;
             }
             Ok(OwnEntry::Missing) => {

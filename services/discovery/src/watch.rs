@@ -10,6 +10,7 @@
 //! every instance registered again.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,11 @@ pub struct ProviderWatch {
 impl ProviderWatch {
     /// Starts watching `service` through the agent described by `settings`.
     pub fn spawn(settings: &ConsulSettings, service: &str) -> Self {
+        Self::spawn_on(Consul::new(settings.rs_consul_config()), service)
+    }
+
+    /// Starts watching `service` in `catalogue`.
+    fn spawn_on(catalogue: impl Catalogue, service: &str) -> Self {
         let now = Instant::now();
         let initial = ProviderSet {
             service: service.into(),
@@ -102,11 +108,10 @@ impl ProviderWatch {
             failed_polls: 0,
         };
         let (sender, receiver) = watch::channel(initial);
-        let consul = Consul::new(settings.rs_consul_config());
         let service = service.to_owned();
         tokio::spawn(async move {
             tokio::select! {
-                () = watch_loop(consul, service, &sender) => {}
+                () = watch_loop(catalogue, service, &sender) => {}
                 () = sender.closed() => {}
             }
         });
@@ -147,7 +152,61 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
     }
 }
 
-async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<ProviderSet>) {
+/// One answer to a blocking query: the index to send back and the passing providers.
+struct Answer {
+    index: u64,
+    providers: Vec<Provider>,
+}
+
+/// Where a watch asks for passing instances: the Consul agent, or in unit tests a scripted
+/// agent, so that the loop's timers (grace, backoff, pacing) run on paused time.
+trait Catalogue: Send + 'static {
+    /// The passing instances of `service`: a blocking query that returns once the index passes
+    /// `index` (at once without one) or `wait` ends.
+    fn passing(
+        &self,
+        service: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Answer, String>> + Send;
+}
+
+impl Catalogue for Consul {
+    async fn passing(
+        &self,
+        service: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Answer, String> {
+        let options = QueryOptions {
+            index,
+            wait: Some(wait),
+            timeout: Some(wait + wait / 16 + TIMEOUT_SLACK),
+            ..QueryOptions::default()
+        };
+        let request = GetServiceNodesRequest {
+            service,
+            passing: true,
+            ..GetServiceNodesRequest::default()
+        };
+        let answer = self
+            .get_service_nodes(request, Some(options))
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(Answer {
+            index: answer.index,
+            providers: providers_of(answer.response),
+        })
+    }
+}
+
+async fn watch_loop(
+    catalogue: impl Catalogue,
+    service: String,
+    sender: &watch::Sender<ProviderSet>,
+) {
+    // tokio's clock, not the system's, for every timer here: tests run it paused.
+    use tokio::time::Instant;
     let mut index: u64 = 0;
     let mut failures: u32 = 0;
     let mut polls = TokenBucket::new(POLL_BURST, POLL_RATE);
@@ -162,18 +221,10 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
             }
             None => WAIT,
         };
-        let options = QueryOptions {
-            index: (index > 0).then_some(index),
-            wait: Some(wait),
-            timeout: Some(wait + wait / 16 + TIMEOUT_SLACK),
-            ..QueryOptions::default()
-        };
-        let request = GetServiceNodesRequest {
-            service: &service,
-            passing: true,
-            ..GetServiceNodesRequest::default()
-        };
-        match consul.get_service_nodes(request, Some(options)).await {
+        match catalogue
+            .passing(&service, (index > 0).then_some(index), wait)
+            .await
+        {
             Ok(answer) => {
                 if failures > 0 {
                     info!(
@@ -185,7 +236,7 @@ async fn watch_loop(consul: Consul, service: String, sender: &watch::Sender<Prov
                 }
                 failures = 0;
                 index = next_index(index, answer.index);
-                let mut providers = providers_of(answer.response);
+                let mut providers = answer.providers;
                 if let Some((until, known)) = &grace {
                     if Instant::now() < *until {
                         keep_known(&mut providers, known);
@@ -344,5 +395,177 @@ mod tests {
     #[test]
     fn ipv6_hosts_are_bracketed() {
         assert_eq!(join_host_port("::1", 6000), "[::1]:6000");
+    }
+
+    /// What a scripted agent lists, and whether it answers at all.
+    #[derive(Clone)]
+    struct Listing {
+        up: bool,
+        index: u64,
+        providers: Vec<Provider>,
+    }
+
+    /// An agent played by the test, answering blocking queries as Consul does (at once when the
+    /// index moved, else when the listing changes or the wait ends; an error while it is down),
+    /// so that the watch's timers run on tokio's paused clock. The real agent's side of the
+    /// same behaviour is in `tests/discovery.rs`.
+    #[derive(Clone)]
+    struct ScriptedAgent(Arc<watch::Sender<Listing>>);
+
+    impl ScriptedAgent {
+        fn listing(addresses: &[&str]) -> ScriptedAgent {
+            let listing = Listing {
+                up: true,
+                index: 10,
+                providers: addresses.iter().map(|a| provider(a)).collect(),
+            };
+            ScriptedAgent(Arc::new(watch::channel(listing).0))
+        }
+
+        fn stop(&self) {
+            self.0.send_modify(|l| l.up = false);
+        }
+
+        /// Back as an agent restarted without its state: listing nobody, its index from 1.
+        fn start_again_without_state(&self) {
+            self.0.send_replace(Listing {
+                up: true,
+                index: 1,
+                providers: Vec::new(),
+            });
+        }
+
+        /// An instance registers (again).
+        fn register(&self, address: &str) {
+            self.0.send_modify(|l| {
+                l.index += 1;
+                l.providers.push(provider(address));
+                l.providers.sort();
+            });
+        }
+    }
+
+    impl Catalogue for ScriptedAgent {
+        async fn passing(
+            &self,
+            _service: &str,
+            index: Option<u64>,
+            wait: Duration,
+        ) -> Result<Answer, String> {
+            let mut listing = self.0.subscribe();
+            let moved = listing.wait_for(|l| !l.up || Some(l.index) != index);
+            let _ = tokio::time::timeout(wait, moved).await;
+            let listing = listing.borrow().clone();
+            match listing.up {
+                true => Ok(Answer {
+                    index: listing.index,
+                    providers: listing.providers,
+                }),
+                false => Err("connection refused".into()),
+            }
+        }
+    }
+
+    fn addresses(set: &ProviderSet) -> Vec<&str> {
+        set.providers.iter().map(|p| p.address.as_str()).collect()
+    }
+
+    /// Waits (on the paused clock) until the watch publishes a set `until` accepts.
+    async fn published(watch: &ProviderWatch, until: impl Fn(&ProviderSet) -> bool) -> ProviderSet {
+        let mut sets = watch.subscribe();
+        let set = sets.wait_for(|set| until(set)).await.unwrap();
+        set.clone()
+    }
+
+    /// Starts a watch on `agent` and waits until it publishes what the agent lists.
+    async fn live_watch(agent: &ScriptedAgent) -> ProviderWatch {
+        let watch = ProviderWatch::spawn_on(agent.clone(), "grading");
+        let expected = agent.0.borrow().providers.clone();
+        published(&watch, |s| s.status == WatchStatus::Live && *s.providers == *expected).await;
+        watch
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_back_without_its_state_keeps_the_known_providers_until_the_grace_ends() {
+        let agent = ScriptedAgent::listing(&["127.0.0.1:6001", "127.0.0.1:6002"]);
+        let watch = live_watch(&agent).await;
+
+        agent.stop();
+        published(&watch, |s| matches!(s.status, WatchStatus::Stale { .. })).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        agent.start_again_without_state();
+        published(&watch, |s| s.status == WatchStatus::Live).await;
+        let back = tokio::time::Instant::now();
+        // One instance registers again in the meantime, the other never does.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        agent.register("127.0.0.1:6001");
+
+        tokio::time::sleep_until(back + REJOIN_GRACE - Duration::from_millis(1)).await;
+        assert_eq!(
+            addresses(&watch.current()),
+            ["127.0.0.1:6001", "127.0.0.1:6002"],
+            "both kept until the grace ends"
+        );
+        // The watch asks again by then, so the one still missing goes without any change in
+        // Consul, at the first answer after the grace.
+        let dropped = tokio::time::timeout(
+            Duration::from_secs(2),
+            published(&watch, |s| s.providers.len() == 1),
+        )
+        .await
+        .expect("the missing provider is dropped within a second of the grace's end");
+        assert_eq!(addresses(&dropped), ["127.0.0.1:6001"]);
+        assert_eq!(dropped.status, WatchStatus::Live);
+        eprintln!("dropped {:?} after the agent came back", back.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_outage_a_deregistered_provider_goes_at_once() {
+        let agent = ScriptedAgent::listing(&["127.0.0.1:6001", "127.0.0.1:6002"]);
+        let watch = live_watch(&agent).await;
+        let started = tokio::time::Instant::now();
+        agent.0.send_modify(|l| {
+            l.index += 1;
+            l.providers.pop();
+        });
+        let set = published(&watch, |s| s.providers.len() == 1).await;
+        assert_eq!(addresses(&set), ["127.0.0.1:6001"]);
+        assert!(
+            started.elapsed() < Duration::from_millis(10),
+            "no grace without an outage: gone after {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Retries back off with jitter (so many watchers never hit a recovering agent in lockstep)
+    /// but stay at most [`RETRY_CAP`] apart, so a returning agent is seen within it.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_agent_is_retried_ever_less_often_and_seen_within_the_cap_on_its_return()
+    {
+        let agent = ScriptedAgent::listing(&["127.0.0.1:6001"]);
+        let watch = live_watch(&agent).await;
+        agent.stop();
+        let stale = published(&watch, |s| matches!(s.status, WatchStatus::Stale { .. })).await;
+        assert_eq!(addresses(&stale), ["127.0.0.1:6001"], "the last set is kept");
+
+        let polls = |set: ProviderSet| set.failed_polls;
+        let in_first_second = {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            polls(watch.current())
+        };
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        let in_a_minute = polls(watch.current());
+        // Delays of at least half of 100 ms, 200 ms, ... up to half of the 5 s cap: at most
+        // about 30 calls in a minute; at most the cap apart: at least 12.
+        assert!(
+            (4..=5).contains(&in_first_second),
+            "{in_first_second} calls in the first second"
+        );
+        assert!((12..=30).contains(&in_a_minute), "{in_a_minute} calls in a minute");
+
+        agent.0.send_modify(|l| l.up = true);
+        let back = tokio::time::Instant::now();
+        published(&watch, |s| s.status == WatchStatus::Live).await;
+        assert!(back.elapsed() <= RETRY_CAP, "seen {:?} after its return", back.elapsed());
     }
 }

@@ -135,7 +135,7 @@ async fn errors_keep_the_last_set_back_off_and_recover() {
     )
     .await;
     // 6000, which Consul no longer lists after the outage, stays published for the rejoin grace
-    // (its end is shown against a real agent in discovery.rs).
+    // (its end is timed on paused time in watch.rs's unit tests).
     let addresses: Vec<String> = watch
         .current()
         .providers

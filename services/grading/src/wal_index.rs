@@ -10,9 +10,13 @@
 //! that restarts the WAL after a checkpoint changes the salts. So equal headers mean no commit
 //! in between, and a commit that returned before a read began is always seen by that read.
 //!
-//! The map is only ever read. It stays valid because the [`crate::store::Store`] that owns it
-//! also keeps connections open: SQLite only truncates or rebuilds the `-shm` file when no
-//! connection at all has it open.
+//! The map is only ever read, and read-only: the standard library allows only `Relaxed` atomic
+//! loads on memory mapped without write permission (a stronger load may be compiled to a
+//! read-modify-write on some targets, which faults), so the ordering comes from explicit
+//! fences. It stays valid because the [`crate::store::Store`] that owns it also keeps
+//! connections open: SQLite only truncates or rebuilds the `-shm` file when no connection at
+//! all has it open. So the map must go before the store's connections do; the store drops it
+//! first, explicitly.
 
 use std::fs::File;
 use std::path::Path;
@@ -66,7 +70,9 @@ impl WalIndex {
     pub fn stamp(&self) -> Option<Stamp> {
         let mut first = [0; HEADER_WORDS];
         let mut second = [0; HEADER_WORDS];
-        // SQLite's own reader order: the first copy, a barrier, then the second.
+        // SQLite's own reader order: the first copy, a barrier, then the second. A writer
+        // writes the second copy, a barrier, then the first; so a reader that sees a new first
+        // copy sees at least that new second copy, and equal copies are one consistent header.
         for (i, word) in first.iter_mut().enumerate() {
             *word = self.word(i);
         }
@@ -74,6 +80,8 @@ impl WalIndex {
         for (i, word) in second.iter_mut().enumerate() {
             *word = self.word(HEADER_WORDS + i);
         }
+        // What the caller reads after taking the stamp (its cache) comes after the header.
+        fence(Ordering::Acquire);
         let is_init = first[IS_INIT_WORD].to_ne_bytes()[0] != 0;
         (first == second && is_init).then_some(Stamp(first))
     }
@@ -83,9 +91,10 @@ impl WalIndex {
         // SAFETY: in bounds (`index` < 24 words, the mapped length) and 4-byte aligned (the map
         // starts on a page). The file is at least that long and SQLite never shrinks it while a
         // connection of this process has it open (see the module documentation), so the memory
-        // stays mapped. An atomic load is the sound way to read memory others write.
+        // stays mapped. An atomic load is the sound way to read memory others write; `Relaxed`
+        // is the only one allowed on a read-only mapping, the fences in `stamp` order it.
         let word = unsafe { &*self.map.as_ptr().cast::<AtomicU32>().add(index) };
-        word.load(Ordering::Acquire)
+        word.load(Ordering::Relaxed)
     }
 }
 
@@ -142,6 +151,52 @@ mod tests {
             );
             seen.push(stamp);
         }
+    }
+
+    /// Writes a `-shm` header by hand, in place (a map of it stays valid): `version` in both
+    /// copies' first word, `is_init` in both copies' fourth, `mx_frame` in the first copy's
+    /// fifth word (`mxFrame`) and `second_mx_frame` in the second's, as a writer halfway
+    /// through a commit leaves them.
+    fn write_header(shm: &Path, version: u32, is_init: bool, mx_frame: u32, second_mx_frame: u32) {
+        let mut words = [0u32; 2 * HEADER_WORDS];
+        for copy in [0, HEADER_WORDS] {
+            words[copy] = version;
+            words[copy + IS_INIT_WORD] = u32::from_ne_bytes([u8::from(is_init), 0, 0, 0]);
+        }
+        words[4] = mx_frame;
+        words[HEADER_WORDS + 4] = second_mx_frame;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(shm)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+    }
+
+    /// Half-written or unbuilt headers must never pass for "nothing committed": the caller
+    /// would serve a stale cached answer.
+    #[test]
+    fn a_header_halfway_through_a_commit_or_not_built_gives_no_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.sqlite3");
+        let shm = dir.path().join("t.sqlite3-shm");
+        write_header(&shm, WAL_INDEX_VERSION, true, 7, 7);
+        let index = WalIndex::open(&db).expect("a well-formed header maps");
+        let settled = index.stamp().expect("equal copies give a stamp");
+
+        // The same map sees the file change: a writer between its two copies.
+        write_header(&shm, WAL_INDEX_VERSION, true, 7, 8);
+        assert_eq!(index.stamp(), None, "copies differ mid-commit");
+        write_header(&shm, WAL_INDEX_VERSION, true, 8, 8);
+        let committed = index.stamp().expect("the commit finished");
+        assert_ne!(committed, settled);
+        write_header(&shm, WAL_INDEX_VERSION, false, 8, 8);
+        assert_eq!(index.stamp(), None, "an index not built yet says nothing");
+
+        write_header(&shm, WAL_INDEX_VERSION + 1, true, 8, 8);
+        assert!(WalIndex::open(&db).is_none(), "an unknown layout is not read");
     }
 
     #[test]

@@ -2,12 +2,11 @@
 //! `deny`): it registers only with its token, from the environment or from a file, and the token
 //! never shows in its output or its `--help`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use discovery::{ConsulArgs, ConsulSettings, ProviderWatch, WatchStatus};
-use testkit::{ConsulAgent, ServiceProcess, eventually, free_port, http_client};
+use testkit::{ConsulAgent, ServiceProcess, eventually, http_client};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 /// The master token: distinctive, so any trace of it in the output is found.
@@ -26,37 +25,26 @@ enum TokenFrom<'a> {
     Flag(&'a str),
 }
 
-/// Starts the log service on a free port with `CONSUL_HTTP_ADDR` pointing at `agent` and the
-/// token given as `token` says. `CONSUL_HTTP_TOKEN` defaults to empty (no token, whatever the
-/// test runner's environment holds) unless set there.
+/// Starts the log service on a port of its choosing with `CONSUL_HTTP_ADDR` pointing at `agent`
+/// and the token given as `token` says. `CONSUL_HTTP_TOKEN` defaults to empty (no token,
+/// whatever the test runner's environment holds) unless set there.
 async fn start_log_service(
     agent: &ConsulAgent,
     data_dir: &Path,
     token: TokenFrom<'_>,
 ) -> ServiceProcess {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut all = vec![
         ("CONSUL_HTTP_ADDR", agent.http_addr()),
         ("RUST_LOG", LOG_LEVEL.to_owned()),
         ("CONSUL_HTTP_TOKEN", String::new()),
     ];
-    let mut args = vec![
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-    ];
+    let mut args = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
     match token {
         TokenFrom::Env(envs) => all.extend(envs.iter().cloned()),
         TokenFrom::Flag(token) => args.extend(["--consul-http-token".to_owned(), token.into()]),
     }
-    ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_log-service").as_ref(),
-        addr,
-        &args,
-        &all,
-    )
-    .await
+    ServiceProcess::spawn_on_any_port(env!("CARGO_BIN_EXE_log-service").as_ref(), &args, &all)
+        .await
 }
 
 fn instance_id(service: &ServiceProcess) -> String {

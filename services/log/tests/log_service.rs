@@ -1,37 +1,27 @@
-//! The real `log-service` binary against a real Consul agent.
+//! The real `log-service` binary against a real Consul agent, for what needs a process of its
+//! own: SIGTERM and SIGKILL, exit codes, and what the service prints. The API is tested
+//! in-process in `tests/api/`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use discovery::{ConsulSettings, ProviderWatch};
-use testkit::{ConsulAgent, ServiceProcess, eventually, free_port, http_client};
+use testkit::{ConsulAgent, ServiceProcess, eventually, get_json, get_json_list, http_client};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-async fn start_log_service(
-    agent: &ConsulAgent,
-    data_dir: &std::path::Path,
-    port: u16,
-) -> ServiceProcess {
-    start_log_service_logging(agent, data_dir, port, "info").await
+/// Starts the binary on a port of its choosing, with its records in `data_dir`.
+async fn start_log_service(agent: &ConsulAgent, data_dir: &std::path::Path) -> ServiceProcess {
+    start_log_service_logging(agent, data_dir, "info").await
 }
 
 async fn start_log_service_logging(
     agent: &ConsulAgent,
     data_dir: &std::path::Path,
-    port: u16,
     rust_log: &str,
 ) -> ServiceProcess {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    ServiceProcess::spawn(
+    ServiceProcess::spawn_on_any_port(
         env!("CARGO_BIN_EXE_log-service").as_ref(),
-        addr,
-        &[
-            "--listen".into(),
-            addr.to_string(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ],
+        &["--data-dir".into(), data_dir.display().to_string()],
         &[
             ("CONSUL_HTTP_ADDR", agent.http_addr()),
             ("RUST_LOG", rust_log.into()),
@@ -40,15 +30,8 @@ async fn start_log_service_logging(
     .await
 }
 
-/// The records a `GET /log` at `url` answers with.
-async fn get_records(url: &str) -> Vec<serde_json::Value> {
-    let response = http_client().get(url).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{url}");
-    response.json().await.unwrap()
-}
-
 async fn messages(service: &ServiceProcess) -> Vec<String> {
-    get_records(&format!("{}/log?limit=1000", service.base_url()))
+    get_json_list(&format!("{}/log?limit=1000", service.base_url()))
         .await
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_owned())
@@ -59,8 +42,8 @@ async fn messages(service: &ServiceProcess) -> Vec<String> {
 async fn it_registers_with_a_passing_check_and_sigterm_deregisters_and_exits_0() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut service = start_log_service(&agent, data.path(), port).await;
+    let mut service = start_log_service(&agent, data.path()).await;
+    let port = service.addr().port();
     let expected_id = format!("log-127.0.0.1-{port}");
 
     let instance = eventually("listed as passing", PATIENCE, || async {
@@ -88,9 +71,9 @@ async fn it_registers_with_a_passing_check_and_sigterm_deregisters_and_exits_0()
 async fn after_sigkill_the_check_goes_critical_and_watchers_drop_the_instance() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
     let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "log");
-    let mut service = start_log_service(&agent, data.path(), port).await;
+    let mut service = start_log_service(&agent, data.path()).await;
+    let port = service.addr().port();
     eventually("watched", PATIENCE, || async {
         (watch.current().providers.len() == 1).then_some(())
     })
@@ -122,8 +105,7 @@ async fn after_sigkill_the_check_goes_critical_and_watchers_drop_the_instance() 
 async fn records_are_acknowledged_durably_and_survive_a_restart() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut service = start_log_service(&agent, data.path(), port).await;
+    let mut service = start_log_service(&agent, data.path()).await;
     let client = http_client();
 
     // As in the original course: curl -d 'hello' localhost:4000/log
@@ -156,17 +138,10 @@ async fn records_are_acknowledged_durably_and_survive_a_restart() {
     assert_eq!(file.lines().count(), 3, "{file}");
 
     service.sigkill();
-    let service = start_log_service(&agent, data.path(), port).await;
+    let service = start_log_service(&agent, data.path()).await;
     assert_eq!(messages(&service).await, ["hello", "two\nlines", "third"]);
 
-    let only_grading: Vec<serde_json::Value> = client
-        .get(format!("{}/log?service=grading", service.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let only_grading = get_json_list(&format!("{}/log?service=grading", service.base_url())).await;
     assert_eq!(only_grading.len(), 1);
     assert_eq!(only_grading[0]["level"], "warn");
     testkit::assert_head_answers_as_get(&format!("{}/log?limit=2", service.base_url())).await;
@@ -177,16 +152,9 @@ async fn aborted_and_malformed_connections_are_counted_not_logged_as_errors() {
     use tokio::io::AsyncWriteExt;
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let service = start_log_service(&agent, data.path(), free_port()).await;
+    let service = start_log_service(&agent, data.path()).await;
     let client_errors = || async {
-        let counts: serde_json::Value = http_client()
-            .get(format!("{}/status/connections", service.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let counts = get_json(&format!("{}/status/connections", service.base_url())).await;
         counts["client_errors"].as_u64().unwrap()
     };
     let before = client_errors().await;
@@ -218,9 +186,9 @@ async fn aborted_and_malformed_connections_are_counted_not_logged_as_errors() {
 async fn a_second_instance_on_the_same_data_dir_refuses_to_start() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let _first = start_log_service(&agent, data.path(), free_port()).await;
+    let _first = start_log_service(&agent, data.path()).await;
     let second = std::process::Command::new(env!("CARGO_BIN_EXE_log-service"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data.path())
         .env("CONSUL_HTTP_ADDR", agent.http_addr())
@@ -231,96 +199,13 @@ async fn a_second_instance_on_the_same_data_dir_refuses_to_start() {
     assert!(stderr.contains("in use by another process"), "{stderr}");
 }
 
-/// Pages through `GET /log` with `before` from the newest record to the first.
-async fn every_record_paging_back(service: &ServiceProcess) -> Vec<serde_json::Value> {
-    let mut pages = Vec::new();
-    let mut url = format!("{}/log?limit=4000", service.base_url());
-    loop {
-        let page = get_records(&url).await;
-        let Some(oldest) = page.first() else { break };
-        url = format!(
-            "{}/log?limit=4000&before={}",
-            service.base_url(),
-            oldest["seq"]
-        );
-        pages.push(page);
-    }
-    pages.into_iter().rev().flatten().collect()
-}
-
-/// Follows `GET /log` with `after` from the first record to the newest, as a reader tailing the
-/// log would.
-async fn every_record_paging_forward(service: &ServiceProcess) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let url = format!("{}/log?limit=4000&after={after}", service.base_url());
-        let page = get_records(&url).await;
-        let Some(newest) = page.last() else { break };
-        after = newest["seq"].as_u64().unwrap();
-        all.extend(page);
-    }
-    all
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_older_than_memory_holds_are_read_from_the_file() {
-    let agent = ConsulAgent::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut service = start_log_service(&agent, data.path(), port).await;
-    let client = http_client();
-    // 10,500 records, 500 more than the service keeps in memory; the first three from "early".
-    for batch in 0..11 {
-        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
-            .map(|i| {
-                let service = if i < 3 { "early" } else { "busy" };
-                serde_json::json!({"service": service, "message": format!("record {i}")})
-            })
-            .collect();
-        let response = client
-            .post(format!("{}/log", service.base_url()))
-            .json(&serde_json::json!({ "records": records }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-
-    for _run in ["before a restart", "after one"] {
-        let early: Vec<String> = get_records(&format!("{}/log?service=early", service.base_url()))
-            .await
-            .iter()
-            .map(|r| format!("{} {}", r["seq"], r["message"]))
-            .collect();
-        assert_eq!(
-            early,
-            [r#"1 "record 0""#, r#"2 "record 1""#, r#"3 "record 2""#]
-        );
-
-        for all in [
-            every_record_paging_back(&service).await,
-            every_record_paging_forward(&service).await,
-        ] {
-            assert_eq!(all.len(), 10_500);
-            for (i, record) in all.iter().enumerate() {
-                assert_eq!(record["seq"], i as u64 + 1);
-                assert_eq!(record["message"], format!("record {i}"));
-            }
-        }
-
-        service.sigkill();
-        service = start_log_service(&agent, data.path(), port).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_reader_gets_the_next_record_and_sigterm_ends_a_wait_at_once() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
     // At debug level the service says when a reader starts waiting.
     let mut service =
-        start_log_service_logging(&agent, data.path(), free_port(), "info,log_service=debug").await;
+        start_log_service_logging(&agent, data.path(), "info,log_service=debug").await;
     let waiting_readers = |service: &ServiceProcess| {
         service
             .output()
@@ -329,7 +214,7 @@ async fn a_waiting_reader_gets_the_next_record_and_sigterm_ends_a_wait_at_once()
     };
     let client = http_client();
     let base = service.base_url();
-    let newest = get_records(&format!("{base}/log?limit=1")).await;
+    let newest = get_json_list(&format!("{base}/log?limit=1")).await;
     let after = newest.last().map_or(0, |r| r["seq"].as_u64().unwrap());
 
     // Follow the log as a script would: wait for whatever comes after the newest record.
@@ -372,7 +257,7 @@ async fn a_waiting_reader_gets_the_next_record_and_sigterm_ends_a_wait_at_once()
 async fn a_client_that_drops_a_long_poll_is_not_an_error_in_the_log() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let service = start_log_service(&agent, data.path(), free_port()).await;
+    let service = start_log_service(&agent, data.path()).await;
     // Three long polls the client gives up on after 200 ms, as `curl` stopped with Ctrl-C does.
     for _ in 0..3 {
         let poll = http_client()

@@ -40,10 +40,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{Method, Response, StatusCode};
+// tokio's clock for ejections, so that tests can run it paused.
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use discovery::watch::{Provider, ProviderWatch};
@@ -762,4 +764,107 @@ async fn read_capped(mut response: Response, limits: CallLimits) -> Result<Bytes
 /// message. Distinguished from a timeout, where the server may still be working.
 fn is_dropped_connection(err: &reqwest::Error) -> bool {
     !err.is_timeout() && (err.is_request() || err.is_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            provider: Provider {
+                address: "127.0.0.1:6001".into(),
+                id: "grading-127.0.0.1-6001".into(),
+            },
+            base_url: "http://127.0.0.1:6001".into(),
+            in_flight: AtomicUsize::new(0),
+            breaker: Mutex::new(Breaker::default()),
+        })
+    }
+
+    /// What the pool may send `endpoint` now, as [`ProviderPool::choose`] asks: its one probe
+    /// when an ejection is over, ordinary requests while it serves, nothing while it is ejected
+    /// or its probe is out.
+    fn offered(endpoint: &Endpoint) -> Option<Role> {
+        if endpoint.claim_probe(Instant::now()) {
+            Some(Role::Probe)
+        } else if endpoint.is_serving() {
+            Some(Role::Ordinary)
+        } else {
+            None
+        }
+    }
+
+    fn answered(endpoint: &Endpoint, role: Role, status: StatusCode) {
+        let fault = (!status.is_success()).then_some(Fault::Status(status));
+        endpoint.record(role, fault.as_ref(), "grading");
+    }
+
+    /// Waits until the pool offers `endpoint` something, and says how long that took (to 10 ms,
+    /// paused time); nothing may be offered before.
+    async fn time_to_probe(endpoint: &Endpoint) -> Duration {
+        let start = Instant::now();
+        loop {
+            match offered(endpoint) {
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+                Some(Role::Probe) => return start.elapsed(),
+                Some(Role::Ordinary) => panic!("served again without a probe"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_provider_gets_nothing_for_a_second_then_exactly_one_probe() {
+        let provider = endpoint();
+        for _ in 0..FAILURES_TO_EJECT - 1 {
+            answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
+            assert_eq!(offered(&provider), Some(Role::Ordinary), "one 5xx ejects nobody");
+        }
+        answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
+
+        assert_eq!(time_to_probe(&provider).await, FIRST_EJECTION);
+        assert_eq!(offered(&provider), None, "one probe at a time, nothing beside it");
+        // A request that started before the ejection and ends now decides nothing.
+        answered(&provider, Role::Ordinary, StatusCode::OK);
+        assert_eq!(offered(&provider), None);
+
+        answered(&provider, Role::Probe, StatusCode::BAD_GATEWAY);
+        assert_eq!(time_to_probe(&provider).await, FIRST_EJECTION * 2, "the second ejection");
+        answered(&provider, Role::Probe, StatusCode::OK);
+        assert_eq!(offered(&provider), Some(Role::Ordinary), "a good probe brings it back");
+
+        // Back in full: the next ejection is the first one again.
+        for _ in 0..FAILURES_TO_EJECT {
+            answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
+        }
+        assert_eq!(time_to_probe(&provider).await, FIRST_EJECTION);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_in_a_row_double_up_to_the_limit() {
+        let provider = endpoint();
+        for _ in 0..FAILURES_TO_EJECT {
+            answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
+        }
+        let mut lengths = Vec::new();
+        for _ in 0..7 {
+            lengths.push(time_to_probe(&provider).await.as_secs());
+            answered(&provider, Role::Probe, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(lengths, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(EJECTION_LIMIT, Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_its_caller_gave_up_on_leaves_the_provider_due_for_another_at_once() {
+        let provider = endpoint();
+        for _ in 0..FAILURES_TO_EJECT {
+            answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
+        }
+        time_to_probe(&provider).await;
+        let probe = Attempt::start(provider.clone(), Role::Probe);
+        assert_eq!(offered(&provider), None);
+        drop(probe);
+        assert_eq!(offered(&provider), Some(Role::Probe));
+    }
 }

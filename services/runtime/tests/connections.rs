@@ -109,7 +109,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_header_client_is_closed_within_the_timeout_while_another_is_served() {
+async fn a_slow_header_client_is_disconnected_while_another_is_served() {
     let agent = ConsulAgent::start().await;
     let instance = Instance::start(&agent, limits(1, 30, 100)).await;
 
@@ -155,14 +155,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
     let closed = closed.expect("the idle connection is closed");
     assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
-    let counts: serde_json::Value = testkit::http_client()
-        .get(format!("http://{}/status/connections", instance.addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counts = testkit::get_json(&format!("http://{}/status/connections", instance.addr)).await;
     assert_eq!(counts["idle_closed"], 1, "{counts}");
     instance.shut_down().await;
 }

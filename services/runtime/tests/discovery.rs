@@ -311,24 +311,19 @@ async fn a_watcher_keeps_its_last_known_set_while_the_agent_is_down() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let set = watch.current();
+    // Retries fail on (their pace is tested on paused time in `watch.rs`): the set stays.
+    let set = eventually("the watch retried", PATIENCE, || async {
+        let set = watch.current();
+        (set.failed_polls >= 3).then_some(set)
+    })
+    .await;
     assert_eq!(
         watched_addresses(&watch),
         [instance.addr.to_string()],
         "the last known set is kept"
     );
-    assert!(
-        set.age() >= Duration::from_millis(1500),
-        "age grows while stale: {:?}",
-        set.age()
-    );
+    assert!(set.age() > Duration::ZERO, "age grows while stale");
     assert_eq!(set.status, WatchStatus::Stale { since: stale_since });
-    assert!(set.failed_polls >= 1);
-    eprintln!(
-        "failed polls while the agent was down for ~1.5 s: {}",
-        set.failed_polls
-    );
 
     // A pool over the stale set still reaches the instance: Consul being away stops nothing.
     let pool = ProviderPool::new(watch.clone(), service_runtime::runtime::http_client());
@@ -350,8 +345,11 @@ async fn a_watcher_keeps_its_last_known_set_while_the_agent_is_down() {
     instance.shut_down().await;
 }
 
+/// The real agent's side of the rejoin grace: back without its state, it lists nobody, and the
+/// watch keeps what it knew. When the grace ends (and what else it keeps) is timed on paused
+/// time in `watch.rs`'s unit tests, against an agent scripted as this one behaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_back_without_its_state_does_not_empty_the_set_before_the_grace_ends() {
+async fn an_agent_back_without_its_state_lists_nobody_and_the_watch_keeps_its_last_set() {
     let mut agent = ConsulAgent::start().await;
     let watch = ProviderWatch::spawn(&ConsulSettings::local(agent.http_addr()), "grading");
     // Registered by the harness, not by a running instance: after the restart nobody registers
@@ -365,31 +363,18 @@ async fn an_agent_back_without_its_state_does_not_empty_the_set_before_the_grace
     .await;
 
     agent.start_again().await;
-    let back = Instant::now();
     eventually("the watch is live again", PATIENCE, || async {
         (watch.current().status == WatchStatus::Live).then_some(())
     })
     .await;
-    let mut changes = watch.subscribe();
-    let grace = discovery::watch::REJOIN_GRACE;
-    while back.elapsed() < grace - Duration::from_secs(2) {
-        assert_eq!(
-            watched_addresses(&watch),
-            ["127.0.0.1:6001"],
-            "the last known provider is kept {:?} after the agent's return",
-            back.elapsed()
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
-    }
-    eventually(
-        "the provider Consul no longer lists is dropped after the grace",
-        PATIENCE,
-        || async { watched_addresses(&watch).is_empty().then_some(()) },
-    )
-    .await;
-    eprintln!(
-        "dropped {:.1} s after the agent's return (grace {grace:?})",
-        back.elapsed().as_secs_f64()
+    assert!(
+        agent.passing_instances("grading").await.is_empty(),
+        "the agent came back without its state"
+    );
+    assert_eq!(
+        watched_addresses(&watch),
+        ["127.0.0.1:6001"],
+        "the last known provider is kept after the agent's return"
     );
 }
 

@@ -124,14 +124,7 @@ fn data_arg(dir: &Path) -> Vec<String> {
 }
 
 /// An HTTP client that does not follow redirects, so tests see the portal's 303s.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a plain HTTP client")
-}
+pub use testkit::redirect_showing_client as client;
 
 /// How many requests for `path` (exactly) a grading instance has logged serving.
 pub fn requests_served(grading: &ServiceProcess, path: &str) -> usize {

@@ -234,17 +234,6 @@ async fn each_service_works_with_its_own_token_and_grading_cannot_pose_as_anothe
     );
 }
 
-/// The A records `dig` finds for `name` on the agent's DNS port, one per line.
-async fn dig(gradebook: &Gradebook, name: &str) -> String {
-    let output = tokio::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p", &gradebook.consul.dns_port().to_string()])
-        .args(["+short", "+time=2", "+tries=1", name, "A"])
-        .output()
-        .await
-        .expect("dig is installed (scripts/test.sh installs dnsutils)");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// DNS answers with the anonymous token: under `deny` it finds nothing, until
 /// `--dns-anonymous` gives that token read access to the three services, and no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +248,7 @@ async fn dns_finds_the_services_only_once_the_anonymous_token_may_read_them() {
         (passing.len() == 1).then_some(())
     })
     .await;
-    assert_eq!(dig(&gradebook, "log.service.consul").await, "");
+    assert_eq!(gradebook.consul.dig("log.service.consul", "A"), "");
 
     let output = text(&bootstrap(&gradebook, tokens.path(), &["--dns-anonymous"]).await);
     assert!(
@@ -267,7 +256,7 @@ async fn dns_finds_the_services_only_once_the_anonymous_token_may_read_them() {
         "{output}"
     );
     eventually("dig finds log", PATIENCE, || async {
-        (dig(&gradebook, "log.service.consul").await == "127.0.0.1").then_some(())
+        (gradebook.consul.dig("log.service.consul", "A") == "127.0.0.1").then_some(())
     })
     .await;
     // Reading is all it grants: a request without a token still cannot register.

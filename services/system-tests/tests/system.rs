@@ -283,28 +283,16 @@ async fn consul_dns_answers_srv_queries_for_every_instance_and_by_tag() {
     let ports = [free_port(), free_port()];
     let _first = gradebook.start_grading("grading-1", ports[0]).await;
     let _second = gradebook.start_grading("grading-2", ports[1]).await;
-    let dig = |name: &'static str| {
-        let dns_port = gradebook.consul.dns_port();
-        async move {
-            let output = tokio::process::Command::new("dig")
-                .args([
-                    "@127.0.0.1",
-                    "-p",
-                    &dns_port.to_string(),
-                    name,
-                    "SRV",
-                    "+short",
-                ])
-                .output()
-                .await
-                .expect("dig is installed (scripts/test.sh installs dnsutils)");
-            let mut ports: Vec<u16> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .filter_map(|line| line.split_whitespace().nth(2)?.parse().ok())
-                .collect();
-            ports.sort();
-            ports
-        }
+    // The ports of the SRV answers ("priority weight port target"), sorted.
+    let dig = |name: &str| {
+        let mut ports: Vec<u16> = gradebook
+            .consul
+            .dig(name, "SRV")
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(2)?.parse().ok())
+            .collect();
+        ports.sort();
+        ports
     };
     let mut expected = ports.to_vec();
     expected.sort();
@@ -312,12 +300,12 @@ async fn consul_dns_answers_srv_queries_for_every_instance_and_by_tag() {
         eventually(
             &format!("dig {name} SRV lists both ports"),
             PATIENCE,
-            || async { (dig(name).await == expected).then_some(()) },
+            || async { (dig(name) == expected).then_some(()) },
         )
         .await;
     }
     assert!(
-        dig("web.grading.service.consul").await.is_empty(),
+        dig("web.grading.service.consul").is_empty(),
         "only tagged instances answer a tag query"
     );
 }

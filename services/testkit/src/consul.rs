@@ -145,6 +145,19 @@ impl ConsulAgent {
         self.ports[1]
     }
 
+    /// What `dig +short` prints for `name`'s `record_type` records (`"SRV"`, `"A"`) on the
+    /// agent's DNS, one answer per line: what a user of Consul's DNS interface sees. Needs
+    /// `dig` (dnsutils); one try, two seconds at most.
+    pub fn dig(&self, name: &str, record_type: &str) -> String {
+        let port = format!("-p{}", self.dns_port());
+        let output = std::process::Command::new("dig")
+            .args(["@127.0.0.1", &port, "+short", "+time=2", "+tries=1"])
+            .args([name, record_type])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run dig (install dnsutils): {e}"));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// The master token if the agent enforces ACLs (see `start_with_acl`), else `None`.
     pub fn master_token(&self) -> Option<&str> {
         self.master_token.as_deref()

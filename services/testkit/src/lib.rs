@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod app;
 mod browser;
 mod consul;
 pub mod misbehaving;
@@ -13,6 +14,7 @@ mod portal_form;
 mod postgres;
 mod process;
 
+pub use app::{RunningApp, Shutdown};
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
 pub use misbehaving::{MisbehavingServer, Misbehaviour};
@@ -135,6 +137,65 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
+}
+
+/// `GET url`, checking it answers 200, and its body as JSON; panics naming the URL otherwise.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let response = http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "GET {url}");
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: bad JSON: {e}"))
+}
+
+/// `GET url`, checking it answers 200 with a JSON array, and its items.
+pub async fn get_json_list(url: &str) -> Vec<serde_json::Value> {
+    match get_json(url).await {
+        serde_json::Value::Array(items) => items,
+        other => panic!("GET {url}: not a JSON array: {other}"),
+    }
+}
+
+/// POSTs `body` as JSON, checking it answers 201, and returns the `Location` and the body.
+pub async fn post_created(url: &str, body: &serde_json::Value) -> (String, serde_json::Value) {
+    let response = http_client()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::CREATED,
+        "POST {url}"
+    );
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_else(|| panic!("POST {url}: 201 without a Location"))
+        .to_owned();
+    let body = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: bad JSON: {e}"));
+    (location, body)
+}
+
+/// An HTTP client like [`http_client`] that shows redirects instead of following them, as
+/// tests of a web app check its 303s; its timeout is longer, for pages over several services.
+pub fn redirect_showing_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
 }

@@ -32,6 +32,55 @@ impl ServiceProcess {
         args: &[String],
         envs: &[(&str, String)],
     ) -> ServiceProcess {
+        let mut process = ServiceProcess::start(binary, args, envs);
+        process.addr = addr;
+        process.wait_healthy().await;
+        process
+    }
+
+    /// Like [`ServiceProcess::spawn`], but the service is told `--listen 127.0.0.1:0` and its
+    /// address is read from the `serving … listen=ADDR` line it prints once bound, so no port
+    /// is chosen before the service binds it (another process could take it in between). That
+    /// line is at level info: `RUST_LOG` is `info` unless `envs` sets one that keeps it.
+    pub async fn spawn_on_any_port(
+        binary: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> ServiceProcess {
+        let mut args = args.to_vec();
+        args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        let mut envs = envs.to_vec();
+        if !envs.iter().any(|(name, _)| *name == "RUST_LOG") {
+            envs.push(("RUST_LOG", "info".to_owned()));
+        }
+        let mut process = ServiceProcess::start(binary, &args, &envs);
+        let start = Instant::now();
+        process.addr = loop {
+            if let Some(addr) = bound_address(&process.output()) {
+                break addr;
+            }
+            if let Some(status) = process.exited() {
+                panic!(
+                    "{} exited ({status}) before saying where it listens\n{}",
+                    process.name,
+                    process.tail()
+                );
+            }
+            if start.elapsed() >= READY_TIMEOUT {
+                panic!(
+                    "{} did not say where it listens within {READY_TIMEOUT:?}\n{}",
+                    process.name,
+                    process.tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        process.wait_healthy().await;
+        process
+    }
+
+    /// Runs `binary` with its output in a fresh log file; its address is not known yet.
+    fn start(binary: &Path, args: &[String], envs: &[(&str, String)]) -> ServiceProcess {
         let name = binary.file_name().unwrap_or(binary.as_os_str());
         let name = name.to_string_lossy().into_owned();
         let dir = tempfile::Builder::new()
@@ -47,24 +96,28 @@ impl ServiceProcess {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let mut process = ServiceProcess {
+        ServiceProcess {
             child,
             exit: None,
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             name,
             log,
             _dir: dir,
-        };
+        }
+    }
 
-        let url = format!("{}/health", process.base_url());
+    /// Waits (up to 20 s) until `GET /health` answers 200; panics with the output if the
+    /// process exits or the time passes first.
+    async fn wait_healthy(&mut self) {
+        let url = format!("{}/health", self.base_url());
         let client = http_client();
         let start = Instant::now();
         loop {
-            if let Some(status) = process.exited() {
+            if let Some(status) = self.exited() {
                 panic!(
                     "{} exited ({status}) before answering GET {url}\n{}",
-                    process.name,
-                    process.tail()
+                    self.name,
+                    self.tail()
                 );
             }
             let response = client
@@ -75,16 +128,16 @@ impl ServiceProcess {
             if response.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
                 eprintln!(
                     "{}: healthy after {} ms",
-                    process.name,
+                    self.name,
                     start.elapsed().as_millis()
                 );
-                return process;
+                return;
             }
             if start.elapsed() >= READY_TIMEOUT {
                 panic!(
                     "{} did not answer GET {url} with 200 within {READY_TIMEOUT:?}\n{}",
-                    process.name,
-                    process.tail()
+                    self.name,
+                    self.tail()
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -170,5 +223,31 @@ impl Drop for ServiceProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The address in a service's `serving … listen=ADDR` line (the runtime logs it once bound).
+fn bound_address(output: &str) -> Option<SocketAddr> {
+    output
+        .lines()
+        .filter(|line| line.contains(" serving"))
+        .find_map(|line| {
+            let (_, rest) = line.split_once("listen=")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_address;
+
+    #[test]
+    fn the_bound_address_is_read_from_the_serving_line() {
+        let output = "2026-11-30T06:00:00Z  INFO discovery::runtime: serving service=\"log\" listen=127.0.0.1:41234\n";
+        assert_eq!(
+            bound_address(output),
+            Some(([127, 0, 0, 1], 41234).into())
+        );
+        assert_eq!(bound_address("INFO starting listen=soon\n"), None);
     }
 }

@@ -132,6 +132,26 @@ async fn service_that_exits_early_fails_with_its_output() {
 }
 
 #[tokio::test]
+async fn a_service_on_any_port_that_exits_before_binding_fails_with_its_output() {
+    let args = ["-c".to_owned(), "echo about to fail; exit 3".to_owned()];
+    let spawned = tokio::spawn(async move {
+        ServiceProcess::spawn_on_any_port(Path::new("/bin/sh"), &args, &[]).await
+    });
+    let panic = spawned
+        .await
+        .expect_err("spawn should fail for a process that exits")
+        .into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .unwrap_or_else(|| panic!("spawn's panic message is not a String"));
+    assert!(message.contains("exited"), "{message}");
+    assert!(
+        message.contains("about to fail"),
+        "log tail missing: {message}"
+    );
+}
+
+#[tokio::test]
 async fn start_again_retries_while_a_port_is_taken() {
     let mut agent = ConsulAgent::start().await;
     agent.stop().await;

@@ -7,6 +7,7 @@
 //! [`SqliteStore::change_stamp`], which never waits and lets [`crate::cache`] skip repeated reads.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -88,6 +89,10 @@ pub struct SqliteStore {
 }
 
 struct Shared {
+    /// Tells whether anything was committed, see [`SqliteStore::change_stamp`]. Its WAL-index
+    /// map is valid only while a connection of this process has the database open, so `Drop`
+    /// drops it before any connection (fields would drop in declaration order).
+    changes: ManuallyDrop<ChangeProbe>,
     path: PathBuf,
     /// The only connection that writes: SQLite allows one writer at a time anyway, and queueing on
     /// an async mutex keeps waiting writers off the blocking threads.
@@ -95,10 +100,16 @@ struct Shared {
     /// Reader connections not in use; never more than [`READERS`] exist, thanks to the permits.
     idle_readers: Mutex<Vec<Connection>>,
     reader_permits: Arc<Semaphore>,
-    /// Tells whether anything was committed, see [`SqliteStore::change_stamp`].
-    changes: ChangeProbe,
     /// Keeps this instance's lease in the data directory fresh while the store is open.
     _host_guard: HostGuard,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: `changes` is never used again: this is the end of `Shared`, and the field is
+        // not dropped otherwise. It goes while `writer` and the readers are still open.
+        unsafe { ManuallyDrop::drop(&mut self.changes) };
+    }
 }
 
 impl SqliteStore {
@@ -135,7 +146,7 @@ impl SqliteStore {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             idle_readers: Mutex::new(Vec::with_capacity(READERS)),
             reader_permits: Arc::new(Semaphore::new(READERS)),
-            changes,
+            changes: ManuallyDrop::new(changes),
             _host_guard: host_guard,
         };
         Ok(SqliteStore {
@@ -326,7 +337,7 @@ impl SqliteStore {
     /// reads the WAL index's header from shared memory (no lock, no system call); otherwise it
     /// runs `PRAGMA data_version` on a connection of its own with a busy timeout of 0.
     pub fn change_stamp(&self) -> Option<ChangeStamp> {
-        match &self.shared.changes {
+        match &*self.shared.changes {
             ChangeProbe::WalIndex(index) => {
                 index.stamp().map(|s| ChangeStamp(StampKind::WalIndex(s)))
             }
@@ -577,7 +588,7 @@ mod tests {
             .await
             .unwrap();
         // Not the fallback, which costs a lock and two system calls per request.
-        assert!(matches!(store.shared.changes, ChangeProbe::WalIndex(_)));
+        assert!(matches!(*store.shared.changes, ChangeProbe::WalIndex(_)));
         let before = store.change_stamp().unwrap();
         assert_eq!(store.change_stamp(), Some(before), "nothing was committed");
         store

@@ -1,44 +1,15 @@
-//! The real `grading-service` binary against a real Consul dev agent.
+//! grading's API, in-process: the real app on port 0 (see `helpers::spawn_app`) against a real
+//! Consul dev agent, on SQLite and on PostgreSQL. What needs a process of its own (SIGTERM,
+//! exit codes, `--help`) is in `tests/process.rs`.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod helpers;
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::{ConsulAgent, Postgres, ServiceProcess, eventually, free_port, http_client};
+use testkit::{ConsulAgent, eventually, get_json, http_client, post_created};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_grading-service");
-
-/// Where the instances of one test keep students and grades.
-enum Database {
-    /// `--data-dir` in a tempdir: the embedded default.
-    Sqlite(tempfile::TempDir),
-    /// `--database-url` of a PostgreSQL server of the test's own.
-    Postgres(Postgres),
-}
-
-impl Database {
-    fn sqlite() -> Database {
-        Database::Sqlite(tempfile::tempdir().unwrap())
-    }
-
-    /// `None` when PostgreSQL is not installed and the test is skipped (testkit warns).
-    async fn postgres() -> Option<Database> {
-        Postgres::start().await.map(Database::Postgres)
-    }
-
-    /// The flag that points grading at this database.
-    fn args(&self) -> [String; 2] {
-        match self {
-            Database::Sqlite(dir) => [
-                "--data-dir".to_owned(),
-                dir.path().join("grading").display().to_string(),
-            ],
-            Database::Postgres(server) => ["--database-url".to_owned(), server.url()],
-        }
-    }
-}
+use helpers::{Database, spawn_app, stop};
 
 /// `on_each_backend!(a, b)` makes tests `sqlite::a`, `postgres::a`, ... out of
 /// `async fn a(db: Database)`, so each test is written once and run on both databases.
@@ -70,19 +41,6 @@ on_each_backend!(
     instances_sharing_a_database_read_each_others_writes_at_once,
 );
 
-/// Starts the service on `addr` using `db`, registered with `agent`.
-async fn spawn_grading(agent: &ConsulAgent, addr: SocketAddr, db: &Database) -> ServiceProcess {
-    let mut args = vec!["--listen".to_owned(), addr.to_string()];
-    args.extend(db.args());
-    ServiceProcess::spawn(
-        Path::new(BINARY),
-        addr,
-        &args,
-        &[("CONSUL_HTTP_ADDR", agent.http_addr())],
-    )
-    .await
-}
-
 /// Waits until Consul offers exactly `count` passing grading instances, and returns them.
 async fn passing_grading(agent: &ConsulAgent, count: usize) -> Vec<testkit::Instance> {
     eventually(
@@ -96,56 +54,11 @@ async fn passing_grading(agent: &ConsulAgent, count: usize) -> Vec<testkit::Inst
     .await
 }
 
-async fn get_json(url: &str) -> Value {
-    let response = http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status(), reqwest::StatusCode::OK, "GET {url}");
-    response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: bad JSON: {e}"))
-}
-
-/// POSTs `body` and returns the `Location` and the body of the 201 answer.
-async fn post_created(url: &str, body: &Value) -> (String, Value) {
-    let response = http_client()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    assert_eq!(
-        response.status(),
-        reqwest::StatusCode::CREATED,
-        "POST {url}"
-    );
-    let location = response.headers()[reqwest::header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    (location, response.json().await.unwrap())
-}
-
-/// SIGTERMs the service and checks it exits 0 and leaves Consul's catalogue.
-async fn stop(agent: &ConsulAgent, mut grading: ServiceProcess) {
-    grading.sigterm();
-    let status = grading.wait_exit(Duration::from_secs(15)).await;
-    assert!(status.success(), "exit {status}\n{}", grading.output());
-    assert!(agent.passing_instances("grading").await.is_empty());
-    assert!(
-        agent.agent_services().await.is_empty(),
-        "still registered after SIGTERM"
-    );
-}
-
 async fn students_survive_a_restart_and_the_demo_is_seeded_once(db: Database) {
     let agent = ConsulAgent::start().await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
 
-    let grading = spawn_grading(&agent, addr, &db).await;
+    let grading = spawn_app(&agent, &db).await;
+    let addr = grading.addr();
     let instances = passing_grading(&agent, 1).await;
     assert_eq!(instances[0].address, addr.to_string());
     assert_eq!(instances[0].tags, ["http", "api"]);
@@ -155,7 +68,7 @@ async fn students_survive_a_restart_and_the_demo_is_seeded_once(db: Database) {
     );
 
     // The `api` tag is what makes the DNS name work: SRV answers "priority weight port target".
-    let srv = dig_srv(&agent, "api.grading.service.consul");
+    let srv = agent.dig("api.grading.service.consul", "SRV");
     assert_eq!(
         srv.split_whitespace().nth(2),
         Some(addr.port().to_string().as_str()),
@@ -180,8 +93,9 @@ async fn students_survive_a_restart_and_the_demo_is_seeded_once(db: Database) {
     assert_eq!(get_json(&format!("{base}{grade_url}")).await, grade);
     stop(&agent, grading).await;
 
-    let grading = spawn_grading(&agent, addr, &db).await;
+    let grading = spawn_app(&agent, &db).await;
     passing_grading(&agent, 1).await;
+    let base = grading.base_url();
     let students = get_json(&format!("{base}/students")).await;
     assert_eq!(
         students.as_array().unwrap().len(),
@@ -214,11 +128,12 @@ async fn delete_ok(url: &str) {
 
 /// Two instances on one database, as a teacher would run them behind Consul: whatever one of
 /// them acknowledged (a new student, a new grade, a changed grade, a deleted grade), the other
-/// serves on the very next read, though SQLite instances keep answers cached.
+/// serves on the very next read, though SQLite instances keep answers cached. Each instance
+/// has its own store, cache and WAL-index map, as in its own process.
 async fn instances_sharing_a_database_read_each_others_writes_at_once(db: Database) {
     let agent = ConsulAgent::start().await;
-    let one = spawn_grading(&agent, SocketAddr::from(([127, 0, 0, 1], free_port())), &db).await;
-    let two = spawn_grading(&agent, SocketAddr::from(([127, 0, 0, 1], free_port())), &db).await;
+    let one = spawn_app(&agent, &db).await;
+    let two = spawn_app(&agent, &db).await;
     passing_grading(&agent, 2).await;
     let instances = [one.base_url(), two.base_url()];
 
@@ -269,141 +184,8 @@ async fn instances_sharing_a_database_read_each_others_writes_at_once(db: Databa
             "round {round}: {reader} still served the deleted grade"
         );
     }
-    stop_both(&agent, one, two).await;
-}
-
-/// SIGTERMs two instances and checks both exit 0 and leave the catalogue.
-async fn stop_both(agent: &ConsulAgent, mut one: ServiceProcess, two: ServiceProcess) {
-    one.sigterm();
-    let status = one.wait_exit(Duration::from_secs(15)).await;
-    assert!(status.success(), "exit {status}\n{}", one.output());
-    stop(agent, two).await;
-}
-
-/// The SRV answer of the agent's DNS for `name`, as `dig +short` prints it.
-fn dig_srv(agent: &ConsulAgent, name: &str) -> String {
-    let port = format!("-p{}", agent.dns_port());
-    let output = std::process::Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            &port,
-            "+short",
-            "+time=2",
-            "+tries=1",
-            name,
-            "SRV",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run dig (install dnsutils): {e}"));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-#[test]
-fn help_documents_every_flag_and_its_environment_variable() {
-    let output = std::process::Command::new(BINARY)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
-    for expected in [
-        "--listen",
-        "GRADEBOOK_LISTEN",
-        "--advertise",
-        "GRADEBOOK_ADVERTISE",
-        "--data-dir",
-        "GRADEBOOK_DATA_DIR",
-        "--database-url",
-        "GRADEBOOK_DATABASE_URL",
-        "CONSUL_HTTP_ADDR",
-        "CONSUL_HTTP_TOKEN",
-        "--header-timeout",
-        "GRADEBOOK_HEADER_TIMEOUT",
-        "--idle-timeout",
-        "GRADEBOOK_IDLE_TIMEOUT",
-        "--max-connections",
-        "GRADEBOOK_MAX_CONNECTIONS",
-    ] {
-        assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
-    }
-}
-
-/// Runs grading on `data_dir` as an instance of host `host_id` and returns its exit status and
-/// output if it exits within 20 s; `None` (after killing it) if it was still running.
-async fn run_on_host(
-    agent: &ConsulAgent,
-    data_dir: &Path,
-    host_id: &str,
-) -> Option<(bool, String)> {
-    let output = tempfile::NamedTempFile::new().unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = Command::new(BINARY)
-        .args(["--listen", &addr.to_string(), "--data-dir"])
-        .arg(data_dir)
-        .env("CONSUL_HTTP_ADDR", agent.http_addr())
-        .env("GRADEBOOK_HOST_ID", host_id)
-        .stdin(Stdio::null())
-        .stdout(output.reopen().unwrap())
-        .stderr(output.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if let Some(status) = child.try_wait().unwrap() {
-            let text = std::fs::read_to_string(output.path()).unwrap_or_default();
-            return Some((status.success(), text));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-/// SQLite's shared memory works only on one host: a second host on the same data directory is
-/// refused at start with a message that says what to do, while instances of one host share it.
-#[tokio::test]
-async fn an_instance_on_another_host_refuses_a_sqlite_data_dir_in_use() {
-    let agent = ConsulAgent::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().join("grading");
-    let first = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = [
-        "--listen".to_owned(),
-        first.to_string(),
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-    ];
-    let env = [
-        ("CONSUL_HTTP_ADDR", agent.http_addr()),
-        ("GRADEBOOK_HOST_ID", "host-a".to_owned()),
-    ];
-    let host_a = ServiceProcess::spawn(Path::new(BINARY), first, &args, &env).await;
-    let second = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = [
-        "--listen".to_owned(),
-        second.to_string(),
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-    ];
-    let mut same_host = ServiceProcess::spawn(Path::new(BINARY), second, &args, &env).await;
-    assert!(
-        same_host.exited().is_none(),
-        "a second instance of host-a must run"
-    );
-
-    let (started, output) = run_on_host(&agent, &data_dir, "host-b")
-        .await
-        .expect("an instance of host-b must refuse to start, not run");
-    assert!(!started, "host-b must exit non-zero:\n{output}");
-    for expected in [
-        "another host",
-        "host id host-a",
-        "--database-url (PostgreSQL)",
-    ] {
-        assert!(output.contains(expected), "lacks {expected:?}:\n{output}");
-    }
-    drop((host_a, same_host));
+    one.stop().await;
+    stop(&agent, two).await;
 }
 
 /// PostgreSQL restarted under a running instance: meanwhile a clear 503 (and a passing health
@@ -415,7 +197,7 @@ async fn grading_answers_503_while_postgres_restarts_and_recovers_by_itself() {
         return;
     };
     let agent = ConsulAgent::start().await;
-    let grading = spawn_grading(&agent, SocketAddr::from(([127, 0, 0, 1], free_port())), &db).await;
+    let grading = spawn_app(&agent, &db).await;
     let base = grading.base_url();
     let mut acknowledged = Vec::new();
     for round in 0..3 {

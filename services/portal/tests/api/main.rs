@@ -1,14 +1,21 @@
-//! The real portal binary against a real Consul agent. Grading is played by a small real HTTP
-//! server in the test that serves the grading contract from memory and registers through the
-//! agent API with an HTTP check, as the real one does, so the portal finds it only through Consul.
+//! The portal's pages, in-process: the real app on port 0 (see `helpers::spawn_app`) against a
+//! real Consul agent. Grading is played by a small real HTTP server in the test that serves the
+//! grading contract from memory and registers through the agent API with an HTTP check, as the
+//! real one does, so the portal finds it only through Consul. Log instances are the real
+//! binary, as one of them is killed.
+
+mod helpers;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::{ConsulAgent, FormToken, ServiceProcess, eventually, free_port};
+use testkit::{
+    ConsulAgent, FormToken, RunningApp, ServiceProcess, eventually, redirect_showing_client,
+};
+
+use helpers::spawn_app;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -116,26 +123,6 @@ async fn register_grading(agent: &ConsulAgent, addr: SocketAddr) {
         .await;
 }
 
-async fn spawn_portal(agent: &ConsulAgent) -> ServiceProcess {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = ["--listen".to_owned(), addr.to_string()];
-    let envs = [
-        ("CONSUL_HTTP_ADDR", agent.http_addr()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
-    ServiceProcess::spawn(Path::new(env!("CARGO_BIN_EXE_portal")), addr, &args, &envs).await
-}
-
-/// A browser that shows redirects instead of following them, so the test can check them.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
 /// What a browser gets back: status, headers and the page.
 struct Page {
     status: u16,
@@ -151,24 +138,24 @@ async fn read(response: reqwest::Response) -> Page {
     }
 }
 
-async fn get(portal: &ServiceProcess, path: &str) -> Page {
+async fn get(portal: &RunningApp, path: &str) -> Page {
     let url = format!("{}{path}", portal.base_url());
-    read(browser().get(url).send().await.unwrap()).await
+    read(redirect_showing_client().get(url).send().await.unwrap()).await
 }
 
 /// Posts `form` (already URL-encoded) as a browser posts the grade form: with the CSRF cookie
 /// and token of a page of the portal.
-async fn post_form(portal: &ServiceProcess, path: &str, form: &'static str) -> Page {
+async fn post_form(portal: &RunningApp, path: &str, form: &'static str) -> Page {
     let home = format!("{}/", portal.base_url());
-    let token = FormToken::fetch(&browser(), &home).await.unwrap();
-    let request = token.post(&browser(), &format!("{}{path}", portal.base_url()), form);
+    let token = FormToken::fetch(&redirect_showing_client(), &home).await.unwrap();
+    let request = token.post(&redirect_showing_client(), &format!("{}{path}", portal.base_url()), form);
     read(request.send().await.unwrap()).await
 }
 
 #[tokio::test]
 async fn the_portal_says_grading_is_unavailable_until_an_instance_registers() {
     let agent = ConsulAgent::start().await;
-    let portal = spawn_portal(&agent).await;
+    let portal = spawn_app(&agent).await;
 
     let page = get(&portal, "/").await;
     assert_eq!(page.status, 503, "{}", page.html);
@@ -241,7 +228,7 @@ async fn the_grade_form_redirects_on_success_and_shows_what_is_wrong_otherwise()
     let agent = ConsulAgent::start().await;
     let grading = start_grading_stand_in().await;
     register_grading(&agent, grading).await;
-    let portal = spawn_portal(&agent).await;
+    let portal = spawn_app(&agent).await;
 
     let page = get(&portal, "/students/1").await;
     assert_eq!(page.status, 200, "{}", page.html);
@@ -328,7 +315,8 @@ async fn the_grade_form_redirects_on_success_and_shows_what_is_wrong_otherwise()
     );
 }
 
-/// A log instance on a free port with its own data directory, registered by itself as `log`.
+/// A log instance (the real binary, on a port of its choosing) with its own data directory,
+/// registered by itself as `log`.
 struct LogInstance {
     process: ServiceProcess,
     _data: tempfile::TempDir,
@@ -336,19 +324,10 @@ struct LogInstance {
 
 async fn spawn_log_instance(agent: &ConsulAgent) -> LogInstance {
     let data = tempfile::tempdir().unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = [
-        "--listen".to_owned(),
-        addr.to_string(),
-        "--data-dir".to_owned(),
-        data.path().display().to_string(),
-    ];
-    let envs = [
-        ("CONSUL_HTTP_ADDR", agent.http_addr()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
+    let args = ["--data-dir".to_owned(), data.path().display().to_string()];
+    let envs = [("CONSUL_HTTP_ADDR", agent.http_addr())];
     let binary = testkit::workspace_binary("log-service");
-    let process = ServiceProcess::spawn(&binary, addr, &args, &envs).await;
+    let process = ServiceProcess::spawn_on_any_port(&binary, &args, &envs).await;
     LogInstance {
         process,
         _data: data,
@@ -427,7 +406,7 @@ async fn the_logs_page_merges_every_log_instance_and_pages_back_through_each_onc
             second.process.addr().to_string()
         }
     };
-    let portal = spawn_portal(&agent).await;
+    let portal = spawn_app(&agent).await;
 
     let newest = eventually(
         "the logs page shows both log instances' records",
@@ -521,7 +500,7 @@ async fn the_logs_page_merges_every_log_instance_and_pages_back_through_each_onc
 #[tokio::test]
 async fn the_logs_page_refuses_a_position_it_cannot_read() {
     let agent = ConsulAgent::start().await;
-    let portal = spawn_portal(&agent).await;
+    let portal = spawn_app(&agent).await;
     let too_many: String = (0..=portal::logs::MAX_CURSOR_INSTANCES)
         .map(|i| format!("&before=log-{i}%3A5"))
         .collect();

@@ -1,0 +1,91 @@
+//! The log service's API, in-process: the real app on port 0 (see `helpers::spawn_app`) against
+//! a real Consul dev agent. What needs a process of its own (signals, SIGKILL, exit codes, what
+//! the service prints) is in `tests/log_service.rs`.
+
+mod helpers;
+
+use testkit::{ConsulAgent, RunningApp, get_json_list, http_client};
+
+use helpers::spawn_app;
+
+/// Pages through `GET /log` with `before` from the newest record to the first.
+async fn every_record_paging_back(service: &RunningApp) -> Vec<serde_json::Value> {
+    let mut pages = Vec::new();
+    let mut url = format!("{}/log?limit=4000", service.base_url());
+    loop {
+        let page = get_json_list(&url).await;
+        let Some(oldest) = page.first() else { break };
+        url = format!(
+            "{}/log?limit=4000&before={}",
+            service.base_url(),
+            oldest["seq"]
+        );
+        pages.push(page);
+    }
+    pages.into_iter().rev().flatten().collect()
+}
+
+/// Follows `GET /log` with `after` from the first record to the newest, as a reader tailing the
+/// log would.
+async fn every_record_paging_forward(service: &RunningApp) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!("{}/log?limit=4000&after={after}", service.base_url());
+        let page = get_json_list(&url).await;
+        let Some(newest) = page.last() else { break };
+        after = newest["seq"].as_u64().unwrap();
+        all.extend(page);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_memory_holds_are_read_from_the_file() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut service = spawn_app(&agent, data.path()).await;
+    let client = http_client();
+    // 10,500 records, 500 more than the service keeps in memory; the first three from "early".
+    for batch in 0..11 {
+        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
+            .map(|i| {
+                let service = if i < 3 { "early" } else { "busy" };
+                serde_json::json!({"service": service, "message": format!("record {i}")})
+            })
+            .collect();
+        let response = client
+            .post(format!("{}/log", service.base_url()))
+            .json(&serde_json::json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+
+    for _run in ["before a restart", "after one"] {
+        let early: Vec<String> = get_json_list(&format!("{}/log?service=early", service.base_url()))
+            .await
+            .iter()
+            .map(|r| format!("{} {}", r["seq"], r["message"]))
+            .collect();
+        assert_eq!(
+            early,
+            [r#"1 "record 0""#, r#"2 "record 1""#, r#"3 "record 2""#]
+        );
+
+        for all in [
+            every_record_paging_back(&service).await,
+            every_record_paging_forward(&service).await,
+        ] {
+            assert_eq!(all.len(), 10_500);
+            for (i, record) in all.iter().enumerate() {
+                assert_eq!(record["seq"], i as u64 + 1);
+                assert_eq!(record["message"], format!("record {i}"));
+            }
+        }
+
+        service.stop().await;
+        service = spawn_app(&agent, data.path()).await;
+    }
+}

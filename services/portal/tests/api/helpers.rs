@@ -1,0 +1,25 @@
+//! What every API test of the portal starts from: the real app, built and run in this process
+//! on port 0 against a real Consul agent.
+
+use clap::Parser;
+use portal::App;
+use portal::config::Config;
+use testkit::{ConsulAgent, RunningApp};
+
+/// Builds the portal on 127.0.0.1:0, watching its dependencies through `agent`, and runs it on
+/// a task: the only place the API tests build the app.
+pub async fn spawn_app(agent: &ConsulAgent) -> RunningApp {
+    let args = [
+        "portal".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--consul-http-addr".to_owned(),
+        agent.http_addr(),
+    ];
+    let config = Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+    let app = App::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("the portal cannot start: {e}"));
+    let addr = app.local_addr();
+    RunningApp::spawn(addr, move |shutdown| app.run(shutdown))
+}
