@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measures the gradebook on this machine and prints one table: a ceiling (a minimal warp server),
-# grading, log and portal under wrk, discovery latencies against a real Consul agent, the idle
+# Measures the gradebook on this machine and prints one table: ceilings of each request shape
+# (minimal warp servers), grading, log and portal under wrk, each against the ceiling of its shape, discovery latencies against a real Consul agent, the idle
 # cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing fails on a
 # number. Everything runs on loopback and every load is bounded in time.
 set -euo pipefail
@@ -10,7 +10,10 @@ usage() {
 Usage: scripts/bench.sh [--quick]
 
 Builds in release mode, starts a Consul dev agent on free ports, a counting proxy in front of it
-for each service, the ceiling server and the log, grading and portal services, then measures:
+for each service, the ceiling servers and the log, grading and portal services, then measures:
+  - three ceilings, one per shape of request (services/bench, binary ceiling): a GET answered
+    from memory, a text POST answered 201, and a GET answered with one pooled HTTP call to the
+    GET ceiling (two hops); each is measured first and again last, and the mean is used;
   - each HTTP figure with wrk (Debian's package, installed if missing): 2 threads,
     32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk, and
     the CPU each process spent per request (from /proc/<pid>/stat);
@@ -19,7 +22,9 @@ for each service, the ceiling server and the log, grading and portal services, t
   - idle cost: requests each service makes to Consul over 300 s when nothing changes (one
     full blocking-query wait), and the RSS of each service idle and after the loads.
 Prints the table on stdout (progress on stderr) in about 8 minutes after the build.
-Ratios compare to the ceiling measured in the same run: only ratios within one run count.
+Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
+the GET ceiling, the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling. Only
+ratios within one run count. Honours CARGO_TARGET_DIR.
 
   --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
 TXT
@@ -61,7 +66,7 @@ command -v curl >/dev/null 2>&1 || die "curl is missing: sudo apt-get install cu
 
 say "building in release mode"
 cargo build --release --bins >&2
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 busy=$( (pgrep -x cargo || true; pgrep -x rustc || true) | wc -l)
 [ "$busy" -gt 0 ] && say "warning: $busy compiler processes running: figures will be noisy"
@@ -80,9 +85,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r -a ports <<<"$("$bin/discovery-bench" free-ports 13)"
+read -r -a ports <<<"$("$bin/discovery-bench" free-ports 14)"
 c_http=${ports[0]} ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
 portal_port=${ports[9]} log_proxy=${ports[10]} grading_proxy=${ports[11]} portal_proxy=${ports[12]}
+two_hop_port=${ports[13]}
 consul_addr="http://127.0.0.1:$c_http"
 
 cat >"$work/consul.json" <<JSON
@@ -116,6 +122,10 @@ other_pids+=($!)
 "$bin/ceiling" --listen "127.0.0.1:$ceiling_port" 2>"$work/ceiling.log" &
 other_pids+=($!)
 ceiling_pid=$!
+"$bin/ceiling" --listen "127.0.0.1:$two_hop_port" --two-hop-to "http://127.0.0.1:$ceiling_port" \
+  2>"$work/two-hop.log" &
+other_pids+=($!)
+two_hop_pid=$!
 wait_200 "http://127.0.0.1:$log_proxy/_bench/counts" 10
 
 # start NAME BINARY PORT PROXY_PORT [args...]: a service whose Consul calls go through its proxy.
@@ -135,6 +145,7 @@ wait_200 "http://127.0.0.1:$grading_port/health" 20
 start portal portal "$portal_port" "$portal_proxy"
 wait_200 "http://127.0.0.1:$portal_port/students/1" 20
 wait_200 "http://127.0.0.1:$ceiling_port/students/1" 10
+wait_200 "http://127.0.0.1:$two_hop_port/students/1" 10
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 counts() { curl -s "http://127.0.0.1:$1/_bench/counts"; }
@@ -188,8 +199,8 @@ LUA
 } >"$work/post-batch.lua"
 
 declare -A rps p50 p99 errs cpu_per_request
-declare -A pid_by_name=([ceiling]=$ceiling_pid [grading]=${pid_of[grading]} [log]=${pid_of[log]} \
-  [portal]=${pid_of[portal]})
+declare -A pid_by_name=([ceiling]=$ceiling_pid [two_hop]=$two_hop_pid [grading]=${pid_of[grading]} \
+  [log]=${pid_of[log]} [portal]=${pid_of[portal]})
 hz=$(getconf CLK_TCK)
 # CPU time (user + system) a process has used so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -206,7 +217,7 @@ measure() {
   result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
   read -r _ n us l50 l99 e_io e_status <<<"$result"
   cpu_per_request[$key]=""
-  for name in ceiling portal grading log; do
+  for name in ceiling two_hop portal grading log; do
     spent=$(( $(cpu_ticks "${pid_by_name[$name]}") - ticks_before[$name] ))
     # Below 1 % of a core over the run is background (health checks, watches), not this load.
     if (( spent * 100 > duration * hz )); then
@@ -223,7 +234,10 @@ ceiling_url="http://127.0.0.1:$ceiling_port"
 grading_url="http://127.0.0.1:$grading_port"
 log_url="http://127.0.0.1:$log_port"
 portal_url="http://127.0.0.1:$portal_port"
+two_hop_url="http://127.0.0.1:$two_hop_port"
 measure ceiling "$ceiling_url/students/1"
+measure ceiling_post "$ceiling_url/log" "$work/post-text.lua"
+measure two_hop "$two_hop_url/students/1"
 measure grading_one "$grading_url/students/1"
 measure grading_all "$grading_url/students"
 measure log_text "$log_url/log?service=bench" "$work/post-text.lua"
@@ -240,10 +254,16 @@ wait "${followers[@]}" 2>/dev/null || true
 measure log_batch "$log_url/log" "$work/post-batch.lua"
 measure portal_index "$portal_url/"
 measure portal_student "$portal_url/students/1"
-# The ceiling again, last: ratios use the mean of both, so a drift during the run shows and
+# The ceilings again, last: ratios use the mean of both, so a drift during the run shows and
 # weighs on every figure alike.
 measure ceiling_end "$ceiling_url/students/1"
-ceiling_mean=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
+measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
+measure two_hop_end "$two_hop_url/students/1"
+declare -A ceiling_of=(
+  [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
+  [post]=$(( (rps[ceiling_post] + rps[ceiling_post_end]) / 2 ))
+  [two_hop]=$(( (rps[two_hop] + rps[two_hop_end]) / 2 ))
+)
 declare -A rss_load
 for s in log grading portal; do rss_load[$s]=$(rss_mb "${pid_of[$s]}"); done
 # What one durable append costs on this disk, for reading the log figures: 200 O_DSYNC writes.
@@ -261,51 +281,58 @@ d() { awk -v k="$1" '$1 == k { print $2 }' <<<"$disco"; }
 
 # --- The table. ----------------------------------------------------------------------------
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
-ratio() { awk -v a="$1" -v b="$ceiling_mean" 'BEGIN { printf "%.2fx", a / b }'; }
-verdict() { awk -v a="$1" -v b="$ceiling_mean" -v t="$2" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
-row() { printf '| %-44s | %10s | %8s | %8s | %7s | %-22s |\n' "$@"; }
-http_row() { # KEY LABEL TARGET_RATIO [MULTIPLIER]
-  local key=$1 label=$2 target=$3 mult=${4:-1} value
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
+row() { printf '| %-44s | %10s | %8s | %8s | %-7s | %7s | %-14s |\n' "$@"; }
+http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post or two_hop
+  local key=$1 label=$2 shape=$3 target=$4 mult=${5:-1} value base
   value=$((rps[$key] * mult))
+  base=${ceiling_of[$shape]}
   local tgt="-"
-  [ "$target" != - ] && tgt=">= ${target}x: $(verdict "$value" "$target")"
-  row "$label" "$value" "${p50[$key]}" "${p99[$key]}" "$(ratio "$value")" "$tgt"
+  [ "$target" != - ] && tgt=">= ${target}x: $(verdict "$value" "$base" "$target")"
+  row "$label" "$value" "${p50[$key]}" "${p99[$key]}" "${shape/_/-}" "$(ratio "$value" "$base")" "$tgt"
 }
 
 echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
 echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
-echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling, ${ceiling_mean} req/s; ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]} req/s"
+echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B"
 echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
 echo
-row "figure" "req/s" "p50 ms" "p99 ms" "x ceil" "target"
-row "---" "---:" "---:" "---:" "---:" "---"
-http_row ceiling "1. ceiling GET /students/1 (warp, memory)" -
-http_row ceiling_end "1. ceiling again, after the other loads" -
-http_row grading_one "2. grading GET /students/1" 0.75
-http_row grading_all "2. grading GET /students" 0.75
-http_row log_text "3. log POST /log text, fsync'd (records/s)" 0.45
-http_row log_text_followed "3. the same, 10 readers waiting on ?wait" -
-http_row log_batch "3. log POST /log batch of $batch_records (records/s)" 0.45 "$batch_records"
-http_row portal_index "4. portal / (via discovery)" 0.3
-http_row portal_student "4. portal /students/1 (via discovery)" 0.3
+row "figure" "req/s" "p50 ms" "p99 ms" "shape" "x shape" "target"
+row "---" "---:" "---:" "---:" "---" "---:" "---"
+http_row ceiling "1. ceiling GET /students/1 (warp, memory)" get -
+http_row ceiling_end "1. the same, after the other loads" get -
+http_row ceiling_post "1. ceiling POST /log text, answered 201" post -
+http_row ceiling_post_end "1. the same, after the other loads" post -
+http_row two_hop "1. ceiling GET via one pooled call to it" two_hop -
+http_row two_hop_end "1. the same, after the other loads" two_hop -
+http_row grading_one "2. grading GET /students/1" get 0.9
+http_row grading_all "2. grading GET /students" get 0.9
+http_row log_text "3. log POST /log text, fsync'd (records/s)" post 0.7
+http_row log_text_followed "3. the same, 10 readers waiting on ?wait" post -
+http_row log_batch "3. log POST /log batch of $batch_records (records/s)" post 0.7 "$batch_records"
+http_row portal_index "4. portal / (via discovery)" two_hop 0.9
+http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling grading_one grading_all log_text log_text_followed log_batch portal_index \
-  portal_student ceiling_end; do
+for key in ceiling ceiling_post two_hop grading_one grading_all log_text log_text_followed \
+  log_batch portal_index portal_student ceiling_end ceiling_post_end two_hop_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo
-row "discovery ($(d visibility_watchers) watchers)" "trials" "p50 ms" "p99 ms" "max ms" "target"
-row "---" "---:" "---:" "---:" "---:" "---"
+drow() { printf '| %-44s | %10s | %8s | %8s | %7s | %-22s |\n' "$@"; }
+drow "discovery ($(d visibility_watchers) watchers)" "trials" "p50 ms" "p99 ms" "max ms" "target"
+drow "---" "---:" "---:" "---:" "---:" "---"
 vis_p99=$(d visible_p99_ms)
-row "5. registered -> in every watcher" "$(d visible_trials)" "$(d visible_p50_ms)" "$vis_p99" "$(d visible_max_ms)" \
+drow "5. registered -> in every watcher" "$(d visible_trials)" "$(d visible_p50_ms)" "$vis_p99" "$(d visible_max_ms)" \
   "p99 < 50 ms: $(awk -v x="$vis_p99" 'BEGIN { print (x != "" && x < 50 ? "met" : "missed") }')"
-row "5. deregistered -> gone from every watcher" "$(d dropped_graceful_trials)" "$(d dropped_graceful_p50_ms)" "$(d dropped_graceful_p99_ms)" "$(d dropped_graceful_max_ms)" "-"
+drow "5. deregistered -> gone from every watcher" "$(d dropped_graceful_trials)" "$(d dropped_graceful_p50_ms)" "$(d dropped_graceful_p99_ms)" "$(d dropped_graceful_max_ms)" "-"
 failed=$(d sigkill_requests_failed)
-row "5. SIGKILL -> gone from every watcher" "$(d dropped_sigkill_trials)" "$(d dropped_sigkill_p50_ms)" "$(d dropped_sigkill_p99_ms)" "$(d dropped_sigkill_max_ms)" "-"
-row "5. requests failed during the SIGKILLs" "$failed of $(( $(d sigkill_requests_ok) + failed ))" "" "" "" \
+drow "5. SIGKILL -> gone from every watcher" "$(d dropped_sigkill_trials)" "$(d dropped_sigkill_p50_ms)" "$(d dropped_sigkill_p99_ms)" "$(d dropped_sigkill_max_ms)" "-"
+drow "5. requests failed during the SIGKILLs" "$failed of $(( $(d sigkill_requests_ok) + failed ))" "" "" "" \
   "0 failed: $([ "$failed" = 0 ] && echo met || echo missed)"
 echo "(timeouts: visibility $(d visibility_timeouts), sigkill $(d sigkill_timeouts); errors reported by wrk: $(for k in "${!errs[@]}"; do printf '%s=%s ' "$k" "${errs[$k]}"; done))"
 echo

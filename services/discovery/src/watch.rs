@@ -123,6 +123,11 @@ impl ProviderWatch {
         self.receiver.borrow().clone()
     }
 
+    /// The current set's generation, without copying the set: a pool asks on every request.
+    pub fn generation(&self) -> u64 {
+        self.receiver.borrow().generation
+    }
+
     /// A receiver to await changes on (`changed()`), for callers that react to them.
     pub fn subscribe(&self) -> watch::Receiver<ProviderSet> {
         self.receiver.clone()

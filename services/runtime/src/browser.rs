@@ -51,20 +51,28 @@ impl HostAllowList {
         HostAllowList { names, any }
     }
 
-    /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) names this service.
+    /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) names this service. Runs on
+    /// every request, so it compares in place, without allocating.
     pub fn allows(&self, host: &str) -> bool {
-        let name = normalize(strip_port(host));
+        let name = trim(strip_port(host));
         if name.is_empty() {
             return false;
         }
-        self.any || is_loopback_name(&name) || self.names.contains(&name)
+        self.any
+            || is_loopback_name(name)
+            || self.names.iter().any(|ours| ours.eq_ignore_ascii_case(name))
     }
+}
+
+/// Without brackets around an IPv6 address or a final dot.
+fn trim(name: &str) -> &str {
+    let name = name.trim().trim_start_matches('[').trim_end_matches(']');
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Lowercase, without brackets around an IPv6 address or a final dot.
 fn normalize(name: &str) -> String {
-    let name = name.trim().trim_start_matches('[').trim_end_matches(']');
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+    trim(name).to_ascii_lowercase()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -82,10 +90,14 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Names that only ever reach this machine, which a foreign page cannot be served under.
+/// Names that only ever reach this machine, which a foreign page cannot be served under; in any
+/// case.
 fn is_loopback_name(name: &str) -> bool {
-    name == "localhost"
-        || name.ends_with(".localhost")
+    const SUFFIX: &[u8] = b".localhost";
+    let bytes = name.as_bytes();
+    name.eq_ignore_ascii_case("localhost")
+        || bytes.len() >= SUFFIX.len()
+            && bytes[bytes.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX)
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -110,15 +122,15 @@ pub fn guard<F>(
 where
     F: Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone + Send + Sync,
 {
-    let ours = warp::header::optional::<String>("host")
-        .and_then(move |host: Option<String>| {
-            let allowed = allowed.clone();
-            async move {
-                match host {
-                    Some(host) if allowed.allows(&host) => Ok(()),
-                    _ => Err(warp::reject::custom(ForeignHost)),
-                }
-            }
+    // The header's value is shared with the request (no copy), and checked in place. A request
+    // without one is refused like a foreign one.
+    let ours = warp::header::value("host")
+        .and_then(move |host: HeaderValue| {
+            let ours = host.to_str().is_ok_and(|host| allowed.allows(host));
+            std::future::ready(match ours {
+                true => Ok(()),
+                false => Err(warp::reject::custom(ForeignHost)),
+            })
         })
         .untuple_one();
     ours.and(app)
@@ -141,17 +153,32 @@ where
 pub fn add_security_headers(headers: &mut HeaderMap) {
     const POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
                           form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    // The values are checked at compile time (`const`), not on every answer; the room for all
+    // four is made at once.
     let set = [
-        (header::CONTENT_SECURITY_POLICY, POLICY),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            const { HeaderValue::from_static(POLICY) },
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            const { HeaderValue::from_static("nosniff") },
+        ),
         // frame-ancestors for browsers that predate it.
-        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::X_FRAME_OPTIONS,
+            const { HeaderValue::from_static("DENY") },
+        ),
         // Not `no-referrer`: under it browsers send `Origin: null` with our own forms, which the
         // portal's CSRF check must then refuse.
-        (header::REFERRER_POLICY, "same-origin"),
+        (
+            header::REFERRER_POLICY,
+            const { HeaderValue::from_static("same-origin") },
+        ),
     ];
+    headers.reserve(set.len());
     for (name, value) in set {
-        headers.insert(name, HeaderValue::from_static(value));
+        headers.insert(name, value);
     }
 }
 

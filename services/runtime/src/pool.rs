@@ -38,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -301,21 +301,30 @@ pub struct ProviderPool {
 
 struct PoolInner {
     watch: ProviderWatch,
+    /// The dependency's name, for errors and log lines.
+    service: Arc<str>,
     http: reqwest::Client,
     endpoints: RwLock<Endpoints>,
 }
 
-#[derive(Default)]
+/// The endpoints of one generation of the watch's set. Every request reads them: one shared
+/// list (one reference count to take) rather than a copy per request.
 struct Endpoints {
     generation: u64,
-    list: Vec<Arc<Endpoint>>,
+    list: Arc<[Arc<Endpoint>]>,
 }
 
 struct Endpoint {
     provider: Provider,
     base_url: String,
+    /// `base_url` parsed once: parsing it per request (the host above all) was an eighth of the
+    /// portal's instructions per page. `None` if it does not parse; requests then fail as before.
+    base: Option<reqwest::Url>,
     in_flight: AtomicUsize,
     breaker: Mutex<Breaker>,
+    /// The breaker is serving with no failure counted: what it is nearly always, read without
+    /// its lock on every request. Written under the lock whenever the breaker changes.
+    clean: AtomicBool,
 }
 
 /// One provider's circuit breaker (see the module docs).
@@ -347,17 +356,38 @@ enum Role {
 }
 
 impl Endpoint {
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().expect("not poisoned")
+    fn new(provider: &Provider) -> Endpoint {
+        let base_url = format!("http://{}", provider.address);
+        Endpoint {
+            provider: provider.clone(),
+            base: reqwest::Url::parse(&base_url).ok(),
+            base_url,
+            in_flight: AtomicUsize::new(0),
+            breaker: Mutex::new(Breaker::default()),
+            clean: AtomicBool::new(true),
+        }
     }
 
+    /// The breaker, locked; [`Breaker::unlock`] keeps [`Endpoint::clean`] true to it.
+    fn breaker(&self) -> BreakerGuard<'_> {
+        BreakerGuard {
+            breaker: self.breaker.lock().expect("not poisoned"),
+            clean: &self.clean,
+        }
+    }
+
+    /// Whether the breaker serves; without its lock while it is clean. Both workers ask this of
+    /// every provider on every request, and a lock would bounce between them.
     fn is_serving(&self) -> bool {
-        self.breaker().state == BreakerState::Serving
+        self.clean.load(Ordering::Relaxed) || self.breaker().state == BreakerState::Serving
     }
 
     /// Takes the probe of an ejected provider whose ejection is over; false if it is serving,
     /// still ejected, or already being probed.
     fn claim_probe(&self, now: Instant) -> bool {
+        if self.clean.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut breaker = self.breaker();
         match breaker.state {
             BreakerState::Ejected { until } if until <= now => {
@@ -371,6 +401,10 @@ impl Endpoint {
     /// Feeds one attempt's outcome to the breaker. An outcome of an ordinary request that
     /// started before an ejection is ignored: only the probe decides an ejected provider's fate.
     fn record(&self, role: Role, fault: Option<&Fault>, service: &str) {
+        if fault.is_none() && role == Role::Ordinary && self.clean.load(Ordering::Relaxed) {
+            // A success leaves a clean breaker as it is.
+            return;
+        }
         let mut breaker = self.breaker();
         let probing = match (role, breaker.state) {
             (Role::Probe, BreakerState::Probing) => true,
@@ -423,6 +457,33 @@ impl Endpoint {
     }
 }
 
+/// A locked breaker that, when released, records in [`Endpoint::clean`] whether it is clean.
+struct BreakerGuard<'a> {
+    breaker: std::sync::MutexGuard<'a, Breaker>,
+    clean: &'a AtomicBool,
+}
+
+impl std::ops::Deref for BreakerGuard<'_> {
+    type Target = Breaker;
+
+    fn deref(&self) -> &Breaker {
+        &self.breaker
+    }
+}
+
+impl std::ops::DerefMut for BreakerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Breaker {
+        &mut self.breaker
+    }
+}
+
+impl Drop for BreakerGuard<'_> {
+    fn drop(&mut self) {
+        let clean = self.breaker.state == BreakerState::Serving && self.breaker.failures == 0;
+        self.clean.store(clean, Ordering::Relaxed);
+    }
+}
+
 /// [`FIRST_EJECTION`] doubled per earlier ejection in a row, at most [`EJECTION_LIMIT`].
 fn ejection_length(earlier: u32) -> Duration {
     FIRST_EJECTION
@@ -466,11 +527,16 @@ impl Drop for Attempt {
 impl ProviderPool {
     /// A pool over `watch`, sending through `http` (one shared client keeps connections pooled).
     pub fn new(watch: ProviderWatch, http: reqwest::Client) -> Self {
+        let service = watch.current().service;
         ProviderPool {
             inner: Arc::new(PoolInner {
                 watch,
+                service,
                 http,
-                endpoints: RwLock::new(Endpoints::default()),
+                endpoints: RwLock::new(Endpoints {
+                    generation: 0,
+                    list: Arc::from([]),
+                }),
             }),
         }
     }
@@ -586,12 +652,12 @@ impl ProviderPool {
             .unwrap_or(Err(Fault::Timeout(call.limits.timeout)));
             let fault = match outcome {
                 Ok(done) => {
-                    attempt.finish(None, &self.service());
+                    attempt.finish(None, &self.inner.service);
                     return Ok(done);
                 }
                 Err(fault) => fault,
             };
-            attempt.finish(Some(&fault), &self.service());
+            attempt.finish(Some(&fault), &self.inner.service);
             let address = endpoint.provider.address.clone();
             if !idempotent && !fault.never_sent() {
                 return Err(PoolError::Request {
@@ -616,8 +682,23 @@ impl ProviderPool {
     }
 
     fn request(&self, endpoint: &Endpoint, call: &Call<'_>) -> reqwest::RequestBuilder {
-        let url = format!("{}{}", endpoint.base_url, call.path_and_query);
-        let mut request = self.inner.http.request(call.method.clone(), url);
+        let mut request = match &endpoint.base {
+            Some(base) => {
+                // Only the path and query are new; the scheme and host stay parsed.
+                let mut url = base.clone();
+                let (path, query) = match call.path_and_query.split_once('?') {
+                    Some((path, query)) => (path, Some(query)),
+                    None => (call.path_and_query, None),
+                };
+                url.set_path(path);
+                url.set_query(query);
+                self.inner.http.request(call.method.clone(), url)
+            }
+            None => {
+                let url = format!("{}{}", endpoint.base_url, call.path_and_query);
+                self.inner.http.request(call.method.clone(), url)
+            }
+        };
         if let Some(payload) = &call.payload {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, payload.content_type)
@@ -630,7 +711,7 @@ impl ProviderPool {
     }
 
     fn service(&self) -> String {
-        self.inner.watch.current().service.to_string()
+        self.inner.service.to_string()
     }
 
     /// The provider for the next attempt, not among `tried` (only the one named `instance`,
@@ -691,14 +772,15 @@ impl ProviderPool {
     /// The endpoints for the watch's current set, rebuilt only when the set changed. Endpoints
     /// that stay keep their in-flight count and breaker; being listed in a new answer from
     /// Consul makes an ejected one due for its probe.
-    fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        let set = self.inner.watch.current();
+    fn endpoints(&self) -> Arc<[Arc<Endpoint>]> {
+        let generation = self.inner.watch.generation();
         {
             let endpoints = self.inner.endpoints.read().expect("not poisoned");
-            if endpoints.generation == set.generation {
+            if endpoints.generation == generation {
                 return endpoints.list.clone();
             }
         }
+        let set = self.inner.watch.current();
         let mut endpoints = self.inner.endpoints.write().expect("not poisoned");
         if endpoints.generation != set.generation {
             let mut old: HashMap<&Provider, &Arc<Endpoint>> =
@@ -711,12 +793,7 @@ impl ProviderPool {
                         kept.relisted();
                         kept.clone()
                     }
-                    None => Arc::new(Endpoint {
-                        provider: provider.clone(),
-                        base_url: format!("http://{}", provider.address),
-                        in_flight: AtomicUsize::new(0),
-                        breaker: Mutex::new(Breaker::default()),
-                    }),
+                    None => Arc::new(Endpoint::new(provider)),
                 })
                 .collect();
             *endpoints = Endpoints {

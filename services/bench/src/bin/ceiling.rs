@@ -1,38 +1,112 @@
-//! `ceiling`: the upper bound for the services' figures on this machine. A minimal warp server
-//! (same warp, same tokio runtime, same loopback) that answers `GET /students/1` with a JSON
-//! document of the same shape and size as grading's answer for the seeded student 1, kept in
-//! memory as bytes: no routing beyond one path, no database, no serialization per request.
+//! `ceiling`: the upper bounds for the services' figures on this machine, one per shape of
+//! request. Minimal warp servers (same warp, same tokio runtime, same loopback), with no routing
+//! beyond their paths, no database and no serialization per request:
+//! - `GET /students/1` answers a JSON document of the same shape and size as grading's answer for
+//!   the seeded student 1, kept in memory as bytes (the shape of grading's reads);
+//! - `POST /log` reads a text body and answers 201 (the shape of the log's text ingest, without
+//!   storing anything);
+//! - with `--two-hop-to URL`, the process instead answers `GET /students/1` by making one call
+//!   to `URL/students/1` (another `ceiling`) over a pooled keep-alive client and answering with
+//!   its body: the shape of a portal page, two HTTP exchanges, with no discovery, no JSON parse
+//!   and no rendering.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use warp::Filter;
+use warp::http::{Response, StatusCode};
 
 /// What grading answers for the seeded student 1, byte for byte.
 const STUDENT: &str = r#"{"id":1,"firstName":"Tony","lastName":"Stark","average":89.5,"grades":[{"id":1,"title":"Quiz 1","type":"Quiz","score":85.0},{"id":2,"title":"Week 1 Homework","type":"Homework","score":94.0},{"id":3,"title":"Test 1","type":"Test","score":89.5}]}"#;
 
-/// Serves a grading-shaped JSON document from memory at GET /students/1.
+/// The largest text body the POST route reads, as the log service's own limit does.
+const MAX_POST_BYTES: u64 = 64 * 1024;
+
+/// Serves the ceilings of scripts/bench.sh (see the crate's `ceiling` binary docs).
 #[derive(Parser)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
+
+    /// Serve the two-hop ceiling instead: answer `GET /students/1` with the body of one call to
+    /// this base URL's `/students/1` (e.g. `http://127.0.0.1:7000`).
+    #[arg(long, value_name = "URL")]
+    two_hop_to: Option<String>,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    match args.two_hop_to {
+        Some(upstream) => serve_two_hop(args.listen, upstream).await,
+        None => serve_one_hop(args.listen).await,
+    }
+}
+
+/// `GET /students/1` from memory and `POST /log` of a text body answered 201.
+async fn serve_one_hop(listen: SocketAddr) {
     let body = bytes::Bytes::from_static(STUDENT.as_bytes());
     let student = warp::path!("students" / "1").and(warp::get()).map(move || {
-        warp::http::Response::builder()
+        Response::builder()
             .header("content-type", "application/json")
             .body(body.clone())
             .expect("static response")
     });
+    // The body is read in full (as the log reads a record's) and thrown away.
+    let post = warp::path("log")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_POST_BYTES))
+        .and(warp::body::bytes())
+        .map(|_text: bytes::Bytes| {
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(bytes::Bytes::new())
+                .expect("static response")
+        });
     eprintln!(
-        "ceiling: serving {} bytes at http://{}/students/1",
+        "ceiling: serving {} bytes at http://{listen}/students/1, POST /log answers 201",
         STUDENT.len(),
-        args.listen
     );
-    warp::serve(student).run(args.listen).await;
+    warp::serve(student.or(post)).run(listen).await;
+}
+
+/// `GET /students/1` answered with the body of one pooled call to `upstream`.
+async fn serve_two_hop(listen: SocketAddr, upstream: String) {
+    // The services' client settings (discovery's `runtime::http_client`): pooled keep-alive
+    // connections, no proxy, Nagle off.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("a plain HTTP client without TLS always builds");
+    let url = format!("{}/students/1", upstream.trim_end_matches('/'));
+    let student = warp::path!("students" / "1")
+        .and(warp::get())
+        .and_then(move || {
+            let call = client.get(&url).send();
+            async move {
+                let answer = match call.await {
+                    Ok(response) => response.bytes().await,
+                    Err(err) => Err(err),
+                };
+                Ok::<_, std::convert::Infallible>(match answer {
+                    Ok(body) => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .expect("static response"),
+                    Err(err) => Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .body(bytes::Bytes::from(err.to_string()))
+                        .expect("static response"),
+                })
+            }
+        });
+    eprintln!("ceiling: two hops at http://{listen}/students/1 through {upstream}");
+    warp::serve(student).run(listen).await;
 }
