@@ -1,6 +1,7 @@
 //! The HTTP API: students (`/students`, `/students/{id}`) and their grades
 //! (`/students/{id}/grades`, `/students/{id}/grades/{gradeId}`), as camelCase JSON.
 
+use contracts::grading as wire;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use service_runtime::http::{Object, body_limit, json_content_type, respond};
@@ -10,8 +11,8 @@ use warp::{Filter, Rejection};
 
 use crate::cache::JsonCache;
 use crate::domain::{
-    GradeId, GradeType, InvalidField, Name, NewGrade, NewStudent, RequestKey, Score, StudentId,
-    Title,
+    GradeId, InvalidField, Name, NewGrade, NewStudent, RequestKey, Score, StudentId, Title,
+    parse_grade_type,
 };
 use crate::error::ApiError;
 use crate::store::Store;
@@ -19,50 +20,24 @@ use crate::store::Store;
 /// Largest request body accepted: far more than any student or grade needs.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
-/// Body of `POST /students`, not yet trusted. Unknown fields are rejected, so a misspelt field is
-/// an error rather than silently dropped.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StudentRequest {
-    /// Given name.
-    pub first_name: String,
-    /// Family name.
-    pub last_name: String,
+/// A `POST /students` body ([`wire::NewStudent`], the shape the portal sends), checked against
+/// every rule; the error names the first field that breaks one.
+pub fn validate_student(body: wire::NewStudent) -> Result<NewStudent, InvalidField> {
+    Ok(NewStudent {
+        first_name: Name::parse("firstName", &body.first_name)?,
+        last_name: Name::parse("lastName", &body.last_name)?,
+    })
 }
 
-impl StudentRequest {
-    /// Checks every rule, naming the first field that breaks one.
-    pub fn validate(self) -> Result<NewStudent, InvalidField> {
-        Ok(NewStudent {
-            first_name: Name::parse("firstName", &self.first_name)?,
-            last_name: Name::parse("lastName", &self.last_name)?,
-        })
-    }
-}
-
-/// Body of `POST /students/{id}/grades`, not yet trusted. `type` is a string here so that an
-/// unknown type is a 422 naming the allowed ones, not a 400 from the JSON parser.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GradeRequest {
-    /// What the grade was for.
-    pub title: String,
-    /// `Test`, `Quiz` or `Homework`.
-    #[serde(rename = "type")]
-    pub grade_type: String,
-    /// Percent, 0 to 100.
-    pub score: f64,
-}
-
-impl GradeRequest {
-    /// Checks every rule, naming the first field that breaks one.
-    pub fn validate(self) -> Result<NewGrade, InvalidField> {
-        Ok(NewGrade {
-            title: Title::parse(&self.title)?,
-            grade_type: self.grade_type.parse::<GradeType>()?,
-            score: Score::parse(self.score)?,
-        })
-    }
+/// A grade body ([`wire::NewGrade`]) checked against every rule; the error names the first
+/// field that breaks one. Its type is text on the wire, so that an unknown type is a 422 naming
+/// the allowed ones, not a 400 from the JSON parser.
+pub fn validate_grade(body: wire::NewGrade) -> Result<NewGrade, InvalidField> {
+    Ok(NewGrade {
+        title: Title::parse(&body.title)?,
+        grade_type: parse_grade_type(&body.kind)?,
+        score: Score::parse(body.score)?,
+    })
 }
 
 /// All routes of the grading API. Each matches its path before its method, so an unknown path
@@ -80,20 +55,21 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
     let with_cache = warp::any().map(move || cache.clone());
     let list = warp::path!("students")
         .and(warp::get())
+        .and(warp::query::<ListQuery>())
         .and(with_store.clone())
         .and(with_cache.clone())
-        .then(|store: Store, cache: JsonCache| async move {
-            respond(list_students(store, cache).await)
+        .then(|query: ListQuery, store: Store, cache: JsonCache| async move {
+            respond(list_students(query, store, cache).await)
         });
     let create = warp::path!("students")
         .and(warp::post())
         .and(warp::header::optional::<String>(
-            service_runtime::pool::IDEMPOTENCY_KEY,
+            contracts::request_key::HEADER,
         ))
         .and(json_body())
         .and(with_store.clone())
         .then(
-            |key: Option<String>, body: StudentRequest, store: Store| async move {
+            |key: Option<String>, body: wire::NewStudent, store: Store| async move {
                 respond(create_student(key, body, store).await)
             },
         );
@@ -114,12 +90,12 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
     let add = warp::path!("students" / String / "grades")
         .and(warp::post())
         .and(warp::header::optional::<String>(
-            service_runtime::pool::IDEMPOTENCY_KEY,
+            contracts::request_key::HEADER,
         ))
         .and(json_body())
         .and(with_store.clone())
         .then(
-            |id: String, key: Option<String>, body: GradeRequest, store: Store| async move {
+            |id: String, key: Option<String>, body: wire::NewGrade, store: Store| async move {
                 respond(add_grade(id, key, body, store).await)
             },
         );
@@ -134,7 +110,7 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
         .and(json_body())
         .and(with_store.clone())
         .then(
-            |id: String, grade: String, body: GradeRequest, store: Store| async move {
+            |id: String, grade: String, body: wire::NewGrade, store: Store| async move {
                 respond(replace_grade(id, grade, body, store).await)
             },
         );
@@ -147,9 +123,56 @@ fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reje
     add.or(one).unify().or(replace).unify().or(delete).unify()
 }
 
+/// The query of `GET /students`, not yet trusted: both parameters absent is the whole list, as
+/// the API has always answered; either one asks for a page ([`wire::StudentsPage`]).
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    /// The most students to answer, 1 to [`wire::StudentsPage::MAX_LIMIT`].
+    pub limit: Option<String>,
+    /// The id of the last student of the previous page.
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    /// The page asked for, or `None` for the whole list; a parameter that is not what it should
+    /// be is refused, named.
+    pub fn page(&self) -> Result<Option<wire::StudentsPage>, ApiError> {
+        if self.limit.is_none() && self.after.is_none() {
+            return Ok(None);
+        }
+        let max = wire::StudentsPage::MAX_LIMIT;
+        let limit = match self.limit.as_deref() {
+            None => wire::StudentsPage::DEFAULT_LIMIT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|limit| (1..=max).contains(limit))
+                .ok_or_else(|| {
+                    ApiError::BadQuery(format!("limit: must be a whole number from 1 to {max}"))
+                })?,
+        };
+        let after = match self.after.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse::<contracts::id::Id>().map_err(|_| {
+                ApiError::BadQuery(
+                    "after: must be a student id (the last one of the previous page)".to_owned(),
+                )
+            })?),
+        };
+        Ok(Some(wire::StudentsPage { after, limit }))
+    }
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
-async fn list_students(store: Store, cache: JsonCache) -> Result<impl Reply, ApiError> {
-    Ok(json_bytes(cache.students(&store).await?))
+async fn list_students(
+    query: ListQuery,
+    store: Store,
+    cache: JsonCache,
+) -> Result<impl Reply, ApiError> {
+    match query.page()? {
+        None => Ok(json_bytes(cache.students(&store).await?)),
+        Some(page) => Ok(json_bytes(cache.students_page(&store, page).await?)),
+    }
 }
 
 #[tracing::instrument(level = "debug", skip(store, cache))]
@@ -172,13 +195,16 @@ fn json_bytes(body: bytes::Bytes) -> Response {
 #[tracing::instrument(level = "debug", skip_all)]
 async fn create_student(
     key: Option<String>,
-    body: StudentRequest,
+    body: wire::NewStudent,
     store: Store,
 ) -> Result<impl Reply, ApiError> {
     let key = key.as_deref().map(RequestKey::parse).transpose()?;
-    let student = store.add_student(body.validate()?, key).await?;
+    let student = store.add_student(validate_student(body)?, key).await?;
     tracing::info!(student = %student.id, "student added");
-    Ok(created(format!("/students/{}", student.id), &student))
+    Ok(created(
+        format!("/students/{}", student.id),
+        &wire::Student::from(student),
+    ))
 }
 
 /// A request sent again with the same `Idempotency-Key` gets the answer the first one got.
@@ -186,16 +212,16 @@ async fn create_student(
 async fn add_grade(
     id: String,
     key: Option<String>,
-    body: GradeRequest,
+    body: wire::NewGrade,
     store: Store,
 ) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let key = key.as_deref().map(RequestKey::parse).transpose()?;
-    let grade = store.add_grade(id, body.validate()?, key).await?;
+    let grade = store.add_grade(id, validate_grade(body)?, key).await?;
     tracing::info!(student = %id, grade = %grade.id, "grade added");
     Ok(created(
         format!("/students/{id}/grades/{}", grade.id),
-        &grade,
+        &wire::Grade::from(grade),
     ))
 }
 
@@ -203,7 +229,8 @@ async fn add_grade(
 async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let grade_id = GradeId::parse(&grade_id)?;
-    Ok(warp::reply::json(&store.grade(id, grade_id).await?))
+    let grade = store.grade(id, grade_id).await?;
+    Ok(warp::reply::json(&wire::Grade::from(grade)))
 }
 
 /// PUT replaces the whole grade, so sending it twice leaves the same grade.
@@ -211,14 +238,14 @@ async fn get_grade(id: String, grade_id: String, store: Store) -> Result<impl Re
 async fn replace_grade(
     id: String,
     grade_id: String,
-    body: GradeRequest,
+    body: wire::NewGrade,
     store: Store,
 ) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let grade_id = GradeId::parse(&grade_id)?;
-    let grade = store.update_grade(id, grade_id, body.validate()?).await?;
+    let grade = store.update_grade(id, grade_id, validate_grade(body)?).await?;
     tracing::info!(student = %id, grade = %grade.id, "grade changed");
-    Ok(warp::reply::json(&grade))
+    Ok(warp::reply::json(&wire::Grade::from(grade)))
 }
 
 /// 204 once the grade is gone; a grade already deleted is a 404, like one that never was.
@@ -269,6 +296,7 @@ mod tests {
         a_grade_sent_again_with_its_idempotency_key_is_added_once,
         storage_faults_are_an_opaque_500,
         concurrent_students_with_one_idempotency_key_are_added_once,
+        a_page_of_students_is_asked_for_with_limit_and_after,
     );
 
     /// The API as served, over `db`; keep `db` alive as long as the API.
@@ -631,6 +659,46 @@ mod tests {
         assert_eq!(one, two, "both requests get the one student");
         let (_, _, all) = call(&api, "GET", "/students", None).await;
         assert_eq!(all.as_array().map(Vec::len), Some(5));
+    }
+
+    async fn a_page_of_students_is_asked_for_with_limit_and_after(db: TestDatabase) {
+        let api = api(&db).await;
+        let ids = |body: &Value| -> Vec<i64> {
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_i64().unwrap())
+                .collect()
+        };
+        let (status, _, all) = call(&api, "GET", "/students", None).await;
+        assert_eq!((status, ids(&all)), (StatusCode::OK, vec![1, 2, 3, 4]));
+        let (status, _, first) = call(&api, "GET", "/students?limit=2", None).await;
+        assert_eq!((status, ids(&first)), (StatusCode::OK, vec![1, 2]));
+        // A page is the same JSON as the whole list, grades and averages included.
+        assert_eq!(first[0], all[0]);
+        let (_, _, next) = call(&api, "GET", "/students?limit=2&after=2", None).await;
+        assert_eq!(ids(&next), [3, 4]);
+        let (_, _, past) = call(&api, "GET", "/students?limit=2&after=4", None).await;
+        assert_eq!(ids(&past), [0i64; 0]);
+        // `after` alone pages with the default size; an id between students is fine.
+        let (_, _, rest) = call(&api, "GET", "/students?after=1", None).await;
+        assert_eq!(ids(&rest), [2, 3, 4]);
+        // A page read again after a change shows it.
+        let natasha = || async { call(&api, "GET", "/students?limit=1&after=2", None).await.2 };
+        assert_eq!(natasha().await[0]["grades"].as_array().map(Vec::len), Some(3));
+        call(&api, "DELETE", "/students/3/grades/7", None).await;
+        assert_eq!(natasha().await[0]["grades"].as_array().map(Vec::len), Some(2));
+
+        #[rustfmt::skip]
+        assert_errors(&api, StatusCode::BAD_REQUEST, &[
+            ("GET", "/students?limit=0", None, "limit: must be a whole number from 1 to 1000"),
+            ("GET", "/students?limit=1001", None, "limit: must be a whole number from 1 to 1000"),
+            ("GET", "/students?limit=x", None, "limit: must be a whole number"),
+            ("GET", "/students?limit=-1", None, "limit: must be a whole number"),
+            ("GET", "/students?after=0", None, "after: must be a student id"),
+            ("GET", "/students?limit=2&after=07", None, "after: must be a student id"),
+            ("GET", "/students?after=abc", None, "after: must be a student id"),
+        ]).await;
     }
 
     /// PostgreSQL restarting under the service: a clear 503 meanwhile, then service again

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use contracts::grading as wire;
 
 use crate::domain::StudentId;
 use crate::error::ApiError;
@@ -19,6 +20,8 @@ use crate::store::{ChangeStamp, Store};
 
 /// Most single-student answers kept; past it, new ones are served but not kept (~250 B each).
 const MAX_STUDENTS: usize = 1024;
+/// Most pages of the student list kept (a page of 51 students with 20 grades each is ~70 KB).
+const MAX_PAGES: usize = 256;
 
 /// Serialized answers, shared by every request of one instance. Cheap to clone.
 #[derive(Clone, Default)]
@@ -32,27 +35,63 @@ struct Entries {
     stamp: Option<ChangeStamp>,
     students: Option<Bytes>,
     student: HashMap<StudentId, Bytes>,
+    /// Pages of the list by where they start and how long they are.
+    pages: HashMap<(Option<u64>, usize), Bytes>,
 }
 
 impl JsonCache {
-    /// The JSON of every student, as `warp::reply::json(&store.students())` would write it.
+    /// The JSON of every student, as `warp::reply::json` would write them.
     pub async fn students(&self, store: &Store) -> Result<Bytes, ApiError> {
         let stamp = store.change_stamp();
         if let Some(hit) = self.lookup(stamp, |e| e.students.clone()) {
             return Ok(hit);
         }
-        let json = to_json(&store.students().await?);
+        let students: Vec<wire::Student> = store
+            .students()
+            .await?
+            .into_iter()
+            .map(wire::Student::from)
+            .collect();
+        let json = to_json(&students);
         self.keep(stamp, |e| e.students = Some(json.clone()));
         Ok(json)
     }
 
-    /// The JSON of one student, as `warp::reply::json(&store.student(id))` would write it.
+    /// The JSON of one page of the student list, as `warp::reply::json` would write it.
+    pub async fn students_page(
+        &self,
+        store: &Store,
+        page: wire::StudentsPage,
+    ) -> Result<Bytes, ApiError> {
+        let key = (page.after.map(|id| id.0), page.limit);
+        let stamp = store.change_stamp();
+        if let Some(hit) = self.lookup(stamp, |e| e.pages.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        // Ids in paths are at most i64::MAX (contracts' rule), so the cast keeps the value.
+        let after = page.after.map(|id| StudentId(id.0 as i64));
+        let students: Vec<wire::Student> = store
+            .students_page(after, page.limit)
+            .await?
+            .into_iter()
+            .map(wire::Student::from)
+            .collect();
+        let json = to_json(&students);
+        self.keep(stamp, |e| {
+            if e.pages.len() < MAX_PAGES {
+                e.pages.insert(key, json.clone());
+            }
+        });
+        Ok(json)
+    }
+
+    /// The JSON of one student, as `warp::reply::json` would write it.
     pub async fn student(&self, store: &Store, id: StudentId) -> Result<Bytes, ApiError> {
         let stamp = store.change_stamp();
         if let Some(hit) = self.lookup(stamp, |e| e.student.get(&id).cloned()) {
             return Ok(hit);
         }
-        let json = to_json(&store.student(id).await?);
+        let json = to_json(&wire::Student::from(store.student(id).await?));
         self.keep(stamp, |e| {
             if e.student.len() < MAX_STUDENTS {
                 e.student.insert(id, json.clone());
@@ -120,10 +159,13 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         let cache = JsonCache::default();
         let one = cache.student(&store, StudentId(1)).await.unwrap();
-        let expected = serde_json::to_vec(&store.student(StudentId(1)).await.unwrap()).unwrap();
+        let tony = wire::Student::from(store.student(StudentId(1)).await.unwrap());
+        let expected = serde_json::to_vec(&tony).unwrap();
         assert_eq!(one.as_ref(), expected.as_slice());
         let all = cache.students(&store).await.unwrap();
-        let expected = serde_json::to_vec(&store.students().await.unwrap()).unwrap();
+        let students = store.students().await.unwrap().into_iter();
+        let expected = serde_json::to_vec(&students.map(wire::Student::from).collect::<Vec<_>>());
+        let expected = expected.unwrap();
         assert_eq!(all.as_ref(), expected.as_slice());
         // Kept: the second answer is the same buffer, not a new read.
         let again = cache.student(&store, StudentId(1)).await.unwrap();

@@ -1,11 +1,14 @@
 //! The grading domain. Values that cross the edge validate themselves ([`Name::parse`],
-//! [`Title::parse`], [`Score::parse`], [`GradeType`]'s `FromStr`, [`StudentId::parse`]), so an
-//! invalid one cannot exist past it and neither handlers nor storage check again.
+//! [`Title::parse`], [`Score::parse`], [`parse_grade_type`], [`StudentId::parse`]), so an
+//! invalid one cannot exist past it and neither handlers nor storage check again. What they
+//! look like on the wire is the [`contracts`] crate's, shared with the portal; the conversions
+//! to it are at the end of this file.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::Serialize;
+use contracts::grading as wire;
+
+pub use contracts::grading::GradeType;
 
 /// Longest first or last name, in characters (not bytes).
 pub const MAX_NAME_CHARS: usize = 100;
@@ -46,11 +49,11 @@ pub struct InvalidId {
     pub text: String,
 }
 
-/// Ids are SQLite rowids, read as every service reads a path id ([`service_runtime::http::PathId`]):
-/// plain digits without a leading zero, so `+7`, ` 7` or `07` are not ids.
+/// Ids are SQLite rowids, read as the portal reads them too ([`contracts::id::Id`]): plain
+/// digits without a leading zero, so `+7`, ` 7` or `07` are not ids.
 fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
-    text.parse::<service_runtime::http::PathId>()
-        .map(|service_runtime::http::PathId(id)| id as i64)
+    text.parse::<contracts::id::Id>()
+        .map(|contracts::id::Id(id)| id as i64)
         .map_err(|_| InvalidId {
             kind,
             text: echo(text),
@@ -61,7 +64,7 @@ fn parse_id(kind: &'static str, text: &str) -> Result<i64, InvalidId> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub(crate) i64);
 
         impl $name {
@@ -166,7 +169,7 @@ fn is_visible(c: char) -> bool {
 
 /// A first or last name: 1 to [`MAX_NAME_CHARS`] characters after trimming. HTML is kept as
 /// sent: this is JSON, and escaping is the job of whoever renders it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(pub(crate) String);
 
 impl Name {
@@ -182,7 +185,7 @@ impl Name {
 }
 
 /// What a grade was for, e.g. "Quiz 3": 1 to [`MAX_TITLE_CHARS`] characters after trimming.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(pub(crate) String);
 
 impl Title {
@@ -198,7 +201,7 @@ impl Title {
 }
 
 /// A score in percent: a finite number from 0 to 100 inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Score(pub(crate) f64);
 
 impl Score {
@@ -217,53 +220,25 @@ impl Score {
     }
 }
 
-/// The kind of assessment a grade is for; serialized as `"Test"`, `"Quiz"` or `"Homework"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum GradeType {
-    /// A test.
-    Test,
-    /// A quiz.
-    Quiz,
-    /// A homework assignment.
-    Homework,
-}
-
-impl GradeType {
-    /// Every grade type, in the order error messages list them.
-    pub const ALL: [GradeType; 3] = [GradeType::Test, GradeType::Quiz, GradeType::Homework];
-
-    /// The name as serialized and stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GradeType::Test => "Test",
-            GradeType::Quiz => "Quiz",
-            GradeType::Homework => "Homework",
-        }
-    }
-}
-
-impl FromStr for GradeType {
-    type Err = InvalidField;
-
-    /// Accepts the names in any case (`quiz` is clearly `Quiz`) and answers with the allowed ones.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        GradeType::ALL
-            .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(text.trim()))
-            .ok_or_else(|| {
-                invalid(
-                    "type",
-                    format!(
-                        "{:?} is not a grade type: use Test, Quiz or Homework",
-                        echo(text)
-                    ),
-                )
-            })
-    }
+/// Reads the JSON field `type`: a grade type's name in any case (`quiz` is clearly `Quiz`),
+/// around spaces; the error lists the allowed names.
+pub fn parse_grade_type(text: &str) -> Result<GradeType, InvalidField> {
+    GradeType::ALL
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| {
+            invalid(
+                "type",
+                format!(
+                    "{:?} is not a grade type: use Test, Quiz or Homework",
+                    echo(text)
+                ),
+            )
+        })
 }
 
 /// Longest `Idempotency-Key`, in characters.
-pub const MAX_REQUEST_KEY_CHARS: usize = 100;
+pub const MAX_REQUEST_KEY_CHARS: usize = contracts::request_key::MAX_CHARS;
 
 /// The `Idempotency-Key` of a request: names one logical request, so that a client that lost
 /// the answer (an instance killed mid-request) may send it again, to any instance, and have it
@@ -275,8 +250,7 @@ pub struct RequestKey(pub(crate) String);
 impl RequestKey {
     /// Validates the header's value.
     pub fn parse(text: &str) -> Result<RequestKey, InvalidField> {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
-        if text.is_empty() || text.len() > MAX_REQUEST_KEY_CHARS || !text.chars().all(allowed) {
+        if !contracts::request_key::is_valid(text) {
             return Err(invalid(
                 "Idempotency-Key",
                 format!(
@@ -313,23 +287,22 @@ pub struct NewGrade {
     pub score: Score,
 }
 
-/// One grade as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One grade as stored; the API shows it as a [`wire::Grade`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grade {
     /// Unique across all students.
     pub id: GradeId,
     /// What it was for.
     pub title: Title,
     /// Test, quiz or homework.
-    #[serde(rename = "type")]
     pub grade_type: GradeType,
     /// The score in percent.
     pub score: Score,
 }
 
-/// A student as the API shows it: grades in the order they were added, and their mean.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A student as stored, grades in the order they were added, and their mean; the API shows it
+/// as a [`wire::Student`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Student {
     /// Assigned on creation, never reused.
     pub id: StudentId,
@@ -354,6 +327,30 @@ impl Student {
             last_name,
             average,
             grades,
+        }
+    }
+}
+
+impl From<Grade> for wire::Grade {
+    fn from(grade: Grade) -> wire::Grade {
+        wire::Grade {
+            // Ids are positive rowids: the cast keeps their value.
+            id: grade.id.0 as u64,
+            title: grade.title.0,
+            kind: grade.grade_type,
+            score: grade.score.0,
+        }
+    }
+}
+
+impl From<Student> for wire::Student {
+    fn from(student: Student) -> wire::Student {
+        wire::Student {
+            id: student.id.0 as u64,
+            first_name: student.first_name.0,
+            last_name: student.last_name.0,
+            average: student.average,
+            grades: student.grades.into_iter().map(wire::Grade::from).collect(),
         }
     }
 }
@@ -469,11 +466,11 @@ mod tests {
 
     #[test]
     fn grade_types_parse_in_any_case_and_errors_list_the_allowed_ones() {
-        let parsed: Vec<GradeType> = ["Test", "quiz", "HOMEWORK"]
-            .map(|t| t.parse().unwrap())
+        let parsed: Vec<GradeType> = ["Test", "quiz", " HOMEWORK "]
+            .map(|t| parse_grade_type(t).unwrap())
             .into();
         assert_eq!(parsed, GradeType::ALL);
-        let err = "Exam".parse::<GradeType>().unwrap_err().to_string();
+        let err = parse_grade_type("Exam").unwrap_err().to_string();
         assert_eq!(
             err,
             "type: \"Exam\" is not a grade type: use Test, Quiz or Homework"
@@ -612,7 +609,7 @@ mod tests {
             #[test]
             fn a_grade_type_is_one_of_three_names_in_any_case(text in nasty_text()) {
                 let known = ["test", "quiz", "homework"].contains(&text.trim().to_ascii_lowercase().as_str());
-                match text.parse::<GradeType>() {
+                match parse_grade_type(&text) {
                     Ok(kind) => prop_assert!(known && kind.as_str().eq_ignore_ascii_case(text.trim())),
                     Err(err) => {
                         prop_assert!(!known);

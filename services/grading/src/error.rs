@@ -14,6 +14,9 @@ pub enum ApiError {
     /// A field of the body breaks a rule; the message starts with the field's name.
     #[error("{0}")]
     Invalid(#[from] InvalidField),
+    /// A query parameter that cannot be read; the message starts with its name.
+    #[error("{0}")]
+    BadQuery(String),
     /// A path id that no resource can have.
     #[error("{0}")]
     InvalidId(#[from] InvalidId),
@@ -48,6 +51,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidId(_) | ApiError::NoStudent(_) | ApiError::NoGrade { .. } => {

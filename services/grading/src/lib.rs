@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`domain`]: ids, names, titles, scores and grade types that validate themselves, and the
-//!   student and grade views the API returns.
+//!   students and grades the API returns (as the [`contracts`] crate's wire shapes).
 //! - [`store`]: SQLite storage, off the async workers, with a small connection pool; or
 //!   PostgreSQL through a small bounded pool.
 //! - [`cache`]: the JSON of student reads, kept until SQLite says the database changed (always
@@ -31,9 +31,9 @@ use crate::config::Config;
 use crate::store::Store;
 
 /// Consul service name.
-pub const SERVICE_NAME: &str = "grading";
+pub const SERVICE_NAME: &str = contracts::service_name::GRADING;
 /// Consul name of the service grading ships its log records to.
-pub const LOG_SERVICE: &str = "log";
+pub const LOG_SERVICE: &str = contracts::service_name::LOG;
 
 /// The database `config` names: PostgreSQL with `--database-url`, else SQLite in `--data-dir`.
 async fn open_store(config: &Config) -> Result<Store, store::StoreError> {

@@ -157,6 +157,23 @@ impl Store {
         }
     }
 
+    /// Up to `limit` students with ids above `after` (from the first when `None`), with their
+    /// grades, ordered by id, as one snapshot. Costs what the page holds, not what the database
+    /// holds: both backends walk the students' key and the grades' `(student_id, id)` index.
+    pub async fn students_page(
+        &self,
+        after: Option<StudentId>,
+        limit: usize,
+    ) -> Result<Vec<Student>, StoreError> {
+        let after = after.map_or(0, |id| id.0);
+        // A page is at most contracts' MAX_LIMIT; clamp rather than overflow an i64 anyway.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match self {
+            Store::Sqlite(db) => db.students_page(after, limit).await,
+            Store::Postgres(db) => db.students_page(after, limit).await,
+        }
+    }
+
     /// One student with their grades.
     pub async fn student(&self, id: StudentId) -> Result<Student, StoreError> {
         match self {

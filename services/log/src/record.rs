@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 /// Largest accepted `message`, in bytes of UTF-8 (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Longest accepted `service` name, in characters.
-pub const MAX_SERVICE_CHARS: usize = 100;
+/// Longest accepted `service` name, in characters (the rule every service shares).
+pub const MAX_SERVICE_CHARS: usize = contracts::service_name::MAX_CHARS;
 
 /// How much of a rejected value an error message repeats back, so a huge bad field does not
 /// produce a huge error response.
@@ -198,10 +198,7 @@ fn validate_service(service: &str) -> Result<(), InvalidRecord> {
     if service.is_empty() {
         return Err(InvalidRecord::EmptyService);
     }
-    if !service
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !service.chars().all(contracts::service_name::is_name_char) {
         return Err(InvalidRecord::ServiceCharacters);
     }
     // Checked after the alphabet, so the length below is in ASCII characters, i.e. bytes.
@@ -427,6 +424,19 @@ mod tests {
             r#"{"time":"2026-11-21T16:05:03.123Z","service":"grades","level":"info","message":"hi"}"#
         );
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+    }
+
+    #[test]
+    fn a_numbered_record_is_the_contracts_log_record() {
+        // What `GET /log` answers must read as the shape its readers (the portal) share.
+        let mut record = new("hi").validate(now()).unwrap();
+        record.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        for record in [record.clone(), Record { trace_id: None, ..record }] {
+            let numbered = crate::history::Numbered { seq: 7, record };
+            let json = serde_json::to_string(&numbered).unwrap();
+            let read: contracts::log::LogRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        }
     }
 
     /// Properties of the validator over generated input: proptest rather than a fuzzer because

@@ -1,5 +1,7 @@
-//! Every way a portal request can fail, warp's own rejections included, and the one place that
-//! turns each into an HTML page with the right status.
+//! Every way a portal request can fail, warp's own rejections and the upstream services'
+//! failures included, and the one place that turns each into an HTML page with the right status.
+//! A form that grading refused is not here: that is an answer, the form shown again (see
+//! [`crate::upstream::Verdict`]).
 
 use std::convert::Infallible;
 
@@ -9,10 +11,12 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::csrf::CsrfRefusal;
-use crate::pages::{self, ErrorPage};
-use crate::routes::MAX_FORM_BYTES;
+use crate::pages::{self, ErrorPage, MAX_FORM_BYTES};
+use crate::upstream::UpstreamError;
 
 /// What went wrong, in terms a teacher (or the portal's operator, through the log) can act on.
+/// Carries messages and statuses only, never a page: which page shows an error is decided once,
+/// in `From<PortalError> for Response`.
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
     #[error("There is no student with id {0}.")]
@@ -43,6 +47,20 @@ pub enum PortalError {
     /// A bug in the portal; logged, never shown.
     #[error("{0}")]
     Internal(String),
+}
+
+/// The one mapping of an upstream failure to what the reader is told.
+impl From<UpstreamError> for PortalError {
+    fn from(err: UpstreamError) -> PortalError {
+        match err {
+            UpstreamError::Unavailable { service } => PortalError::Unavailable { service },
+            UpstreamError::StudentNotFound(id) => PortalError::StudentNotFound(id),
+            UpstreamError::GradeNotFound { student, grade } => {
+                PortalError::GradeNotFound { student, grade }
+            }
+            UpstreamError::Broken { service, detail } => PortalError::Upstream { service, detail },
+        }
+    }
 }
 
 impl PortalError {

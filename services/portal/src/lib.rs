@@ -2,12 +2,18 @@
 //! and grades) and the `log` service (recent records), both found through Consul by name only.
 //!
 //! # Layout
-//! - [`upstream`]: typed clients for grading and log; every way they fail becomes a [`PortalError`].
+//! - [`upstream`]: typed clients for grading and log over the [`contracts`] shapes; every way they
+//!   fail becomes an [`upstream::UpstreamError`], and a change grading refused a
+//!   [`upstream::Verdict`], an answer.
 //! - [`logs`]: what a reader of several log instances sees: the merge, and paging per instance.
 //! - [`pages`]: the askama templates (in `templates/`) and the view data they render.
 //! - [`routes`]: the pages as warp routes; handlers are plain async functions.
 //! - [`csrf`]: the checks every form post passes: same origin, and the token of the page's cookie.
-//! - [`error`]: every failure, and warp's own rejections, mapped to an HTML page in one place.
+//! - [`error`]: every failure, upstream ones and warp's own rejections, mapped to an HTML page in
+//!   one place.
+//!
+//! The modules form no cycle: `routes` uses the others; `error` uses `pages`, `csrf` and
+//! `upstream`; `pages` uses `csrf` and `logs`; `upstream`, `logs` and `csrf` use no other.
 //! - [`config`]: flags and environment variables.
 //! - [`App`]: build (bind, watch the dependencies) then run (register, serve, deregister, drain).
 
@@ -31,11 +37,11 @@ pub use crate::error::PortalError;
 use crate::routes::Portal;
 
 /// Consul service name.
-pub const SERVICE_NAME: &str = "portal";
+pub const SERVICE_NAME: &str = contracts::service_name::PORTAL;
 /// Consul name of the students-and-grades service the portal renders.
-pub const GRADING_SERVICE: &str = "grading";
+pub const GRADING_SERVICE: &str = contracts::service_name::GRADING;
 /// Consul name of the service whose records the logs page shows.
-pub const LOG_SERVICE: &str = "log";
+pub const LOG_SERVICE: &str = contracts::service_name::LOG;
 /// How long a starting portal waits for Consul's first answer about each dependency, so its first
 /// requests do not fail with a spurious "unavailable" while Consul would have listed instances.
 const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);

@@ -11,9 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use contracts::log::LogRecord;
 use discovery::Provider;
-
-use crate::upstream::LogRecord;
 
 /// The most log instances one "Older records" link may name.
 pub const MAX_CURSOR_INSTANCES: usize = 32;

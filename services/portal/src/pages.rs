@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use askama::Template;
+use contracts::grading::{Grade, GradeType, Student};
+use contracts::log::LogRecord;
 use discovery::{Provider, ProviderSet, WatchStatus};
 use serde::Deserialize;
 use warp::http::StatusCode;
@@ -11,14 +13,24 @@ use warp::reply::{Reply, Response};
 
 use crate::csrf::{CsrfForm, CsrfToken};
 use crate::logs::Cursor;
-use crate::upstream::{Grade, LogRecord, Student};
 
-/// The list of students with their averages and the form to add one (`GET /`, and a refused
-/// student form).
+/// The largest form accepted; a real one is a few hundred bytes.
+pub const MAX_FORM_BYTES: u64 = 16 * 1024;
+
+/// How many students the home page lists at a time.
+pub const STUDENTS_PER_PAGE: usize = 50;
+
+/// A page of the list of students with their averages, and the form to add one (`GET /`, and a
+/// refused student form).
 #[derive(Template)]
 #[template(path = "students.html")]
 pub struct StudentsPage {
+    /// At most [`STUDENTS_PER_PAGE`], in id order.
     pub students: Vec<Student>,
+    /// The address of the next page, when students follow these.
+    pub next: Option<String>,
+    /// Whether this page starts after the first student (so it links back to the first page).
+    pub paged: bool,
     /// Pre-fills the form: empty at first, what was typed after a refusal.
     pub form: StudentForm,
     /// Why the form was refused, shown above it.
@@ -177,7 +189,7 @@ impl CsrfForm for GradeForm {
 
 impl GradeForm {
     /// The grade types the form offers, in the order grading documents them.
-    pub const KINDS: [&'static str; 3] = ["Test", "Quiz", "Homework"];
+    pub const KINDS: [GradeType; 3] = GradeType::ALL;
 
     /// An empty form with a new request key.
     pub fn fresh() -> Self {
@@ -191,7 +203,7 @@ impl GradeForm {
     pub fn of(grade: &Grade) -> Self {
         GradeForm {
             title: grade.title.clone(),
-            kind: grade.kind.clone(),
+            kind: grade.kind.as_str().to_owned(),
             score: grade.score.to_string(),
             request: String::new(),
             csrf: String::new(),
@@ -207,8 +219,8 @@ impl GradeForm {
     }
 
     /// Whether `kind` is the one chosen, to keep the select on it.
-    pub fn has_kind(&self, kind: &str) -> bool {
-        self.kind == kind
+    pub fn has_kind(&self, kind: &GradeType) -> bool {
+        self.kind == kind.as_str()
     }
 }
 
@@ -519,14 +531,27 @@ impl ErrorPage {
     }
 }
 
-impl Student {
+impl StudentsPage {
+    /// The address of the page of students after the one with id `last`.
+    pub fn after(last: u64) -> String {
+        format!("/?after={last}")
+    }
+}
+
+/// A student as the pages write them.
+pub trait StudentText {
     /// First and last name, as the pages show it.
-    pub fn full_name(&self) -> String {
+    fn full_name(&self) -> String;
+    /// The average with one decimal, or a dash before the first grade.
+    fn average_text(&self) -> String;
+}
+
+impl StudentText for Student {
+    fn full_name(&self) -> String {
         format!("{} {}", self.first_name, self.last_name)
     }
 
-    /// The average with one decimal, or a dash before the first grade.
-    pub fn average_text(&self) -> String {
+    fn average_text(&self) -> String {
         match self.average {
             Some(average) => format!("{average:.1}"),
             None => "—".to_owned(),
@@ -559,7 +584,6 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Grade;
 
     fn student(first_name: &str, average: Option<f64>) -> Student {
         Student {
@@ -570,7 +594,7 @@ mod tests {
             grades: vec![Grade {
                 id: 1,
                 title: "Quiz <1>".into(),
-                kind: "Quiz".into(),
+                kind: GradeType::Quiz,
                 score: 92.5,
             }],
         }
@@ -580,6 +604,8 @@ mod tests {
     fn names_and_titles_are_escaped() {
         let page = StudentsPage {
             students: vec![student("<script>alert(1)</script>", None)],
+            next: None,
+            paged: false,
             form: StudentForm {
                 first_name: "<b>Wanda</b>".into(),
                 ..StudentForm::default()
@@ -614,6 +640,8 @@ mod tests {
         assert_eq!(student("Tony", None).average_text(), "—");
         let html = StudentsPage {
             students: vec![student("Tony", Some(87.46))],
+            next: None,
+            paged: false,
             form: StudentForm::fresh(),
             error: None,
             flash: None,

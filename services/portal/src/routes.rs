@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use contracts::grading::{Grade, NewGrade, NewStudent, Student};
+use contracts::id::Id;
+use contracts::{request_key, service_name};
 use discovery::Provider;
 use service_runtime::ProviderPool;
-use service_runtime::http::{PathId, body_limit, respond};
+use service_runtime::http::{body_limit, respond};
 use service_runtime::telemetry::ShippingStats;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -15,22 +18,16 @@ use warp::http::StatusCode;
 use warp::http::header::{self, HeaderValue};
 use warp::reply::{Reply, Response};
 
-use crate::LOG_SERVICE;
 use crate::config::StatusMode;
 use crate::csrf::{self, CsrfToken};
 use crate::error::{PortalError, handle_rejection};
 use crate::logs::{self, Cursor};
 use crate::pages::{
     self, DeleteForm, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow,
-    LogsPage, MissingLog, ShippingView, StatusPage, StudentForm, StudentPage, StudentsPage,
+    LogsPage, MAX_FORM_BYTES, MissingLog, STUDENTS_PER_PAGE, ShippingView, StatusPage,
+    StudentForm, StudentPage, StudentsPage,
 };
-use crate::upstream::{
-    Grade, Grading, LOG_PAGE_RECORDS, LogReader, NewGrade, NewStudent, Student, Verdict,
-    is_service_name,
-};
-
-/// The largest grade form accepted; a real one is a few hundred bytes.
-pub const MAX_FORM_BYTES: u64 = 16 * 1024;
+use crate::upstream::{Grading, LOG_PAGE_RECORDS, LogReader, UpstreamError, Verdict};
 
 /// What every handler works with: the dependencies and where the Consul UI is. Cheap to clone.
 #[derive(Clone)]
@@ -96,6 +93,35 @@ impl Portal {
     }
 }
 
+/// Query of `GET /`: where the page of students starts.
+#[derive(Debug, Default, PartialEq)]
+pub struct StudentsQuery {
+    /// The id of the last student of the previous page; the first page when `None`.
+    pub after: Option<u64>,
+}
+
+impl StudentsQuery {
+    /// The query of `raw` (the part after `?`); an empty `after` is the first page, unknown
+    /// parameters are ignored, and an `after` that is not an id is refused, naming it.
+    pub fn parse(raw: &str) -> Result<StudentsQuery, PortalError> {
+        let mut query = StudentsQuery::default();
+        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+            if key == "after" {
+                let value = value.trim();
+                query.after = match value {
+                    "" => None,
+                    id => Some(id.parse::<Id>().map_err(|_| {
+                        PortalError::BadRequest(
+                            "after: the id of the last student of the previous page, a whole number from 1, as the \"Next students\" link writes it.".to_owned(),
+                        )
+                    })?.0),
+                };
+            }
+        }
+        Ok(query)
+    }
+}
+
 /// Query of `GET /logs`.
 #[derive(Debug, Default, PartialEq)]
 pub struct LogsQuery {
@@ -137,6 +163,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
 
     let students = warp::path::end()
         .and(warp::get())
+        .and(raw_query())
         .and(flash)
         .and(csrf::page_token())
         .and(with_portal.clone())
@@ -151,46 +178,46 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
     let students_again = warp::path!("students")
         .and(warp::get())
         .map(|| see_other("/".to_owned(), None));
-    let student = warp::path!("students" / PathId)
+    let student = warp::path!("students" / Id)
         .and(warp::get())
         .and(flash)
         .and(csrf::page_token())
         .and(with_portal.clone())
         .then(show_student)
         .map(respond);
-    let new_grade = warp::path!("students" / PathId / "grades")
+    let new_grade = warp::path!("students" / Id / "grades")
         .and(warp::post())
         .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
         .then(add_grade)
         .map(respond);
-    let grades_again = warp::path!("students" / PathId / "grades")
+    let grades_again = warp::path!("students" / Id / "grades")
         .and(warp::get())
-        .map(|PathId(id)| see_other(format!("/students/{id}"), None));
-    let edit_form = warp::path!("students" / PathId / "grades" / PathId / "edit")
+        .map(|Id(id)| see_other(format!("/students/{id}"), None));
+    let edit_form = warp::path!("students" / Id / "grades" / Id / "edit")
         .and(warp::get())
         .and(csrf::page_token())
         .and(with_portal.clone())
         .then(show_grade_form)
         .map(respond);
-    let change_grade = warp::path!("students" / PathId / "grades" / PathId)
+    let change_grade = warp::path!("students" / Id / "grades" / Id)
         .and(warp::post())
         .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
         .then(change_grade)
         .map(respond);
-    let grade_again = warp::path!("students" / PathId / "grades" / PathId)
+    let grade_again = warp::path!("students" / Id / "grades" / Id)
         .and(warp::get())
-        .map(|PathId(id), PathId(grade)| {
+        .map(|Id(id), Id(grade)| {
             see_other(format!("/students/{id}/grades/{grade}/edit"), None)
         });
-    let delete_question = warp::path!("students" / PathId / "grades" / PathId / "delete")
+    let delete_question = warp::path!("students" / Id / "grades" / Id / "delete")
         .and(warp::get())
         .and(csrf::page_token())
         .and(with_portal.clone())
         .then(confirm_delete)
         .map(respond);
-    let delete_grade = warp::path!("students" / PathId / "grades" / PathId / "delete")
+    let delete_grade = warp::path!("students" / Id / "grades" / Id / "delete")
         .and(warp::post())
         .and(csrf::checked(form_body::<DeleteForm>()))
         .and(with_portal.clone())
@@ -205,12 +232,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .map(stylesheet);
     let logs = warp::path!("logs")
         .and(warp::get())
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify()
-                .map(|raw: String| LogsQuery::parse(&raw)),
-        )
+        .and(raw_query().map(|raw: String| LogsQuery::parse(&raw)))
         .and(with_portal)
         .then(show_logs)
         .map(respond);
@@ -244,6 +266,13 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .recover(handle_rejection)
         .unify()
         .boxed()
+}
+
+/// The query string (the part after `?`), empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
 }
 
 /// A urlencoded form of at most [`MAX_FORM_BYTES`].
@@ -306,7 +335,7 @@ fn refuse_mangled(fields: &[&str]) -> Result<(), PortalError> {
 fn request_key(sent: &mut String) -> Result<(), PortalError> {
     if sent.is_empty() {
         *sent = service_runtime::pool::new_idempotency_key();
-    } else if !is_request_key(sent) {
+    } else if !request_key::is_valid(sent) {
         return Err(PortalError::BadRequest(
             "request: the form's request key is 1 to 100 letters, digits, '-', '_', '.' or ':'; reload the page.".to_owned(),
         ));
@@ -314,19 +343,42 @@ fn request_key(sent: &mut String) -> Result<(), PortalError> {
     Ok(())
 }
 
+/// A page of the student list: the students grading gave for it, and the links on from it.
+async fn students_page(
+    portal: &Portal,
+    after: Option<u64>,
+    form: StudentForm,
+    error: Option<String>,
+    flash: Option<Flash>,
+) -> Result<StudentsPage, PortalError> {
+    let page = portal
+        .grading
+        .students_page(after, STUDENTS_PER_PAGE)
+        .await?;
+    let next = match page.students.last() {
+        Some(last) if page.more => Some(StudentsPage::after(last.id)),
+        _ => None,
+    };
+    Ok(StudentsPage {
+        students: page.students,
+        next,
+        paged: after.is_some(),
+        form,
+        error,
+        flash,
+    })
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
 async fn list_students(
+    query: String,
     flash: Option<Flash>,
     token: CsrfToken,
     portal: Portal,
 ) -> Result<Response, PortalError> {
-    let students = portal.grading.students().await?;
-    let page = StudentsPage {
-        students,
-        form: StudentForm::fresh().carrying(&token),
-        error: None,
-        flash,
-    };
+    let query = StudentsQuery::parse(&query)?;
+    let form = StudentForm::fresh().carrying(&token);
+    let page = students_page(&portal, query.after, form, None, flash).await?;
     let page = shown_once(pages::render(StatusCode::OK, &page), flash);
     Ok(token.set_on(page))
 }
@@ -337,21 +389,17 @@ async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, 
     refuse_mangled(&[&form.first_name, &form.last_name, &form.request])?;
     request_key(&mut form.request)?;
     let student = NewStudent {
-        first_name: &form.first_name,
-        last_name: &form.last_name,
+        first_name: form.first_name.clone(),
+        last_name: form.last_name.clone(),
     };
     match portal.grading.add_student(&student, &form.request).await? {
         Verdict::Done(id) => Ok(see_other(
             format!("/students/{id}"),
             Some(Flash::StudentAdded),
         )),
+        // Refused: the first page again, with the form as typed and grading's reason.
         Verdict::Refused(message) => {
-            let page = StudentsPage {
-                students: portal.grading.students().await?,
-                form,
-                error: Some(message),
-                flash: None,
-            };
+            let page = students_page(&portal, None, form, Some(message), None).await?;
             Ok(pages::render(StatusCode::UNPROCESSABLE_ENTITY, &page))
         }
     }
@@ -359,7 +407,7 @@ async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, 
 
 #[tracing::instrument(level = "debug", skip(portal))]
 async fn show_student(
-    PathId(id): PathId,
+    Id(id): Id,
     flash: Option<Flash>,
     token: CsrfToken,
     portal: Portal,
@@ -378,7 +426,7 @@ async fn show_student(
 /// Post, then redirect: a reload of the page that follows does not add the grade twice.
 #[tracing::instrument(level = "debug", skip(form, portal))]
 async fn add_grade(
-    PathId(id): PathId,
+    Id(id): Id,
     mut form: GradeForm,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -426,8 +474,8 @@ async fn student_and_grade(
 
 #[tracing::instrument(level = "debug", skip(portal))]
 async fn show_grade_form(
-    PathId(id): PathId,
-    PathId(grade_id): PathId,
+    Id(id): Id,
+    Id(grade_id): Id,
     token: CsrfToken,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -444,8 +492,8 @@ async fn show_grade_form(
 /// Post, then redirect; the change is a PUT to grading, so a retry applies it once.
 #[tracing::instrument(level = "debug", skip(form, portal))]
 async fn change_grade(
-    PathId(id): PathId,
-    PathId(grade_id): PathId,
+    Id(id): Id,
+    Id(grade_id): Id,
     form: GradeForm,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -473,8 +521,8 @@ async fn change_grade(
 
 #[tracing::instrument(level = "debug", skip(portal))]
 async fn confirm_delete(
-    PathId(id): PathId,
-    PathId(grade_id): PathId,
+    Id(id): Id,
+    Id(grade_id): Id,
     token: CsrfToken,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -489,8 +537,8 @@ async fn confirm_delete(
 
 #[tracing::instrument(level = "debug", skip(portal))]
 async fn delete_grade(
-    PathId(id): PathId,
-    PathId(grade_id): PathId,
+    Id(id): Id,
+    Id(grade_id): Id,
     _form: DeleteForm,
     portal: Portal,
 ) -> Result<Response, PortalError> {
@@ -501,21 +549,13 @@ async fn delete_grade(
     ))
 }
 
-/// Whether `key` is one grading takes as an `Idempotency-Key`.
-fn is_request_key(key: &str) -> bool {
-    (1..=100).contains(&key.len())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
 /// The grade a form describes, for grading to judge; a score that is not a number is refused
 /// here, since the form's text cannot become grading's JSON number otherwise.
-fn grade_of(form: &GradeForm) -> Result<NewGrade<'_>, String> {
+fn grade_of(form: &GradeForm) -> Result<NewGrade, String> {
     let score = parse_score(&form.score).ok_or("score: must be a number")?;
     Ok(NewGrade {
-        title: &form.title,
-        kind: &form.kind,
+        title: form.title.clone(),
+        kind: form.kind.clone(),
         score,
     })
 }
@@ -567,7 +607,7 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     if let Some(service) = &service
-        && !is_service_name(service)
+        && !service_name::is_valid(service)
     {
         return Err(PortalError::BadRequest(
             "service: a service name is 1 to 100 letters, digits, '.', '_' or '-'.".to_owned(),
@@ -661,7 +701,7 @@ async fn read_log_instances(
                 tracing::warn!(instance = %instance.id, "a log instance's records are missing from the logs page: {err}");
                 missing.push(MissingLog {
                     reason: match err {
-                        PortalError::Unavailable { .. } => "it did not answer",
+                        UpstreamError::Unavailable { .. } => "it did not answer",
                         _ => "its answer could not be used",
                     },
                     instance: instance.id,
@@ -672,9 +712,11 @@ async fn read_log_instances(
         }
     }
     if answers.is_empty() {
-        return Err(first_failure.unwrap_or(PortalError::Unavailable {
-            service: LOG_SERVICE,
-        }));
+        return Err(first_failure
+            .unwrap_or(UpstreamError::Unavailable {
+                service: service_name::LOG,
+            })
+            .into());
     }
     Ok((answers, missing))
 }

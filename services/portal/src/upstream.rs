@@ -1,61 +1,39 @@
 //! Typed clients for the services the portal renders: `grading` (students and grades) and `log`
-//! (recent records). Every way a call can fail becomes a [`PortalError`] here, so handlers see
-//! either data or a reason they can show.
+//! (recent records), speaking the shapes of the [`contracts`] crate. Every way a call can fail
+//! becomes an [`UpstreamError`] here; the pages decide what a reader sees of it.
 
 use std::sync::Arc;
 
+use contracts::grading::{Grade, NewGrade, NewStudent, Student, StudentsPage};
+use contracts::log::LogRecord;
+use contracts::service_name::{self, GRADING, LOG};
+use contracts::{ErrorBody, id::Id};
 use discovery::{Provider, ProviderWatch};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use service_runtime::{Answer, Call, Junk, PoolError, ProviderPool};
-
-use crate::error::PortalError;
-use crate::{GRADING_SERVICE, LOG_SERVICE};
 
 /// How many log records the logs page shows.
 pub const LOG_PAGE_RECORDS: usize = 100;
 
-/// A student as grading lists it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Student {
-    pub id: u64,
-    pub first_name: String,
-    pub last_name: String,
-    /// `None` until the student has a grade.
-    #[serde(default)]
-    pub average: Option<f64>,
-    #[serde(default)]
-    pub grades: Vec<Grade>,
-}
-
-/// One grade of a student.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Grade {
-    pub id: u64,
-    pub title: String,
-    /// `Test`, `Quiz` or `Homework`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub score: f64,
-}
-
-/// A grade to add, as grading's `POST /students/{id}/grades` takes it.
-#[derive(Debug, Serialize)]
-pub struct NewGrade<'a> {
-    pub title: &'a str,
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub score: f64,
-}
-
-/// A student to add, as grading's `POST /students` takes it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewStudent<'a> {
-    pub first_name: &'a str,
-    pub last_name: &'a str,
+/// Why a call to grading or log gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Consul lists no healthy instance, or none answered.
+    #[error("{service}: no instance is available")]
+    Unavailable { service: &'static str },
+    /// Grading knows no student with this id.
+    #[error("grading: no student with id {0}")]
+    StudentNotFound(u64),
+    /// Grading knows the student, but not this grade of theirs.
+    #[error("grading: student {student} has no grade with id {grade}")]
+    GradeNotFound { student: u64, grade: u64 },
+    /// The service answered, but not as its contract says; `detail` is for the log.
+    #[error("{service}: {detail}")]
+    Broken {
+        service: &'static str,
+        detail: String,
+    },
 }
 
 /// What grading made of a change; refusing it is an answer, not a failure.
@@ -76,24 +54,13 @@ impl<T> Verdict<T> {
     }
 }
 
-/// One record of the log service.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct LogRecord {
-    /// Its place in its instance's file, which pages back with `before` on that instance only.
-    /// Required: a record the portal cannot page past is an answer it cannot use.
-    pub seq: u64,
-    pub time: String,
-    pub service: String,
-    pub level: String,
-    pub message: String,
-    #[serde(default)]
-    pub trace_id: Option<String>,
-}
-
-/// The body of the services' error answers.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
+/// One page of students, and whether more follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudentPage {
+    /// At most the page size asked for, in id order.
+    pub students: Vec<Student>,
+    /// Whether grading has students after the last of these.
+    pub more: bool,
 }
 
 /// Limits of one call to grading or log, chosen per call (see [`CallLimits`]): what the
@@ -110,8 +77,8 @@ pub mod limits {
         timeout: Duration::from_secs(3),
         max_answer_bytes: MIB,
     };
-    /// Every student with their grades and average: about 4.5 KB per student with 50 grades,
-    /// so 32 MiB holds some 7,000 of them.
+    /// A page of students with their grades and average: about 4.5 KB per student with 50
+    /// grades, so 32 MiB holds some 7,000 of them, far more than a page of the home page.
     pub const STUDENT_LIST: CallLimits = CallLimits {
         timeout: Duration::from_secs(3),
         max_answer_bytes: 32 * MIB,
@@ -133,7 +100,7 @@ pub mod limits {
 
 /// What a judge makes of an answer: a result for the handler (data, or a reason it can show),
 /// or junk, which counts against the instance that sent it.
-type Judged<T> = Result<Result<T, PortalError>, Junk>;
+type Judged<T> = Result<Result<T, UpstreamError>, Junk>;
 
 /// Calls to grading, spread over its healthy instances.
 #[derive(Clone)]
@@ -152,25 +119,42 @@ impl Grading {
         self.pool.watch()
     }
 
-    /// Every student, with grades and average.
-    pub async fn students(&self) -> Result<Vec<Student>, PortalError> {
-        let call = Call::get("/students", limits::STUDENT_LIST);
-        self.call(call, |answer| {
-            decode(GRADING_SERVICE, &answer, || {
-                unexpected_status(GRADING_SERVICE, answer.status)
+    /// Up to `size` students after the one with id `after` (from the first when `None`), with
+    /// grades and average, through grading's paged list: a page costs the same however many
+    /// students there are.
+    pub async fn students_page(
+        &self,
+        after: Option<u64>,
+        size: usize,
+    ) -> Result<StudentPage, UpstreamError> {
+        // One more than shown, to know whether a next page exists.
+        let page = StudentsPage {
+            after: after.map(Id),
+            limit: size + 1,
+        };
+        let path = page.path();
+        let call = Call::get(&path, limits::STUDENT_LIST);
+        let mut students: Vec<Student> = self
+            .call(call, |answer| {
+                decode(GRADING, &answer, || unexpected_status(GRADING, answer.status))
             })
-        })
-        .await
+            .await?;
+        // A grading instance older than paging answers every student: keep what the page
+        // holds, so the pages stay right (if slower) while instances are upgraded one by one.
+        if let Some(after) = after {
+            students.retain(|student| student.id > after);
+        }
+        let more = students.len() > size;
+        students.truncate(size);
+        Ok(StudentPage { students, more })
     }
 
-    /// One student; [`PortalError::StudentNotFound`] when grading does not know the id.
-    pub async fn student(&self, id: u64) -> Result<Student, PortalError> {
+    /// One student; [`UpstreamError::StudentNotFound`] when grading does not know the id.
+    pub async fn student(&self, id: u64) -> Result<Student, UpstreamError> {
         let path = format!("/students/{id}");
         let call = Call::get(&path, limits::STUDENT);
         self.call(call, |answer| {
-            decode(GRADING_SERVICE, &answer, || {
-                PortalError::StudentNotFound(id)
-            })
+            decode(GRADING, &answer, || UpstreamError::StudentNotFound(id))
         })
         .await
     }
@@ -180,13 +164,13 @@ impl Grading {
     pub async fn add_grade(
         &self,
         id: u64,
-        grade: &NewGrade<'_>,
+        grade: &NewGrade,
         key: &str,
-    ) -> Result<Verdict<()>, PortalError> {
+    ) -> Result<Verdict<()>, UpstreamError> {
         let path = format!("/students/{id}/grades");
         let call = Call::post_json_once(&path, grade, key, limits::CHANGE);
         self.call(call, |answer| {
-            judge(&answer, || PortalError::StudentNotFound(id), grade_answer)
+            judge(&answer, || UpstreamError::StudentNotFound(id), grade_answer)
         })
         .await
     }
@@ -194,12 +178,12 @@ impl Grading {
     /// Adds a student, at most once per `key`; done, it is the new student's id.
     pub async fn add_student(
         &self,
-        student: &NewStudent<'_>,
+        student: &NewStudent,
         key: &str,
-    ) -> Result<Verdict<u64>, PortalError> {
+    ) -> Result<Verdict<u64>, UpstreamError> {
         let call = Call::post_json_once("/students", student, key, limits::CHANGE);
-        let not_found = || PortalError::Upstream {
-            service: GRADING_SERVICE,
+        let not_found = || UpstreamError::Broken {
+            service: GRADING,
             detail: "POST /students answered 404".to_owned(),
         };
         self.call(call, |answer| {
@@ -216,11 +200,11 @@ impl Grading {
         &self,
         id: u64,
         grade_id: u64,
-        grade: &NewGrade<'_>,
-    ) -> Result<Verdict<()>, PortalError> {
+        grade: &NewGrade,
+    ) -> Result<Verdict<()>, UpstreamError> {
         let path = format!("/students/{id}/grades/{grade_id}");
         let call = Call::put_json(&path, grade, limits::CHANGE);
-        let not_found = || PortalError::GradeNotFound {
+        let not_found = || UpstreamError::GradeNotFound {
             student: id,
             grade: grade_id,
         };
@@ -230,12 +214,12 @@ impl Grading {
 
     /// Deletes a grade. One already gone counts as deleted: a confirmation sent twice, or a
     /// retry after a lost answer, ends where the teacher wanted.
-    pub async fn delete_grade(&self, id: u64, grade_id: u64) -> Result<(), PortalError> {
+    pub async fn delete_grade(&self, id: u64, grade_id: u64) -> Result<(), UpstreamError> {
         let path = format!("/students/{id}/grades/{grade_id}");
         self.call(Call::delete(&path, limits::CHANGE), |answer| {
             Ok(match answer.status {
                 status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
-                status => Err(unexpected_status(GRADING_SERVICE, status)),
+                status => Err(unexpected_status(GRADING, status)),
             })
         })
         .await
@@ -245,11 +229,11 @@ impl Grading {
         &self,
         call: Call<'_>,
         judge: impl Fn(Answer) -> Judged<T>,
-    ) -> Result<T, PortalError> {
+    ) -> Result<T, UpstreamError> {
         self.pool
             .call(call, judge)
             .await
-            .map_err(pool_failure(GRADING_SERVICE))?
+            .map_err(pool_failure(GRADING))?
     }
 }
 
@@ -258,7 +242,7 @@ impl Grading {
 /// contract.
 fn judge<T>(
     answer: &Answer,
-    not_found: impl Fn() -> PortalError,
+    not_found: impl Fn() -> UpstreamError,
     done: impl Fn(&[u8]) -> Result<T, Junk>,
 ) -> Judged<Verdict<T>> {
     Ok(match answer.status {
@@ -271,7 +255,7 @@ fn judge<T>(
             });
             Ok(Verdict::Refused(message))
         }
-        status => Err(unexpected_status(GRADING_SERVICE, status)),
+        status => Err(unexpected_status(GRADING, status)),
     })
 }
 
@@ -308,7 +292,7 @@ impl LogReader {
     /// The latest [`LOG_PAGE_RECORDS`] records of the instance whose Consul service ID is
     /// `instance`, numbered below `before` in its numbering (all, when `None`), oldest first, of
     /// one service or of all.
-    /// `service` must be a valid service name (see [`is_service_name`]).
+    /// `service` must be a valid service name (see [`service_name::is_valid`]).
     /// `level` (that level or more severe) must be a level name as the log service takes it.
     pub async fn recent_from(
         &self,
@@ -316,18 +300,16 @@ impl LogReader {
         service: Option<&str>,
         level: Option<&str>,
         before: Option<u64>,
-    ) -> Result<Vec<LogRecord>, PortalError> {
-        debug_assert!(service.is_none_or(is_service_name));
+    ) -> Result<Vec<LogRecord>, UpstreamError> {
+        debug_assert!(service.is_none_or(service_name::is_valid));
         let path = log_path(service, level, before);
         let call = Call::get(&path, limits::LOG_PAGE).to_instance(instance);
         self.pool
             .call(call, |answer| {
-                decode(LOG_SERVICE, &answer, || {
-                    unexpected_status(LOG_SERVICE, answer.status)
-                })
+                decode(LOG, &answer, || unexpected_status(LOG, answer.status))
             })
             .await
-            .map_err(pool_failure(LOG_SERVICE))?
+            .map_err(pool_failure(LOG))?
     }
 }
 
@@ -347,22 +329,13 @@ fn log_path(service: Option<&str>, level: Option<&str>, before: Option<u64>) -> 
     format!("/log?{}", query.finish())
 }
 
-/// Whether `name` is a service name as the log service accepts them: 1 to 100 characters of
-/// `[A-Za-z0-9._-]`, which also makes it safe in a query string without encoding.
-pub fn is_service_name(name: &str) -> bool {
-    (1..=100).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// No healthy instance is "unavailable" (503); anything else is a failed dependency (502).
-fn pool_failure(service: &'static str) -> impl FnOnce(PoolError) -> PortalError {
+fn pool_failure(service: &'static str) -> impl FnOnce(PoolError) -> UpstreamError {
     move |err| {
         if err.is_unavailable() {
-            PortalError::Unavailable { service }
+            UpstreamError::Unavailable { service }
         } else {
-            PortalError::Upstream {
+            UpstreamError::Broken {
                 service,
                 detail: err.to_string(),
             }
@@ -370,8 +343,8 @@ fn pool_failure(service: &'static str) -> impl FnOnce(PoolError) -> PortalError 
     }
 }
 
-fn unexpected_status(service: &'static str, status: StatusCode) -> PortalError {
-    PortalError::Upstream {
+fn unexpected_status(service: &'static str, status: StatusCode) -> UpstreamError {
+    UpstreamError::Broken {
         service,
         detail: format!("unexpected answer {status}"),
     }
@@ -383,7 +356,7 @@ fn unexpected_status(service: &'static str, status: StatusCode) -> PortalError {
 fn decode<T: DeserializeOwned>(
     service: &'static str,
     answer: &Answer,
-    not_found: impl FnOnce() -> PortalError,
+    not_found: impl FnOnce() -> UpstreamError,
 ) -> Judged<T> {
     match answer.status {
         status if status.is_success() => {
@@ -404,28 +377,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_student_reads_as_the_grading_contract_writes_it() {
-        let json = r#"{"id":1,"firstName":"Tony","lastName":"Stark","average":null,
-            "grades":[{"id":3,"title":"Quiz 1","type":"Quiz","score":92.5}]}"#;
-        let student: Student = serde_json::from_str(json).unwrap();
-        assert_eq!(student.first_name, "Tony");
-        assert_eq!(student.average, None);
-        assert_eq!(student.grades[0].kind, "Quiz");
-        assert_eq!(student.grades[0].score, 92.5);
-    }
-
-    #[test]
-    fn a_new_grade_is_sent_with_the_contract_field_names() {
-        let grade = NewGrade {
-            title: "Quiz 2",
-            kind: "Quiz",
-            score: 88.0,
-        };
-        let json = serde_json::to_value(&grade).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"title": "Quiz 2", "type": "Quiz", "score": 88.0})
+    fn the_runtimes_request_keys_follow_the_contract() {
+        // The pool sends the key under its own header name, and the portal hands out its keys.
+        assert!(
+            service_runtime::pool::IDEMPOTENCY_KEY.eq_ignore_ascii_case(contracts::request_key::HEADER)
         );
+        assert!(contracts::request_key::is_valid(
+            &service_runtime::pool::new_idempotency_key()
+        ));
     }
 
     #[test]
@@ -434,7 +393,7 @@ mod tests {
             status,
             body: body.into(),
         };
-        let not_found = || PortalError::StudentNotFound(1);
+        let not_found = || UpstreamError::StudentNotFound(1);
         let junk = judge(
             &answer(StatusCode::OK, "<html>Whoops</html>"),
             not_found,
@@ -461,14 +420,5 @@ mod tests {
             matches!(refused, Ok(Ok(Verdict::Refused(ref m))) if m.starts_with("score:")),
             "{refused:?}"
         );
-    }
-
-    #[test]
-    fn service_filters_are_plain_names() {
-        assert!(is_service_name("grading"));
-        assert!(is_service_name("my-service_1.2"));
-        assert!(!is_service_name(""));
-        assert!(!is_service_name("a&limit=1"));
-        assert!(!is_service_name(&"x".repeat(101)));
     }
 }

@@ -364,3 +364,68 @@ async fn the_logs_page_pages_back_to_the_oldest_record() {
         "{older}"
     );
 }
+
+/// The `/students/N` links of a students page, in order.
+fn student_links(page: &str) -> Vec<u64> {
+    page.split(r#"<td><a href="/students/"#)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_shows_students_a_page_at_a_time_and_refuses_a_bad_page() {
+    let gradebook = Gradebook::new().await;
+    let grading = gradebook.start_grading("grading", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    // 4 demo students and 96 more: two full pages of 50, so the last page is full and must
+    // still not link to a next one.
+    for n in 5..=100 {
+        let response = client()
+            .post(format!("{}/students", grading.base_url()))
+            .json(&json!({"firstName": "Student", "lastName": format!("Number {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let get = |path: &'static str| {
+        let url = format!("{}{path}", portal.base_url());
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+
+    let (status, first) = get("/").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(student_links(&first), (1..=50).collect::<Vec<_>>());
+    assert!(
+        first.contains(r#"<a href="/?after=50" rel="next">Next students</a>"#),
+        "{first}"
+    );
+    assert!(!first.contains("First students"), "{first}");
+
+    let (status, last) = get("/?after=50").await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(student_links(&last), (51..=100).collect::<Vec<_>>());
+    assert!(last.contains("Number 100"), "{last}");
+    assert!(last.contains(r#"<a href="/">First students</a>"#), "{last}");
+    assert!(!last.contains("rel=\"next\""), "the last page links to no next: {last}");
+    // The form to add a student is on every page.
+    assert!(last.contains(r#"action="/students""#), "{last}");
+
+    let (status, past) = get("/?after=100").await;
+    assert_eq!(status, 200, "{past}");
+    assert!(student_links(&past).is_empty(), "{past}");
+    assert!(past.contains("No more students."), "{past}");
+
+    for bad in ["/?after=abc", "/?after=0", "/?after=-1", "/?after=07", "/?after=1e3"] {
+        let (status, page) = get(bad).await;
+        assert_eq!(status, 400, "{bad}: {page}");
+        assert!(
+            page.contains("after: the id of the last student of the previous page"),
+            "{bad}: {page}"
+        );
+    }
+}

@@ -129,6 +129,14 @@ impl PostgresStore {
         settle(client, result)
     }
 
+    /// Up to `limit` students with ids above `after`, with their grades, ordered by id.
+    pub async fn students_page(&self, after: i64, limit: i64) -> Result<Vec<Student>, StoreError> {
+        let client = self.client().await?;
+        let page = list_students_page(&client, after, limit);
+        let result = tokio::time::timeout(OPERATION_TIMEOUT, page).await;
+        settle(client, result)
+    }
+
     /// One student with their grades.
     pub async fn student(&self, id: StudentId) -> Result<Student, StoreError> {
         let client = self.client().await?;
@@ -492,7 +500,7 @@ fn grade_from_row(row: &Row, first: usize) -> Result<Grade, StoreError> {
     Ok(Grade {
         id: GradeId(row.try_get(first)?),
         title: Title(row.try_get(first + 1)?),
-        grade_type: row.try_get(first + 2)?,
+        grade_type: row.try_get::<_, StoredGradeType>(first + 2)?.0,
         score: Score(row.try_get(first + 3)?),
     })
 }
@@ -523,6 +531,22 @@ async fn list_students(client: &impl GenericClient) -> Result<Vec<Student>, Stor
         .prepare_cached(&format!("{STUDENTS_WITH_GRADES} ORDER BY s.id, g.id"))
         .await?;
     students_from_rows(&client.query(&statement, &[]).await?)
+}
+
+async fn list_students_page(
+    client: &impl GenericClient,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Student>, StoreError> {
+    // One statement, so one snapshot: the page's ids, then their rows with grades.
+    let statement = client
+        .prepare_cached(&format!(
+            "{STUDENTS_WITH_GRADES}
+             WHERE s.id IN (SELECT id FROM students WHERE id > $1 ORDER BY id LIMIT $2)
+             ORDER BY s.id, g.id"
+        ))
+        .await?;
+    students_from_rows(&client.query(&statement, &[&after, &limit]).await?)
 }
 
 async fn student_in(client: &impl GenericClient, id: StudentId) -> Result<Student, StoreError> {
@@ -559,12 +583,16 @@ async fn find_grade(
     }
 }
 
-impl<'a> FromSql<'a> for GradeType {
+
+/// A `type` column read as a [`GradeType`] (the schema's CHECK allows only the three names).
+struct StoredGradeType(GradeType);
+
+impl<'a> FromSql<'a> for StoredGradeType {
     fn from_sql(
         ty: &Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(<&str as FromSql>::from_sql(ty, raw)?.parse()?)
+        Ok(StoredGradeType(<&str as FromSql>::from_sql(ty, raw)?.parse()?))
     }
 
     fn accepts(ty: &Type) -> bool {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+use rusqlite::types::{FromSqlError, FromSqlResult, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::Semaphore;
 
@@ -157,6 +157,12 @@ impl SqliteStore {
     /// All students with their grades, ordered by id (two queries, whatever the count).
     pub async fn students(&self) -> Result<Vec<Student>, StoreError> {
         self.read(list_students).await
+    }
+
+    /// Up to `limit` students with ids above `after`, with their grades, ordered by id.
+    pub async fn students_page(&self, after: i64, limit: i64) -> Result<Vec<Student>, StoreError> {
+        self.read(move |conn| list_students_page(conn, after, limit))
+            .await
     }
 
     /// One student with their grades.
@@ -486,7 +492,9 @@ fn grade_from_row(row: &Row<'_>) -> rusqlite::Result<Grade> {
     Ok(Grade {
         id: GradeId(row.get(0)?),
         title: Title(row.get(1)?),
-        grade_type: row.get(2)?,
+        grade_type: grade_type_from(row.get_ref(2)?).map_err(|err| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, err.into())
+        })?,
         score: Score(row.get(3)?),
     })
 }
@@ -520,6 +528,43 @@ fn list_students(conn: &Connection) -> Result<Vec<Student>, StoreError> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(students)
+}
+
+fn list_students_page(conn: &Connection, after: i64, limit: i64) -> Result<Vec<Student>, StoreError> {
+    // One snapshot for both queries, as for the whole list.
+    let tx = conn.unchecked_transaction()?;
+    let names = tx
+        .prepare_cached(
+            "SELECT id, first_name, last_name FROM students WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?
+        .query_map([after, limit], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(i64, String, String)>>>()?;
+    let (Some(first), Some(last)) = (names.first(), names.last()) else {
+        return Ok(Vec::new());
+    };
+    // The page's students are every student from its first id to its last, so their grades are
+    // one range of the (student_id, id) index, already in the order they are shown.
+    let mut grades_of: HashMap<i64, Vec<Grade>> = HashMap::with_capacity(names.len());
+    let mut grades = tx.prepare_cached(&format!(
+        "SELECT {GRADE_COLUMNS}, student_id FROM grades
+         WHERE student_id BETWEEN ?1 AND ?2 ORDER BY student_id, id"
+    ))?;
+    let mut rows = grades.query([first.0, last.0])?;
+    while let Some(row) = rows.next()? {
+        grades_of
+            .entry(row.get(4)?)
+            .or_default()
+            .push(grade_from_row(row)?);
+    }
+    Ok(names
+        .into_iter()
+        .map(|(id, first_name, last_name)| {
+            let grades = grades_of.remove(&id).unwrap_or_default();
+            Student::new(StudentId(id), Name(first_name), Name(last_name), grades)
+        })
+        .collect())
 }
 
 fn find_student(conn: &Connection, id: StudentId) -> Result<Student, StoreError> {
@@ -561,13 +606,12 @@ fn find_grade(conn: &Connection, student: StudentId, grade: GradeId) -> Result<G
     }
 }
 
-impl FromSql for GradeType {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|err| FromSqlError::Other(Box::new(err)))
-    }
+/// The grade type a `type` column holds (the schema's CHECK allows only the three names).
+fn grade_type_from(value: ValueRef<'_>) -> FromSqlResult<GradeType> {
+    value
+        .as_str()?
+        .parse()
+        .map_err(|err| FromSqlError::Other(Box::new(err)))
 }
 
 #[cfg(test)]
