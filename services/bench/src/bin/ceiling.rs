@@ -2,6 +2,9 @@
 //! (same warp, same tokio runtime, same loopback) that answers `GET /students/1` with a JSON
 //! document of the same shape and size as grading's answer for the seeded student 1, kept in
 //! memory as bytes: no routing beyond one path, no database, no serialization per request.
+//!
+//! `POST /log` is the ceiling of the log's durable append: it reads a text body (up to the log's
+//! 1 MiB) and answers 201 with the log's answer to one stored record, and stores nothing.
 
 use std::net::SocketAddr;
 
@@ -29,10 +32,27 @@ async fn main() {
             .body(body.clone())
             .expect("static response")
     });
+    let log = warp::path!("log")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::bytes())
+        .map(|body: bytes::Bytes| {
+            // Looked at, as the log looks at every body, so the read cannot be optimized away.
+            let status = if body.is_empty() {
+                warp::http::StatusCode::BAD_REQUEST
+            } else {
+                warp::http::StatusCode::CREATED
+            };
+            warp::http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(bytes::Bytes::from_static(br#"{"stored":1}"#))
+                .expect("static response")
+        });
     eprintln!(
-        "ceiling: serving {} bytes at http://{}/students/1",
+        "ceiling: serving {} bytes at http://{}/students/1, and POST /log",
         STUDENT.len(),
         args.listen
     );
-    warp::serve(student).run(args.listen).await;
+    warp::serve(student.or(log)).run(args.listen).await;
 }
