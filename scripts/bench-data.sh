@@ -13,6 +13,10 @@ Usage: scripts/bench-data.sh [--quick] [--sizes "N N ..."] [--log-bin PATH]
 Builds in release mode, starts a Consul dev agent on free ports, and for each size writes a
 records file (services/bench log-data: four busy services, one record in 10,000 from `rare`),
 starts log-service on it and measures:
+  - first, the durable text POST /log on an empty store against the POST ceiling (the
+    `ceiling` binary's POST /log: reads the body, answers 201, stores nothing), wrk with 2
+    threads and 32 connections as in bench.sh, the ceiling before and after; the ratio is to
+    the mean of the two, with the CPU each process spent per request;
   - open: seconds from start until /health answers (the store reads the whole file), and the
     RSS once open and after the loads;
   - GET /log?limit=50 (the newest), GET /log?service=rare&limit=50, and a durable text
@@ -20,6 +24,7 @@ starts log-service on it and measures:
 The data files (about 200 bytes a record: 2 GB at 10M) are deleted after each size.
 
   --quick        2 s loads, sizes 100000 and 1000000.
+  --post-only    only the durable POST against the POST ceiling.
   --sizes LIST   the record counts to measure (default "100000 1000000 10000000").
   --log-bin P    measure this log-service binary instead of the one built here (e.g. main's,
                  for a before/after).
@@ -29,12 +34,14 @@ TXT
 duration=10
 sizes="100000 1000000 10000000"
 log_bin=""
+post_only=false
 while [ $# -gt 0 ]; do
   case $1 in
     -h|--help) usage; exit 0 ;;
     --quick) duration=2; sizes="100000 1000000" ;;
     --sizes) sizes=$2; shift ;;
     --log-bin) log_bin=$2; shift ;;
+    --post-only) post_only=true ;;
     *) usage >&2; exit 2 ;;
   esac
   shift
@@ -67,8 +74,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r -a ports <<<"$("$bin/discovery-bench" free-ports 7)"
-log_port=${ports[6]}
+read -r -a ports <<<"$("$bin/discovery-bench" free-ports 8)"
+log_port=${ports[6]} ceiling_port=${ports[7]}
 cat >"$work/consul.json" <<JSON
 {"client_addr": "127.0.0.1", "bind_addr": "127.0.0.1", "node_name": "bench-data",
  "ports": {"http": ${ports[0]}, "dns": ${ports[1]}, "serf_lan": ${ports[2]},
@@ -97,6 +104,22 @@ LUA
   cat "$work/report.lua"
 } >"$work/post-text.lua"
 
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+# measure_post NAME URL PID: prints "NAME req/s p50 p99 errors cpu_us_per_request" (32 connections).
+measure_post() {
+  local name=$1 url=$2 pid=$3 out result before n us
+  wrk -t"$threads" -c32 -d1s -s "$work/post-text.lua" "$url" >/dev/null 2>&1 || true
+  before=$(cpu_ticks "$pid")
+  out=$(wrk -t"$threads" -c32 -d"${duration}s" -s "$work/post-text.lua" "$url" 2>&1) \
+    || die "wrk failed on $url: $out"
+  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
+  read -r _ n us l50 l99 errors <<<"$result"
+  awk -v name="$name" -v n="$n" -v us="$us" -v a="$l50" -v b="$l99" -v e="$errors" \
+    -v t="$(( $(cpu_ticks "$pid") - before ))" -v hz="$hz" \
+    'BEGIN { printf "%-22s %8.0f %7.2f %7.2f %4d %7.1f\n", name, n / (us / 1e6), a / 1000, b / 1000, e, t / hz * 1e6 / n }'
+}
+
 rss_mb() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # measure URL [SCRIPT]: prints "req/s p50_ms p99_ms errors".
 measure() {
@@ -109,6 +132,25 @@ measure() {
   awk -v n="$n" -v us="$us" -v a="$l50" -v b="$l99" -v e="$errors" \
     'BEGIN { printf "%.0f %.2f %.2f %d", n / (us / 1e6), a / 1000, b / 1000, e }'
 }
+
+"$bin/ceiling" --listen "127.0.0.1:$ceiling_port" 2>"$work/ceiling.log" &
+ceiling_pid=$!
+pids+=("$ceiling_pid")
+CONSUL_HTTP_ADDR="http://127.0.0.1:${ports[0]}" RUST_LOG=warn "$log_bin" \
+  --listen "127.0.0.1:$log_port" --data-dir "$work/post" 2>"$work/log-post.log" &
+post_pid=$!
+pids+=("$post_pid")
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$log_port/health" || true)" = 200 ]; do
+  sleep 0.05
+done
+say "durable POST /log against the POST ceiling"
+printf '%-22s %8s %7s %7s %4s %7s\n' figure "req/s" p50_ms p99_ms err cpu_us
+measure_post "ceiling POST /log" "http://127.0.0.1:$ceiling_port/log" "$ceiling_pid"
+measure_post "log POST /log durable" "http://127.0.0.1:$log_port/log?service=bench" "$post_pid"
+measure_post "ceiling again" "http://127.0.0.1:$ceiling_port/log" "$ceiling_pid"
+kill -TERM "$post_pid"
+wait "$post_pid" 2>/dev/null || true
+if $post_only; then exit 0; fi
 
 printf '%-9s %7s %6s %6s  %-30s %-30s %-30s\n' records "open_s" rss_mb rss_end \
   "GET newest: rps p50 p99 err" "GET rare: rps p50 p99 err" "POST durable: rps p50 p99 err"
