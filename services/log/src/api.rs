@@ -23,6 +23,8 @@ pub const DEFAULT_READ_LIMIT: usize = 100;
 pub const MAX_READ_LIMIT: usize = 10_000;
 /// The longest `wait` of a `GET /log` (Consul's own default for blocking queries).
 pub const MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+/// Longest `Idempotency-Key`, in characters (the rule grading applies to its keys).
+pub const MAX_REQUEST_KEY_CHARS: usize = 100;
 
 /// The JSON batch form, as the services' log shipping sends it.
 #[derive(Debug, Deserialize, Serialize)]
@@ -71,12 +73,21 @@ pub fn routes(
         .and(warp::post())
         .and(body_limit(MAX_BODY_BYTES))
         .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>(
+            "idempotency-key",
+        ))
         .and(warp::query::<TextQuery>())
         .and(warp::body::bytes())
         .and(with_store.clone())
-        .then(|content_type: Option<String>, query: TextQuery, body: Bytes, store: LogStore| async move {
-            respond(post_log(content_type, query, body, store).await)
-        });
+        .then(
+            |content_type: Option<String>,
+             key: Option<String>,
+             query: TextQuery,
+             body: Bytes,
+             store: LogStore| async move {
+                respond(post_log(content_type, key, query, body, store).await)
+            },
+        );
     let get =
         warp::path("log")
             .and(warp::path::end())
@@ -89,13 +100,20 @@ pub fn routes(
     post.or(get).unify()
 }
 
+/// Stores the body's records. With an `Idempotency-Key` (the services' shipping sends one per
+/// batch), a batch sent again with the same key is stored once: the repeat gets the first
+/// answer and stores nothing.
 #[tracing::instrument(level = "debug", skip_all, fields(bytes = body.len()))]
 async fn post_log(
     content_type: Option<String>,
+    key: Option<String>,
     query: TextQuery,
     body: Bytes,
     store: LogStore,
 ) -> Result<impl warp::Reply, ApiError> {
+    if let Some(key) = &key {
+        check_request_key(key)?;
+    }
     let now = SystemTime::now();
     let is_json = content_type.as_deref().is_some_and(|ct| {
         ct.trim_start()
@@ -107,12 +125,28 @@ async fn post_log(
     } else {
         vec![parse_text(query, &body, now)?]
     };
-    let stored = records.len();
-    store.append(records).await?;
+    let appended = store.append_once(records, key.as_deref()).await?;
+    if appended.repeat {
+        tracing::debug!(key = key.as_deref(), "a batch sent again: stored before, not again");
+    }
     Ok(warp::reply::with_status(
-        warp::reply::json(&Stored { stored }),
+        warp::reply::json(&Stored {
+            stored: appended.stored,
+        }),
         StatusCode::CREATED,
     ))
+}
+
+/// An `Idempotency-Key` names one logical request: 1 to [`MAX_REQUEST_KEY_CHARS`] letters,
+/// digits, `-`, `_`, `.` or `:` (UUIDs and random hex fit).
+fn check_request_key(key: &str) -> Result<(), ApiError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if key.is_empty() || key.len() > MAX_REQUEST_KEY_CHARS || !key.chars().all(allowed) {
+        return Err(ApiError::RequestKey {
+            max: MAX_REQUEST_KEY_CHARS,
+        });
+    }
+    Ok(())
 }
 
 /// A batch is all or nothing: one invalid record rejects it, naming the record and the field.

@@ -36,12 +36,18 @@ pub enum ApiError {
     LevelFilter,
     #[error("wait: only with after=SEQ (the newest record already seen)")]
     WaitWithoutAfter,
+    #[error("Idempotency-Key: must be 1 to {max} letters, digits, '-', '_', '.' or ':'")]
+    RequestKey { max: usize },
     #[error("disk full: the records were not stored")]
     DiskFull,
-    #[error("storage unavailable: the records were not stored ({0})")]
-    Storage(String),
-    #[error("could not read older records from the log file")]
-    ReadFailed,
+    /// The store cannot take records now (a write failed, the store is closed); the cause is in
+    /// the service's log, never in the answer.
+    #[error("storage unavailable: the records were not stored")]
+    Storage,
+    /// Anything else that is the service's fault. One opaque answer: the cause (a file path, an
+    /// OS error) is in the service's log, never in the answer.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ApiError {
@@ -56,14 +62,15 @@ impl ApiError {
             | ApiError::After
             | ApiError::Wait
             | ApiError::LevelFilter
-            | ApiError::WaitWithoutAfter => StatusCode::BAD_REQUEST,
+            | ApiError::WaitWithoutAfter
+            | ApiError::RequestKey { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::ReadFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Storage => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -73,14 +80,14 @@ impl From<StoreError> for ApiError {
         tracing::error!("{err}");
         match err {
             StoreError::Write(io) if io.raw_os_error() == Some(28) => ApiError::DiskFull,
-            StoreError::Write(io) => ApiError::Storage(io.kind().to_string()),
-            StoreError::Read(_) => ApiError::ReadFailed,
             // The full error (with the file's path) is in the log line above; a client learns
-            // only that the store is away, never where it lives.
-            StoreError::Closed => ApiError::Storage("the store has shut down".to_owned()),
-            StoreError::Open { .. } | StoreError::Corrupt { .. } | StoreError::Locked { .. } => {
-                ApiError::Storage("the store's file cannot be opened".to_owned())
-            }
+            // only that the store is away, never where it lives or why.
+            StoreError::Write(_)
+            | StoreError::Closed
+            | StoreError::Open { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Locked { .. } => ApiError::Storage,
+            StoreError::Read(_) => ApiError::Internal,
         }
     }
 }

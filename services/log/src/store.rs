@@ -3,18 +3,26 @@
 //! All writes go through one dedicated thread that batches whatever requests are waiting into one
 //! write and one fsync (group commit): a burst of concurrent appends costs a handful of fsyncs, not
 //! one each, and no blocking file I/O ever runs on a tokio worker thread.
+//!
+//! A batch may carry a key (the `Idempotency-Key` of its request): the writer stores a batch with
+//! a given key once. The key is written into the file with the batch, on its last line (a batch
+//! torn by a crash before its last line is therefore not remembered, and a retry stores it
+//! whole), and the keys of the last [`REMEMBERED_KEYS`] keyed batches are found again when the
+//! store opens. A repeat of an older key than that is stored again.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 
+use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered};
+use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered, Wanted};
 use crate::record::{Level, Record};
 
 /// Name of the records file inside the store directory.
@@ -23,6 +31,12 @@ const FILE_NAME: &str = "records.jsonl";
 /// A group stops taking queued requests once it holds this much serialized data, so one huge
 /// burst cannot make a single write (and the memory behind it) unbounded.
 const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many keyed batches the store remembers the keys of, to store a batch sent again once.
+/// Shippers send a batch again within seconds (a timeout, an instance restarted), so the last
+/// 100,000 batches (100 million records at the shippers' 1,000 a batch) cover any real retry,
+/// in at most about 15 MB.
+pub const REMEMBERED_KEYS: usize = 100_000;
 
 /// Takes the exclusive lock that lives as long as the file handle (the writer thread's). A
 /// store closed just now in this process may still be finishing its last write, hence a short wait.
@@ -186,7 +200,58 @@ struct Request {
     records: Vec<Record>,
     /// The records already serialized, one line each, so the writer thread only copies bytes.
     lines: Vec<u8>,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    /// The batch's key: a batch with a key the store remembers is not stored again.
+    key: Option<String>,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Records in the batch as first stored: the same for a batch sent again.
+    pub stored: usize,
+    /// The batch's key was stored before: nothing was written this time.
+    pub repeat: bool,
+}
+
+/// The field names that carry a batch's key and size on its last line.
+const KEY_FIELD: &str = "batch_key";
+const KEY_RECORDS_FIELD: &str = "batch_records";
+
+/// The keys of the most recent keyed batches, with how many records each stored. Only the
+/// writer thread holds it, so checking a key and storing its batch cannot race.
+struct RecentKeys {
+    capacity: usize,
+    order: VecDeque<String>,
+    stored: HashMap<String, usize>,
+}
+
+impl RecentKeys {
+    fn new(capacity: usize) -> RecentKeys {
+        RecentKeys {
+            capacity,
+            order: VecDeque::new(),
+            stored: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<usize> {
+        self.stored.get(key).copied()
+    }
+
+    /// Remembers `key`, forgetting the oldest key when full.
+    fn insert(&mut self, key: String, records: usize) {
+        if self.capacity == 0 || self.stored.contains_key(&key) {
+            return;
+        }
+        if self.order.len() == self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.stored.remove(&oldest);
+        }
+        self.order.push_back(key.clone());
+        self.stored.insert(key, records);
+    }
 }
 
 impl LogStore {
@@ -201,6 +266,11 @@ impl LogStore {
     /// are kept in memory for [`LogStore::read`].
     pub fn open(dir: &Path, recent_capacity: usize) -> Result<LogStore, StoreError> {
         Self::open_with(dir, recent_capacity, BLOCK_RECORDS, |file| file)
+    }
+
+    /// Bytes of memory the file index holds (block starts and each service's blocks), roughly.
+    pub fn index_bytes(&self) -> usize {
+        lock_index(&self.shared.index).heap_bytes()
     }
 
     /// [`LogStore::open`] with the writer's file wrapped, so tests can inject write failures, and
@@ -234,7 +304,7 @@ impl LogStore {
             source,
         })?;
 
-        let scan = scan(&file, &path, recent_capacity, block_records)?;
+        let scan = scan(&file, &path, recent_capacity, block_records, REMEMBERED_KEYS)?;
         let file_len = file.metadata().map_err(open_error)?.len();
         if scan.valid_len < file_len {
             tracing::warn!(
@@ -265,9 +335,10 @@ impl LogStore {
             needs_cut: false,
         };
         let thread_shared = Arc::clone(&shared);
+        let keys = scan.keys;
         thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || run_writer(writer, queue, &thread_shared))
+            .spawn(move || run_writer(writer, keys, queue, &thread_shared))
             .map_err(open_error)?;
         Ok(LogStore { requests, shared })
     }
@@ -277,21 +348,30 @@ impl LogStore {
     /// `Ok` at once. If the future is dropped after the records were queued they may still be
     /// written.
     pub async fn append(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.append_once(records, None).await.map(|_| ())
+    }
+
+    /// [`LogStore::append`], once per `key`: when a batch with the same key was stored before
+    /// (among the last [`REMEMBERED_KEYS`] keyed batches, also before a restart), nothing is
+    /// written and the answer is the first one's. Concurrent appends with one key store it once.
+    pub async fn append_once(
+        &self,
+        records: Vec<Record>,
+        key: Option<&str>,
+    ) -> Result<Appended, StoreError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Appended {
+                stored: 0,
+                repeat: false,
+            });
         }
-        let mut lines = Vec::with_capacity(records.len() * 128);
-        for record in &records {
-            // Serializing a Record of plain strings cannot fail; map it anyway rather than panic.
-            serde_json::to_writer(&mut lines, record)
-                .map_err(|e| StoreError::Write(io::Error::other(e)))?;
-            lines.push(b'\n');
-        }
+        let lines = serialize(&records, key).map_err(|e| StoreError::Write(io::Error::other(e)))?;
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request {
                 records,
                 lines,
+                key: key.map(str::to_owned),
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
@@ -367,24 +447,34 @@ impl LogStore {
             return Ok(in_memory);
         }
         let (service, level) = (want.service.map(str::to_owned), want.level);
-        let admitted = move |record: &Record| admits(service.as_deref(), level, record);
-        let mut found = if want.after.is_some() {
-            // The oldest come first, so the file is read even when memory alone has enough.
-            let limit = want.limit;
-            self.read_file(move |path, index| {
-                history::read_after(path, index, lower, file_upper, admitted, limit)
-            })
-            .await?
+        let forwards = want.after.is_some();
+        // The oldest come first when reading forwards, so the file is read even when memory
+        // alone has enough.
+        let limit = if forwards {
+            want.limit
         } else {
-            let wanted = want.limit - in_memory.len();
-            if wanted == 0 {
-                return Ok(in_memory);
-            }
-            self.read_file(move |path, index| {
-                history::read_before(path, index, lower, file_upper, admitted, wanted)
-            })
-            .await?
+            want.limit - in_memory.len()
         };
+        if limit == 0 {
+            return Ok(in_memory);
+        }
+        let mut found = self
+            .read_file(move |path, index| {
+                let service = service.as_deref();
+                let want = Wanted {
+                    lower,
+                    upper: file_upper,
+                    service,
+                    admitted: |record: &Record| admits(service, level, record),
+                    limit,
+                };
+                if forwards {
+                    history::read_after(path, index, want)
+                } else {
+                    history::read_before(path, index, want)
+                }
+            })
+            .await?;
         let room = want.limit - found.len();
         found.extend(in_memory.into_iter().take(room));
         Ok(found)
@@ -438,6 +528,28 @@ struct Scan {
     count: u64,
     recent: VecDeque<Record>,
     index: BlockIndex,
+    keys: RecentKeys,
+}
+
+/// A stored line as the open scan reads it: the same fields as [`Record`], so a line is valid
+/// exactly when it is a record, but borrowed from the line rather than copied (the scan reads
+/// every line of a file that may hold millions), and with the key of a batch on its last line.
+#[derive(Deserialize)]
+struct ScannedLine<'a> {
+    #[serde(rename = "time", borrow)]
+    _time: Cow<'a, str>,
+    #[serde(borrow)]
+    service: Cow<'a, str>,
+    #[serde(rename = "level")]
+    _level: Level,
+    #[serde(rename = "message", borrow)]
+    _message: Cow<'a, str>,
+    #[serde(rename = "trace_id", default, borrow)]
+    _trace_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    batch_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    batch_records: Option<usize>,
 }
 
 fn scan(
@@ -445,37 +557,41 @@ fn scan(
     path: &Path,
     recent_capacity: usize,
     block_records: u64,
+    remembered_keys: usize,
 ) -> Result<Scan, StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.to_owned(),
         source,
     };
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut line = Vec::new();
     let mut scan = Scan {
         valid_len: 0,
         count: 0,
         recent: VecDeque::new(),
         index: BlockIndex::new(block_records),
+        keys: RecentKeys::new(remembered_keys),
     };
+    // Where the newest `recent_capacity` lines start: they are parsed into records at the end.
+    let mut recent_starts = VecDeque::new();
     let mut line_number = 0u64;
     loop {
         line.clear();
         let read = reader.read_until(b'\n', &mut line).map_err(open_error)?;
         if read == 0 {
-            return Ok(scan);
+            break;
         }
         line_number += 1;
-        let record = match line.strip_suffix(b"\n") {
-            Some(json) => serde_json::from_slice::<Record>(json).ok(),
+        let scanned = match line.strip_suffix(b"\n") {
+            Some(json) => serde_json::from_slice::<ScannedLine>(json).ok(),
             None => None,
         };
-        let Some(record) = record else {
+        let Some(scanned) = scanned else {
             // Only the last line can be torn by a crash mid-write; a bad line with more data
             // after it means the file was damaged some other way.
             let at_end = reader.fill_buf().map_err(open_error)?.is_empty();
             if at_end {
-                return Ok(scan);
+                break;
             }
             return Err(StoreError::Corrupt {
                 path: path.to_owned(),
@@ -484,14 +600,65 @@ fn scan(
         };
         scan.count += 1;
         scan.index.note(scan.count, scan.valid_len);
-        scan.valid_len += read as u64;
-        if recent_capacity > 0 {
-            if scan.recent.len() == recent_capacity {
-                scan.recent.pop_front();
-            }
-            scan.recent.push_back(record);
+        scan.index.note_service(scan.count, &scanned.service);
+        if let (Some(key), Some(records)) = (scanned.batch_key, scanned.batch_records) {
+            scan.keys.insert(key.into_owned(), records);
         }
+        if recent_capacity > 0 {
+            if recent_starts.len() == recent_capacity {
+                recent_starts.pop_front();
+            }
+            recent_starts.push_back(scan.valid_len);
+        }
+        scan.valid_len += read as u64;
     }
+    if let Some(&first) = recent_starts.front() {
+        scan.recent = read_recent(file, first, recent_starts.len()).map_err(open_error)?;
+    }
+    Ok(scan)
+}
+
+/// The `count` records from byte `start` of a file already checked line by line.
+fn read_recent(file: &File, start: u64, count: usize) -> io::Result<VecDeque<Record>> {
+    let mut file = file;
+    file.seek(SeekFrom::Start(start))?;
+    let mut reader = BufReader::new(file);
+    let mut recent = VecDeque::with_capacity(count);
+    let mut line = Vec::new();
+    for _ in 0..count {
+        line.clear();
+        reader.read_until(b'\n', &mut line)?;
+        let record = serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(&line))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        recent.push_back(record);
+    }
+    Ok(recent)
+}
+
+/// The records as stored lines; with a key, the last line also carries the key and the
+/// batch's size, so that the batch is remembered when the store opens again.
+fn serialize(records: &[Record], key: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    let mut lines = Vec::with_capacity(records.len() * 160);
+    for record in records {
+        // Serializing a Record of plain strings cannot fail; the caller maps it anyway.
+        serde_json::to_writer(&mut lines, record)?;
+        lines.push(b'\n');
+    }
+    if let Some(key) = key {
+        // A record is a JSON object: its line ends in `}\n`; the fields go before the brace.
+        lines.truncate(lines.len() - 2);
+        lines.extend_from_slice(format!(",\"{KEY_FIELD}\":").as_bytes());
+        serde_json::to_writer(&mut lines, key)?;
+        lines.extend_from_slice(format!(",\"{KEY_RECORDS_FIELD}\":{}}}\n", records.len()).as_bytes());
+    }
+    Ok(lines)
+}
+
+/// The index is only ever appended to, so a panic elsewhere cannot leave it inconsistent.
+fn lock_index(index: &Mutex<BlockIndex>) -> MutexGuard<'_, BlockIndex> {
+    index
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Makes the directory entry of a newly created records file durable; without it a crash could
@@ -582,7 +749,12 @@ impl<F: LogFile> Writer<F> {
 }
 
 /// The writer thread: one group per loop, until every sender (every `LogStore` clone) is gone.
-fn run_writer<F: LogFile>(mut writer: Writer<F>, queue: mpsc::Receiver<Request>, shared: &Shared) {
+fn run_writer<F: LogFile>(
+    mut writer: Writer<F>,
+    mut keys: RecentKeys,
+    queue: mpsc::Receiver<Request>,
+    shared: &Shared,
+) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         let mut bytes = group[0].lines.len();
@@ -591,12 +763,55 @@ fn run_writer<F: LogFile>(mut writer: Writer<F>, queue: mpsc::Receiver<Request>,
             bytes += next.lines.len();
             group.push(next);
         }
-        commit_group(&mut writer, shared, group);
+        commit_group(&mut writer, shared, &mut keys, group);
     }
 }
 
-/// Writes a group with one write and one fsync, then answers every request in it.
-fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<Request>) {
+/// Writes a group with one write and one fsync, then answers every request in it. A request
+/// whose key is remembered, or repeats the key of one before it in the group, writes nothing and
+/// gets the first one's answer.
+fn commit_group<F: LogFile>(
+    writer: &mut Writer<F>,
+    shared: &Shared,
+    keys: &mut RecentKeys,
+    group: Vec<Request>,
+) {
+    let mut fresh = Vec::with_capacity(group.len());
+    let mut repeats = Vec::new();
+    for request in group {
+        match &request.key {
+            Some(key) if keys.get(key).is_some() => repeats.push(request),
+            Some(key) if fresh.iter().any(|r: &Request| r.key.as_ref() == Some(key)) => {
+                repeats.push(request)
+            }
+            _ => fresh.push(request),
+        }
+    }
+    if !fresh.is_empty() {
+        write_group(writer, shared, keys, fresh);
+    }
+    for request in repeats {
+        let answer = match request.key.as_deref().and_then(|key| keys.get(key)) {
+            Some(stored) => Ok(Appended {
+                stored,
+                repeat: true,
+            }),
+            // The first of the group with this key failed to write: so does this one.
+            None => Err(StoreError::Write(io::Error::other(
+                "the first request with this key was not stored",
+            ))),
+        };
+        let _ = request.reply.send(answer);
+    }
+}
+
+/// Writes requests with one write and one fsync, then answers them.
+fn write_group<F: LogFile>(
+    writer: &mut Writer<F>,
+    shared: &Shared,
+    keys: &mut RecentKeys,
+    group: Vec<Request>,
+) {
     let joined;
     let offset = writer.len;
     let bytes: &[u8] = match group.as_slice() {
@@ -622,25 +837,32 @@ fn commit_group<F: LogFile>(writer: &mut Writer<F>, shared: &Shared, group: Vec<
     let mut replies = Vec::with_capacity(group.len());
     {
         let mut recent = shared.lock_recent();
-        let mut index = shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = lock_index(&shared.index);
         let mut offset = offset;
         for request in group {
             // Counted and readable before the reply, so a client that got Ok can read its
             // records back.
-            let records = request.records.len() as u64;
-            let before = shared.count.fetch_add(records, Ordering::AcqRel);
-            index.note_lines(before + 1, records, offset, &request.lines);
+            let records = request.records.len();
+            let before = shared.count.fetch_add(records as u64, Ordering::AcqRel);
+            index.note_lines(before + 1, records as u64, offset, &request.lines);
             offset += request.lines.len() as u64;
-            for record in request.records {
+            for (seq, record) in (before + 1..).zip(request.records) {
+                index.note_service(seq, &record.service);
                 shared.remember(&mut recent, record);
             }
-            replies.push(request.reply);
+            if let Some(key) = request.key {
+                keys.insert(key, records);
+            }
+            replies.push((request.reply, records));
         }
     }
     let count = shared.count.load(Ordering::Acquire);
     shared.news.send_modify(|news| news.count = count);
-    for reply in replies {
-        let _ = reply.send(Ok(()));
+    for (reply, stored) in replies {
+        let _ = reply.send(Ok(Appended {
+            stored,
+            repeat: false,
+        }));
     }
 }
 
@@ -1002,6 +1224,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_for_one_service_reads_only_the_blocks_holding_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        // Blocks of four records, one in memory; "rare" only in the first and the last block.
+        let store = LogStore::open_with(dir.path(), 1, 4, |file| file).unwrap();
+        let all: Vec<Record> = (0..16)
+            .map(|i| record(if i == 1 || i == 14 { "rare" } else { "common" }, &i.to_string()))
+            .collect();
+        store.append(all.clone()).await.unwrap();
+        // Damage records 6 and 10 (in the middle blocks) in place: a read of them fails.
+        let mut bytes = fs::read(file_path(dir.path())).unwrap();
+        let mut at = 0;
+        for (seq, line) in (1..).zip(all.iter().map(line_of)) {
+            if seq == 6 || seq == 10 {
+                bytes[at..at + line.len() - 1].fill(b'x');
+            }
+            at += line.len();
+        }
+        fs::write(file_path(dir.path()), &bytes).unwrap();
+
+        let rare = Selection {
+            service: Some("rare"),
+            ..Selection::newest(10)
+        };
+        let found = store.read(rare).await.unwrap();
+        assert_eq!(found.iter().map(|n| n.seq).collect::<Vec<_>>(), [2, 15]);
+        let forwards = Selection {
+            after: Some(0),
+            ..rare
+        };
+        assert_eq!(store.read(forwards).await.unwrap(), found);
+        assert!(store.read(Selection::newest(10)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_write_takes_no_number() {
         let dir = tempfile::tempdir().unwrap();
         let first = record("a", "fits");
@@ -1133,12 +1389,13 @@ mod tests {
                 Request {
                     lines: records.iter().flat_map(line_of).collect(),
                     records,
+                    key: None,
                     reply,
                 }
             })
             .collect();
 
-        commit_group(&mut writer, &shared, group);
+        commit_group(&mut writer, &shared, &mut RecentKeys::new(10), group);
 
         for mut answer in answers {
             match answer.try_recv() {

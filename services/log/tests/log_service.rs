@@ -279,3 +279,100 @@ async fn a_client_that_drops_a_long_poll_is_not_an_error_in_the_log() {
     assert!(!output.contains("ERROR"), "{output}");
     assert!(!output.contains("IncompleteMessage"), "{output}");
 }
+
+/// POSTs `batch` with `Idempotency-Key: key`; the status and the answer's `stored`.
+async fn post_keyed(service: &ServiceProcess, key: &str, batch: &serde_json::Value) -> (u16, u64) {
+    let response = http_client()
+        .post(format!("{}/log", service.base_url()))
+        .header("idempotency-key", key)
+        .json(batch)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let answer: serde_json::Value = response.json().await.unwrap();
+    (status, answer["stored"].as_u64().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_with_its_key_is_stored_once_also_after_a_restart() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = start_log_service(&agent, data.path(), port).await;
+    let batch = serde_json::json!({"records": [
+        {"service": "grading", "message": "first"},
+        {"service": "grading", "message": "second"}
+    ]});
+    let key = "5f0c6e1d9a3b4c7e8f9a0b1c2d3e4f50";
+
+    // The shipper's case: the answer was lost, the same batch comes again with its key.
+    assert_eq!(post_keyed(&service, key, &batch).await, (201, 2));
+    assert_eq!(post_keyed(&service, key, &batch).await, (201, 2));
+    assert_eq!(messages(&service).await, ["first", "second"]);
+
+    // After a restart on the same data the key is still known.
+    service.sigkill();
+    let service = start_log_service(&agent, data.path(), port).await;
+    assert_eq!(post_keyed(&service, key, &batch).await, (201, 2));
+    let file = std::fs::read_to_string(data.path().join("records.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), 2, "{file}");
+    // The key is the store's business, not part of a record.
+    let records = get_records(&format!("{}/log", service.base_url())).await;
+    assert_eq!(
+        records.iter().map(|r| r["message"].clone()).collect::<Vec<_>>(),
+        ["first", "second"]
+    );
+    assert!(
+        records.iter().all(|r| r.get("batch_key").is_none()),
+        "{records:?}"
+    );
+
+    // Another key is another batch; a key the rule refuses is a 400.
+    assert_eq!(post_keyed(&service, "another-key", &batch).await, (201, 2));
+    assert_eq!(messages(&service).await.len(), 4);
+    assert_eq!(post_keyed(&service, "no spaces", &batch).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_fails_answers_an_opaque_500_and_the_cause_is_logged() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let service = start_log_service(&agent, data.path(), free_port()).await;
+    let client = http_client();
+    // More records than the service keeps in memory, so the oldest are read from the file.
+    for batch in 0..11 {
+        let records: Vec<_> = (0..1000)
+            .map(|i| serde_json::json!({"service": "busy", "message": format!("record {batch} {i}")}))
+            .collect();
+        let response = client
+            .post(format!("{}/log", service.base_url()))
+            .json(&serde_json::json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    // Damage the fifth record in place, as a disk fault or a hand edit would.
+    let path = data.path().join("records.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(at, _)| at + 1))
+        .collect();
+    bytes[line_starts[4]..line_starts[5] - 1].fill(b'x');
+    std::fs::write(&path, &bytes).unwrap();
+
+    let response = client
+        .get(format!("{}/log?before=10&limit=5", service.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = response.text().await.unwrap();
+    assert_eq!(body, r#"{"error":"internal error"}"#);
+    let output = service.output();
+    assert!(
+        output.contains("records.jsonl") && output.contains("record 5"),
+        "the cause is logged: {output}"
+    );
+}

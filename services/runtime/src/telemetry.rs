@@ -305,6 +305,9 @@ async fn ship(
     let mut batch: Vec<ShippedRecord> = Vec::with_capacity(BATCH);
     let mut reported_drops = 0;
     let mut failures: u32 = 0;
+    // One key per batch, the same on every retry of it: the log stores a batch sent again (an
+    // answer lost to a timeout) once.
+    let mut key = crate::pool::new_idempotency_key();
     loop {
         if batch.is_empty() && queue.recv_many(&mut batch, BATCH).await == 0 {
             return; // every sender is gone: the process is ending
@@ -334,8 +337,9 @@ async fn ship(
                 ),
             });
         }
-        match log.post_json("/log", &Batch { records: &batch }).await {
+        match log.post_json_once("/log", &Batch { records: &batch }, &key).await {
             Ok(response) if response.status().is_success() => {
+                key = crate::pool::new_idempotency_key();
                 let shipped = batch.len() as u64 - u64::from(report_drops);
                 stats.delivered.fetch_add(shipped, Ordering::Relaxed);
                 if report_drops {
@@ -355,6 +359,7 @@ async fn ship(
                     Ordering::Relaxed,
                 );
                 batch.clear();
+                key = crate::pool::new_idempotency_key();
             }
             outcome => {
                 failures += 1;
@@ -505,6 +510,66 @@ mod tests {
         let stored = picky_log(&agent).await;
         assert_eq!(flush.await, 0, "records left undelivered");
         assert_eq!(*stored.lock().unwrap(), ["drained; bye"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_sent_again_after_a_timeout_carries_the_same_key() {
+        use warp::Filter;
+        let agent = testkit::ConsulAgent::start().await;
+        // A log stand-in that answers its first request only after the shipper has given up on
+        // it, and notes every request's key and messages.
+        let seen = Arc::new(Mutex::new(Vec::<(Option<String>, serde_json::Value)>::new()));
+        let noted = seen.clone();
+        let route = warp::post()
+            .and(warp::path("log"))
+            .and(warp::header::optional::<String>("idempotency-key"))
+            .and(warp::body::json())
+            .then(move |key: Option<String>, batch: serde_json::Value| {
+                let noted = noted.clone();
+                async move {
+                    let first = {
+                        let mut noted = noted.lock().unwrap();
+                        noted.push((key, batch["records"].clone()));
+                        noted.len() == 1
+                    };
+                    if first {
+                        let late = crate::pool::RETRYABLE_ATTEMPT_TIMEOUT + Duration::from_secs(1);
+                        tokio::time::sleep(late).await;
+                    }
+                    warp::http::StatusCode::CREATED
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        agent
+            .register(&serde_json::json!({"Name": "log", "ID": "slow", "Address": "127.0.0.1", "Port": port}))
+            .await;
+        let pool = ProviderPool::new(
+            crate::watch::ProviderWatch::spawn(
+                &crate::ConsulSettings::local(agent.http_addr()),
+                "log",
+            ),
+            crate::runtime::http_client(),
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        let stats = Arc::new(ShippingStats::default());
+        tokio::spawn(ship(receiver, pool, "grading", stats.clone()));
+
+        sender.send(record("sent twice")).await.unwrap();
+        until("the batch is delivered", || {
+            stats.delivered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() >= 2, "the batch was sent once: {seen:?}");
+        let (first_key, first_batch) = &seen[0];
+        let first_key = first_key.as_deref().expect("the batch carries a key");
+        assert_eq!(first_key.len(), 32, "{first_key}");
+        for (key, batch) in &seen[1..] {
+            assert_eq!(key.as_deref(), Some(first_key));
+            assert_eq!(batch, first_batch);
+        }
     }
 
     /// grading's shipping layer over a queue of `capacity` records, the queue's other end, and

@@ -60,10 +60,14 @@ async fn serve_one_hop(listen: SocketAddr) {
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_POST_BYTES))
         .and(warp::body::bytes())
-        .map(|_text: bytes::Bytes| {
+        .map(|text: bytes::Bytes| {
+            // Looked at, as the log looks at every body, so the read cannot be optimized away;
+            // the answer is the log's own to one stored record.
+            let status = if text.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::CREATED };
             Response::builder()
-                .status(StatusCode::CREATED)
-                .body(bytes::Bytes::new())
+                .status(status)
+                .header("content-type", "application/json")
+                .body(bytes::Bytes::from_static(br#"{"stored":1}"#))
                 .expect("static response")
         });
     eprintln!(
