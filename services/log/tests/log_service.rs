@@ -298,8 +298,7 @@ async fn post_keyed(service: &ServiceProcess, key: &str, batch: &serde_json::Val
 async fn a_batch_sent_again_with_its_key_is_stored_once_also_after_a_restart() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut service = start_log_service(&agent, data.path(), port).await;
+    let mut service = start_log_service(&agent, data.path()).await;
     let batch = serde_json::json!({"records": [
         {"service": "grading", "message": "first"},
         {"service": "grading", "message": "second"}
@@ -313,12 +312,12 @@ async fn a_batch_sent_again_with_its_key_is_stored_once_also_after_a_restart() {
 
     // After a restart on the same data the key is still known.
     service.sigkill();
-    let service = start_log_service(&agent, data.path(), port).await;
+    let service = start_log_service(&agent, data.path()).await;
     assert_eq!(post_keyed(&service, key, &batch).await, (201, 2));
     let file = std::fs::read_to_string(data.path().join("records.jsonl")).unwrap();
     assert_eq!(file.lines().count(), 2, "{file}");
     // The key is the store's business, not part of a record.
-    let records = get_records(&format!("{}/log", service.base_url())).await;
+    let records = get_json_list(&format!("{}/log", service.base_url())).await;
     assert_eq!(
         records.iter().map(|r| r["message"].clone()).collect::<Vec<_>>(),
         ["first", "second"]
@@ -338,7 +337,7 @@ async fn a_batch_sent_again_with_its_key_is_stored_once_also_after_a_restart() {
 async fn a_read_that_fails_answers_an_opaque_500_and_the_cause_is_logged() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
-    let service = start_log_service(&agent, data.path(), free_port()).await;
+    let service = start_log_service(&agent, data.path()).await;
     let client = http_client();
     // More records than the service keeps in memory, so the oldest are read from the file.
     for batch in 0..11 {

@@ -848,15 +848,10 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Arc<Endpoint> {
-        Arc::new(Endpoint {
-            provider: Provider {
-                address: "127.0.0.1:6001".into(),
-                id: "grading-127.0.0.1-6001".into(),
-            },
-            base_url: "http://127.0.0.1:6001".into(),
-            in_flight: AtomicUsize::new(0),
-            breaker: Mutex::new(Breaker::default()),
-        })
+        Arc::new(Endpoint::new(&Provider {
+            address: "127.0.0.1:6001".into(),
+            id: "grading-127.0.0.1-6001".into(),
+        }))
     }
 
     /// What the pool may send `endpoint` now, as [`ProviderPool::choose`] asks: its one probe

@@ -546,8 +546,8 @@ mod tests {
             .register(&serde_json::json!({"Name": "log", "ID": "slow", "Address": "127.0.0.1", "Port": port}))
             .await;
         let pool = ProviderPool::new(
-            crate::watch::ProviderWatch::spawn(
-                &crate::ConsulSettings::local(agent.http_addr()),
+            discovery::ProviderWatch::spawn(
+                &discovery::ConsulSettings::local(agent.http_addr()),
                 "log",
             ),
             crate::runtime::http_client(),
