@@ -54,18 +54,10 @@ root=$(pwd)
 say() { echo "bench-data: $*" >&2; }
 die() { echo "bench-data: $*" >&2; exit 1; }
 
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 consul=$(scripts/install-consul.sh)
-for tool in wrk sqlite3; do
-  command -v "$tool" >/dev/null 2>&1 && continue
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing $tool"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
-  else
-    die "$tool is missing: sudo apt-get install $tool"
-  fi
-done
-command -v curl >/dev/null 2>&1 || die "curl is missing: sudo apt-get install curl"
+bench_need_tools wrk sqlite3 curl
 
 if [ -z "$bin" ]; then
   say "building in release mode"
@@ -73,48 +65,14 @@ if [ -z "$bin" ]; then
   bin="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 bin=$(cd "$bin" && pwd)
-busy=$( (pgrep -x cargo || true; pgrep -x rustc || true) | wc -l)
-[ "$busy" -gt 0 ] && say "warning: $busy compiler processes running: figures will be noisy"
+bench_warn_if_busy
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/gradebook-bench-data.XXXXXX")
-services_pids=()
-other_pids=()
-cleanup() {
-  local pid
-  for pid in "${services_pids[@]}" "${other_pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir bench-data
 
 read -r -a ports <<<"$("$bin/discovery-bench" free-ports 9)"
-c_http=${ports[0]} grading_port=${ports[6]} portal_port=${ports[7]}
-consul_addr="http://127.0.0.1:$c_http"
-cat >"$work/consul.json" <<JSON
-{"client_addr": "127.0.0.1", "bind_addr": "127.0.0.1", "node_name": "bench-data",
- "ports": {"http": ${ports[0]}, "dns": ${ports[1]}, "serf_lan": ${ports[2]},
-           "serf_wan": ${ports[3]}, "server": ${ports[4]}, "grpc": ${ports[5]}}}
-JSON
-"$consul" agent -dev -config-file "$work/consul.json" >"$work/consul.log" 2>&1 &
-other_pids+=($!)
-for ((i = 0; i < 300; i++)); do
-  leader=$(curl -s "$consul_addr/v1/status/leader" || true)
-  [ -n "$leader" ] && [ "$leader" != '""' ] && break
-  sleep 0.1
-done
-[ -n "${leader:-}" ] && [ "$leader" != '""' ] || die "Consul elected no leader (see $work/consul.log)"
-
-# Waits until $1 answers 200, for at most $2 seconds.
-wait_200() {
-  local url=$1 limit=$2 i
-  for ((i = 0; i < limit * 10; i++)); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  die "$url did not answer 200 within ${limit}s (logs in $work)"
-}
+grading_port=${ports[6]} portal_port=${ports[7]}
+bench_start_consul "$consul" bench-data "${ports[@]:0:6}"
+other_pids+=("$consul_pid")
 
 # start NAME BINARY PORT [args...]: a service on PORT, registered with the bench's agent.
 declare -A pid_of

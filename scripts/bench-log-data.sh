@@ -52,8 +52,9 @@ connections=8
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "bench-data: $*" >&2; }
 die() { echo "bench-data: $*" >&2; exit 1; }
-command -v wrk >/dev/null 2>&1 || die "wrk is missing: sudo apt-get install wrk"
-command -v curl >/dev/null 2>&1 || die "curl is missing: sudo apt-get install curl"
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+bench_need_tools wrk curl
 consul=$(scripts/install-consul.sh)
 
 say "building in release mode"
@@ -62,32 +63,12 @@ bin="${CARGO_TARGET_DIR:-$(pwd)/target}/release"
 log_bin=${log_bin:-$bin/log-service}
 say "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/gradebook-bench-data.XXXXXX")
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir bench-log-data
 
 read -r -a ports <<<"$("$bin/discovery-bench" free-ports 8)"
 log_port=${ports[6]} ceiling_port=${ports[7]}
-cat >"$work/consul.json" <<JSON
-{"client_addr": "127.0.0.1", "bind_addr": "127.0.0.1", "node_name": "bench-data",
- "ports": {"http": ${ports[0]}, "dns": ${ports[1]}, "serf_lan": ${ports[2]},
-           "serf_wan": ${ports[3]}, "server": ${ports[4]}, "grpc": ${ports[5]}}}
-JSON
-"$consul" agent -dev -config-file "$work/consul.json" >"$work/consul.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  leader=$(curl -s "http://127.0.0.1:${ports[0]}/v1/status/leader" || true)
-  [ -n "$leader" ] && [ "$leader" != '""' ] && break
-  sleep 0.1
-done
+bench_start_consul "$consul" bench-log-data "${ports[@]:0:6}"
+other_pids+=("$consul_pid")
 
 cat >"$work/report.lua" <<'LUA'
 done = function(summary, latency, requests)
@@ -135,11 +116,11 @@ measure() {
 
 "$bin/ceiling" --listen "127.0.0.1:$ceiling_port" 2>"$work/ceiling.log" &
 ceiling_pid=$!
-pids+=("$ceiling_pid")
+other_pids+=("$ceiling_pid")
 CONSUL_HTTP_ADDR="http://127.0.0.1:${ports[0]}" RUST_LOG=warn "$log_bin" \
   --listen "127.0.0.1:$log_port" --data-dir "$work/post" 2>"$work/log-post.log" &
 post_pid=$!
-pids+=("$post_pid")
+other_pids+=("$post_pid")
 until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$log_port/health" || true)" = 200 ]; do
   sleep 0.05
 done
@@ -165,7 +146,7 @@ for n in $sizes; do
   CONSUL_HTTP_ADDR="http://127.0.0.1:${ports[0]}" RUST_LOG=warn "$log_bin" \
     --listen "127.0.0.1:$log_port" --data-dir "$data" 2>"$work/log-$n.log" &
   pid=$!
-  pids+=("$pid")
+  other_pids+=("$pid")
   until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$log_port/health" || true)" = 200 ]; do
     kill -0 "$pid" 2>/dev/null || die "log-service exited (see $work/log-$n.log)"
     sleep 0.05

@@ -52,68 +52,25 @@ root=$(pwd)
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 consul=$(scripts/install-consul.sh)
-if ! command -v wrk >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing wrk"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
-  else
-    die "wrk is missing: sudo apt-get install wrk"
-  fi
-fi
-command -v curl >/dev/null 2>&1 || die "curl is missing: sudo apt-get install curl"
+bench_need_tools wrk curl
 
 say "building in release mode"
 cargo build --release --bins >&2
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-busy=$( (pgrep -x cargo || true; pgrep -x rustc || true) | wc -l)
-[ "$busy" -gt 0 ] && say "warning: $busy compiler processes running: figures will be noisy"
+bench_warn_if_busy
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/gradebook-bench.XXXXXX")
-services_pids=()
-other_pids=()
-cleanup() {
-  # Services first (they deregister through their proxy), then the proxy, ceiling and agent.
-  local pid
-  for pid in "${services_pids[@]}" "${other_pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir bench
 
 read -r -a ports <<<"$("$bin/discovery-bench" free-ports 14)"
-c_http=${ports[0]} ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
+ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
 portal_port=${ports[9]} log_proxy=${ports[10]} grading_proxy=${ports[11]} portal_proxy=${ports[12]}
 two_hop_port=${ports[13]}
-consul_addr="http://127.0.0.1:$c_http"
-
-cat >"$work/consul.json" <<JSON
-{"client_addr": "127.0.0.1", "bind_addr": "127.0.0.1", "node_name": "bench",
- "ports": {"http": ${ports[0]}, "dns": ${ports[1]}, "serf_lan": ${ports[2]},
-           "serf_wan": ${ports[3]}, "server": ${ports[4]}, "grpc": ${ports[5]}}}
-JSON
-"$consul" agent -dev -config-file "$work/consul.json" >"$work/consul.log" 2>&1 &
-other_pids+=($!)
-
-# Waits until $1 answers 200, for at most $2 seconds.
-wait_200() {
-  local url=$1 limit=$2 i
-  for ((i = 0; i < limit * 10; i++)); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  die "$url did not answer 200 within ${limit}s (logs in $work)"
-}
-for ((i = 0; i < 300; i++)); do
-  leader=$(curl -s "$consul_addr/v1/status/leader" || true)
-  [ -n "$leader" ] && [ "$leader" != '""' ] && break
-  sleep 0.1
-done
-[ -n "${leader:-}" ] && [ "$leader" != '""' ] || die "Consul elected no leader (see $work/consul.log)"
+bench_start_consul "$consul" bench "${ports[@]:0:6}"
+other_pids+=("$consul_pid")
 
 "$bin/discovery-bench" proxy --upstream "$consul_addr" \
   --listen "log=127.0.0.1:$log_proxy" --listen "grading=127.0.0.1:$grading_proxy" \

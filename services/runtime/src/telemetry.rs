@@ -337,7 +337,10 @@ async fn ship(
                 ),
             });
         }
-        match log.post_json_once("/log", &Batch { records: &batch }, &key).await {
+        match log
+            .post_json_once("/log", &Batch { records: &batch }, &key)
+            .await
+        {
             Ok(response) if response.status().is_success() => {
                 key = crate::pool::new_idempotency_key();
                 let shipped = batch.len() as u64 - u64::from(report_drops);
@@ -432,6 +435,24 @@ mod tests {
         stored
     }
 
+    /// grading's shipper, sending to whatever `log` instances `agent` lists: the queue's sender
+    /// and its counters.
+    fn start_shipper(
+        agent: &testkit::ConsulAgent,
+    ) -> (mpsc::Sender<ShippedRecord>, Arc<ShippingStats>) {
+        let pool = ProviderPool::new(
+            discovery::ProviderWatch::spawn(
+                &discovery::ConsulSettings::local(agent.http_addr()),
+                "log",
+            ),
+            crate::runtime::http_client(),
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        let stats = Arc::new(ShippingStats::default());
+        tokio::spawn(ship(receiver, pool, "grading", stats.clone()));
+        (sender, stats)
+    }
+
     fn record(message: &str) -> ShippedRecord {
         ShippedRecord {
             time: "2026-11-30T00:00:00.000Z".into(),
@@ -453,16 +474,7 @@ mod tests {
     async fn a_refused_batch_is_counted_as_refused_not_as_a_full_buffer() {
         let agent = testkit::ConsulAgent::start().await;
         let stored = picky_log(&agent).await;
-        let pool = ProviderPool::new(
-            discovery::watch::ProviderWatch::spawn(
-                &discovery::ConsulSettings::local(agent.http_addr()),
-                "log",
-            ),
-            crate::runtime::http_client(),
-        );
-        let (sender, receiver) = mpsc::channel(16);
-        let stats = Arc::new(ShippingStats::default());
-        tokio::spawn(ship(receiver, pool, "grading", stats.clone()));
+        let (sender, stats) = start_shipper(&agent);
 
         sender.send(record("refuse me")).await.unwrap();
         until("the batch is refused", || {
@@ -545,16 +557,7 @@ mod tests {
         agent
             .register(&serde_json::json!({"Name": "log", "ID": "slow", "Address": "127.0.0.1", "Port": port}))
             .await;
-        let pool = ProviderPool::new(
-            discovery::ProviderWatch::spawn(
-                &discovery::ConsulSettings::local(agent.http_addr()),
-                "log",
-            ),
-            crate::runtime::http_client(),
-        );
-        let (sender, receiver) = mpsc::channel(16);
-        let stats = Arc::new(ShippingStats::default());
-        tokio::spawn(ship(receiver, pool, "grading", stats.clone()));
+        let (sender, stats) = start_shipper(&agent);
 
         sender.send(record("sent twice")).await.unwrap();
         until("the batch is delivered", || {
