@@ -171,7 +171,8 @@ mod tests {
         let student: Student = serde_json::from_str(json).unwrap();
         assert_eq!(student.grades[0].kind, GradeType::Quiz);
         assert_eq!(serde_json::to_string(&student).unwrap(), json);
-        let new = r#"{"id":5,"firstName":"Wanda","lastName":"Maximoff","average":null,"grades":[]}"#;
+        let new =
+            r#"{"id":5,"firstName":"Wanda","lastName":"Maximoff","average":null,"grades":[]}"#;
         let wanda: Student = serde_json::from_str(new).unwrap();
         assert_eq!(serde_json::to_string(&wanda).unwrap(), new);
     }

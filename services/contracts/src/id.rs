@@ -15,7 +15,11 @@ pub struct NotAnId;
 
 impl fmt::Display for NotAnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not an id: ids are whole numbers from 1 to {}, written in plain digits", i64::MAX)
+        write!(
+            f,
+            "not an id: ids are whole numbers from 1 to {}, written in plain digits",
+            i64::MAX
+        )
     }
 }
 
@@ -29,7 +33,9 @@ impl FromStr for Id {
         if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(NotAnId);
         }
-        text.parse::<i64>().map(|id| Id(id as u64)).map_err(|_| NotAnId)
+        text.parse::<i64>()
+            .map(|id| Id(id as u64))
+            .map_err(|_| NotAnId)
     }
 }
 
@@ -48,8 +54,19 @@ mod tests {
         assert_eq!("7".parse(), Ok(Id(7)));
         assert_eq!(i64::MAX.to_string().parse(), Ok(Id(i64::MAX as u64)));
         for text in [
-            "", "0", "07", "+7", "-7", " 7", "7 ", "7.0", "0x7", "abc", "٣",
-            "9223372036854775808", "99999999999999999999999",
+            "",
+            "0",
+            "07",
+            "+7",
+            "-7",
+            " 7",
+            "7 ",
+            "7.0",
+            "0x7",
+            "abc",
+            "٣",
+            "9223372036854775808",
+            "99999999999999999999999",
         ] {
             assert_eq!(text.parse::<Id>(), Err(NotAnId), "{text:?}");
         }

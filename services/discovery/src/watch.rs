@@ -486,7 +486,10 @@ mod tests {
     async fn live_watch(agent: &ScriptedAgent) -> ProviderWatch {
         let watch = ProviderWatch::spawn_on(agent.clone(), "grading");
         let expected = agent.0.borrow().providers.clone();
-        published(&watch, |s| s.status == WatchStatus::Live && *s.providers == *expected).await;
+        published(&watch, |s| {
+            s.status == WatchStatus::Live && *s.providers == *expected
+        })
+        .await;
         watch
     }
 
@@ -551,7 +554,11 @@ mod tests {
         let watch = live_watch(&agent).await;
         agent.stop();
         let stale = published(&watch, |s| matches!(s.status, WatchStatus::Stale { .. })).await;
-        assert_eq!(addresses(&stale), ["127.0.0.1:6001"], "the last set is kept");
+        assert_eq!(
+            addresses(&stale),
+            ["127.0.0.1:6001"],
+            "the last set is kept"
+        );
 
         let polls = |set: ProviderSet| set.failed_polls;
         let in_first_second = {
@@ -566,11 +573,18 @@ mod tests {
             (4..=5).contains(&in_first_second),
             "{in_first_second} calls in the first second"
         );
-        assert!((12..=30).contains(&in_a_minute), "{in_a_minute} calls in a minute");
+        assert!(
+            (12..=30).contains(&in_a_minute),
+            "{in_a_minute} calls in a minute"
+        );
 
         agent.0.send_modify(|l| l.up = true);
         let back = tokio::time::Instant::now();
         published(&watch, |s| s.status == WatchStatus::Live).await;
-        assert!(back.elapsed() <= RETRY_CAP, "seen {:?} after its return", back.elapsed());
+        assert!(
+            back.elapsed() <= RETRY_CAP,
+            "seen {:?} after its return",
+            back.elapsed()
+        );
     }
 }

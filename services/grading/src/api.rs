@@ -58,9 +58,11 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
         .and(warp::query::<ListQuery>())
         .and(with_store.clone())
         .and(with_cache.clone())
-        .then(|query: ListQuery, store: Store, cache: JsonCache| async move {
-            respond(list_students(query, store, cache).await)
-        });
+        .then(
+            |query: ListQuery, store: Store, cache: JsonCache| async move {
+                respond(list_students(query, store, cache).await)
+            },
+        );
     let create = warp::path!("students")
         .and(warp::post())
         .and(warp::header::optional::<String>(
@@ -243,7 +245,9 @@ async fn replace_grade(
 ) -> Result<impl Reply, ApiError> {
     let id = StudentId::parse(&id)?;
     let grade_id = GradeId::parse(&grade_id)?;
-    let grade = store.update_grade(id, grade_id, validate_grade(body)?).await?;
+    let grade = store
+        .update_grade(id, grade_id, validate_grade(body)?)
+        .await?;
     tracing::info!(student = %id, grade = %grade.id, "grade changed");
     Ok(warp::reply::json(&wire::Grade::from(grade)))
 }
@@ -685,9 +689,15 @@ mod tests {
         assert_eq!(ids(&rest), [2, 3, 4]);
         // A page read again after a change shows it.
         let natasha = || async { call(&api, "GET", "/students?limit=1&after=2", None).await.2 };
-        assert_eq!(natasha().await[0]["grades"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            natasha().await[0]["grades"].as_array().map(Vec::len),
+            Some(3)
+        );
         call(&api, "DELETE", "/students/3/grades/7", None).await;
-        assert_eq!(natasha().await[0]["grades"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            natasha().await[0]["grades"].as_array().map(Vec::len),
+            Some(2)
+        );
 
         #[rustfmt::skip]
         assert_errors(&api, StatusCode::BAD_REQUEST, &[

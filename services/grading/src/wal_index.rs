@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(index.stamp(), None, "an index not built yet says nothing");
 
         write_header(&shm, WAL_INDEX_VERSION + 1, true, 8, 8);
-        assert!(WalIndex::open(&db).is_none(), "an unknown layout is not read");
+        assert!(
+            WalIndex::open(&db).is_none(),
+            "an unknown layout is not read"
+        );
     }
 
     #[test]

@@ -26,9 +26,11 @@ async fn sigterm_deregisters_and_exits_0() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut grading = spawn_grading(&agent, data.path(), "host-a").await;
-    eventually("a passing grading instance", Duration::from_secs(10), || async {
-        (agent.passing_instances("grading").await.len() == 1).then_some(())
-    })
+    eventually(
+        "a passing grading instance",
+        Duration::from_secs(10),
+        || async { (agent.passing_instances("grading").await.len() == 1).then_some(()) },
+    )
     .await;
 
     grading.sigterm();

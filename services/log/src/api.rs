@@ -73,9 +73,7 @@ pub fn routes(
         .and(warp::post())
         .and(body_limit(MAX_BODY_BYTES))
         .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>(
-            "idempotency-key",
-        ))
+        .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::query::<TextQuery>())
         .and(warp::body::bytes())
         .and(with_store.clone())
@@ -127,7 +125,10 @@ async fn post_log(
     };
     let appended = store.append_once(records, key.as_deref()).await?;
     if appended.repeat {
-        tracing::debug!(key = key.as_deref(), "a batch sent again: stored before, not again");
+        tracing::debug!(
+            key = key.as_deref(),
+            "a batch sent again: stored before, not again"
+        );
     }
     Ok(warp::reply::with_status(
         warp::reply::json(&Stored {

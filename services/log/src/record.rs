@@ -431,7 +431,13 @@ mod tests {
         // What `GET /log` answers must read as the shape its readers (the portal) share.
         let mut record = new("hi").validate(now()).unwrap();
         record.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
-        for record in [record.clone(), Record { trace_id: None, ..record }] {
+        for record in [
+            record.clone(),
+            Record {
+                trace_id: None,
+                ..record
+            },
+        ] {
             let numbered = crate::history::Numbered { seq: 7, record };
             let json = serde_json::to_string(&numbered).unwrap();
             let read: contracts::log::LogRecord = serde_json::from_str(&json).unwrap();

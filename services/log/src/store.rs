@@ -304,7 +304,13 @@ impl LogStore {
             source,
         })?;
 
-        let scan = scan(&file, &path, recent_capacity, block_records, REMEMBERED_KEYS)?;
+        let scan = scan(
+            &file,
+            &path,
+            recent_capacity,
+            block_records,
+            REMEMBERED_KEYS,
+        )?;
         let file_len = file.metadata().map_err(open_error)?.len();
         if scan.valid_len < file_len {
             tracing::warn!(
@@ -649,7 +655,9 @@ fn serialize(records: &[Record], key: Option<&str>) -> serde_json::Result<Vec<u8
         lines.truncate(lines.len() - 2);
         lines.extend_from_slice(format!(",\"{KEY_FIELD}\":").as_bytes());
         serde_json::to_writer(&mut lines, key)?;
-        lines.extend_from_slice(format!(",\"{KEY_RECORDS_FIELD}\":{}}}\n", records.len()).as_bytes());
+        lines.extend_from_slice(
+            format!(",\"{KEY_RECORDS_FIELD}\":{}}}\n", records.len()).as_bytes(),
+        );
     }
     Ok(lines)
 }
@@ -1229,7 +1237,12 @@ mod tests {
         // Blocks of four records, one in memory; "rare" only in the first and the last block.
         let store = LogStore::open_with(dir.path(), 1, 4, |file| file).unwrap();
         let all: Vec<Record> = (0..16)
-            .map(|i| record(if i == 1 || i == 14 { "rare" } else { "common" }, &i.to_string()))
+            .map(|i| {
+                record(
+                    if i == 1 || i == 14 { "rare" } else { "common" },
+                    &i.to_string(),
+                )
+            })
             .collect();
         store.append(all.clone()).await.unwrap();
         // Damage records 6 and 10 (in the middle blocks) in place: a read of them fails.

@@ -43,8 +43,7 @@ async fn start_log_service(
         TokenFrom::Env(envs) => all.extend(envs.iter().cloned()),
         TokenFrom::Flag(token) => args.extend(["--consul-http-token".to_owned(), token.into()]),
     }
-    ServiceProcess::spawn_on_any_port(env!("CARGO_BIN_EXE_log-service").as_ref(), &args, &all)
-        .await
+    ServiceProcess::spawn_on_any_port(env!("CARGO_BIN_EXE_log-service").as_ref(), &args, &all).await
 }
 
 fn instance_id(service: &ServiceProcess) -> String {

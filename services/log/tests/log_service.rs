@@ -319,7 +319,10 @@ async fn a_batch_sent_again_with_its_key_is_stored_once_also_after_a_restart() {
     // The key is the store's business, not part of a record.
     let records = get_json_list(&format!("{}/log", service.base_url())).await;
     assert_eq!(
-        records.iter().map(|r| r["message"].clone()).collect::<Vec<_>>(),
+        records
+            .iter()
+            .map(|r| r["message"].clone())
+            .collect::<Vec<_>>(),
         ["first", "second"]
     );
     assert!(
@@ -356,7 +359,13 @@ async fn a_read_that_fails_answers_an_opaque_500_and_the_cause_is_logged() {
     let path = data.path().join("records.jsonl");
     let mut bytes = std::fs::read(&path).unwrap();
     let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(at, _)| at + 1))
+        .chain(
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(at, _)| at + 1),
+        )
         .collect();
     bytes[line_starts[4]..line_starts[5] - 1].fill(b'x');
     std::fs::write(&path, &bytes).unwrap();

@@ -24,8 +24,8 @@ use crate::error::{PortalError, handle_rejection};
 use crate::logs::{self, Cursor};
 use crate::pages::{
     self, DeleteForm, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow,
-    LogsPage, MAX_FORM_BYTES, MissingLog, STUDENTS_PER_PAGE, ShippingView, StatusPage,
-    StudentForm, StudentPage, StudentsPage,
+    LogsPage, MAX_FORM_BYTES, MissingLog, STUDENTS_PER_PAGE, ShippingView, StatusPage, StudentForm,
+    StudentPage, StudentsPage,
 };
 use crate::upstream::{Grading, LOG_PAGE_RECORDS, LogReader, UpstreamError, Verdict};
 
@@ -208,9 +208,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .map(respond);
     let grade_again = warp::path!("students" / Id / "grades" / Id)
         .and(warp::get())
-        .map(|Id(id), Id(grade)| {
-            see_other(format!("/students/{id}/grades/{grade}/edit"), None)
-        });
+        .map(|Id(id), Id(grade)| see_other(format!("/students/{id}/grades/{grade}/edit"), None));
     let delete_question = warp::path!("students" / Id / "grades" / Id / "delete")
         .and(warp::get())
         .and(csrf::page_token())
@@ -270,9 +268,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
 
 /// The query string (the part after `?`), empty when there is none.
 fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 /// A urlencoded form of at most [`MAX_FORM_BYTES`].

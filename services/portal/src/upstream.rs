@@ -136,7 +136,9 @@ impl Grading {
         let call = Call::get(&path, limits::STUDENT_LIST);
         let mut students: Vec<Student> = self
             .call(call, |answer| {
-                decode(GRADING, &answer, || unexpected_status(GRADING, answer.status))
+                decode(GRADING, &answer, || {
+                    unexpected_status(GRADING, answer.status)
+                })
             })
             .await?;
         // A grading instance older than paging answers every student: keep what the page
@@ -380,7 +382,8 @@ mod tests {
     fn the_runtimes_request_keys_follow_the_contract() {
         // The pool sends the key under its own header name, and the portal hands out its keys.
         assert!(
-            service_runtime::pool::IDEMPOTENCY_KEY.eq_ignore_ascii_case(contracts::request_key::HEADER)
+            service_runtime::pool::IDEMPOTENCY_KEY
+                .eq_ignore_ascii_case(contracts::request_key::HEADER)
         );
         assert!(contracts::request_key::is_valid(
             &service_runtime::pool::new_idempotency_key()

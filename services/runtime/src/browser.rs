@@ -60,7 +60,10 @@ impl HostAllowList {
         }
         self.any
             || is_loopback_name(name)
-            || self.names.iter().any(|ours| ours.eq_ignore_ascii_case(name))
+            || self
+                .names
+                .iter()
+                .any(|ours| ours.eq_ignore_ascii_case(name))
     }
 }
 

@@ -890,20 +890,36 @@ mod tests {
         let provider = endpoint();
         for _ in 0..FAILURES_TO_EJECT - 1 {
             answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
-            assert_eq!(offered(&provider), Some(Role::Ordinary), "one 5xx ejects nobody");
+            assert_eq!(
+                offered(&provider),
+                Some(Role::Ordinary),
+                "one 5xx ejects nobody"
+            );
         }
         answered(&provider, Role::Ordinary, StatusCode::BAD_GATEWAY);
 
         assert_eq!(time_to_probe(&provider).await, FIRST_EJECTION);
-        assert_eq!(offered(&provider), None, "one probe at a time, nothing beside it");
+        assert_eq!(
+            offered(&provider),
+            None,
+            "one probe at a time, nothing beside it"
+        );
         // A request that started before the ejection and ends now decides nothing.
         answered(&provider, Role::Ordinary, StatusCode::OK);
         assert_eq!(offered(&provider), None);
 
         answered(&provider, Role::Probe, StatusCode::BAD_GATEWAY);
-        assert_eq!(time_to_probe(&provider).await, FIRST_EJECTION * 2, "the second ejection");
+        assert_eq!(
+            time_to_probe(&provider).await,
+            FIRST_EJECTION * 2,
+            "the second ejection"
+        );
         answered(&provider, Role::Probe, StatusCode::OK);
-        assert_eq!(offered(&provider), Some(Role::Ordinary), "a good probe brings it back");
+        assert_eq!(
+            offered(&provider),
+            Some(Role::Ordinary),
+            "a good probe brings it back"
+        );
 
         // Back in full: the next ejection is the first one again.
         for _ in 0..FAILURES_TO_EJECT {

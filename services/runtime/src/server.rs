@@ -6,12 +6,12 @@
 //! debug: a script opening thousands of them must not become thousands of shipped ERROR records.
 //! `HEAD` is answered wherever `GET` is, here once rather than per route.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -277,7 +277,9 @@ impl StopSignals {
 
 fn lock(stops: &Mutex<StopSignals>) -> std::sync::MutexGuard<'_, StopSignals> {
     // Nothing panics while holding it; a poisoned map is still a valid map.
-    stops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    stops
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// After a flood of connections has gone, hands the memory their buffers used back to the

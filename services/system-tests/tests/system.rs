@@ -411,7 +411,10 @@ async fn the_home_page_shows_students_a_page_at_a_time_and_refuses_a_bad_page() 
     assert_eq!(student_links(&last), (51..=100).collect::<Vec<_>>());
     assert!(last.contains("Number 100"), "{last}");
     assert!(last.contains(r#"<a href="/">First students</a>"#), "{last}");
-    assert!(!last.contains("rel=\"next\""), "the last page links to no next: {last}");
+    assert!(
+        !last.contains("rel=\"next\""),
+        "the last page links to no next: {last}"
+    );
     // The form to add a student is on every page.
     assert!(last.contains(r#"action="/students""#), "{last}");
 
@@ -420,7 +423,13 @@ async fn the_home_page_shows_students_a_page_at_a_time_and_refuses_a_bad_page() 
     assert!(student_links(&past).is_empty(), "{past}");
     assert!(past.contains("No more students."), "{past}");
 
-    for bad in ["/?after=abc", "/?after=0", "/?after=-1", "/?after=07", "/?after=1e3"] {
+    for bad in [
+        "/?after=abc",
+        "/?after=0",
+        "/?after=-1",
+        "/?after=07",
+        "/?after=1e3",
+    ] {
         let (status, page) = get(bad).await;
         assert_eq!(status, 400, "{bad}: {page}");
         assert!(

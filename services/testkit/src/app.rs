@@ -64,7 +64,10 @@ impl RunningApp {
         match tokio::time::timeout(STOP_TIMEOUT, &mut self.task).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => panic!("the app at {} failed: {err}", self.addr),
-            Err(_) => panic!("the app at {} still running {STOP_TIMEOUT:?} after its stop", self.addr),
+            Err(_) => panic!(
+                "the app at {} still running {STOP_TIMEOUT:?} after its stop",
+                self.addr
+            ),
         }
     }
 }

@@ -244,10 +244,7 @@ mod tests {
     #[test]
     fn the_bound_address_is_read_from_the_serving_line() {
         let output = "2026-11-30T06:00:00Z  INFO discovery::runtime: serving service=\"log\" listen=127.0.0.1:41234\n";
-        assert_eq!(
-            bound_address(output),
-            Some(([127, 0, 0, 1], 41234).into())
-        );
+        assert_eq!(bound_address(output), Some(([127, 0, 0, 1], 41234).into()));
         assert_eq!(bound_address("INFO starting listen=soon\n"), None);
     }
 }

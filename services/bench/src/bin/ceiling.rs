@@ -63,7 +63,11 @@ async fn serve_one_hop(listen: SocketAddr) {
         .map(|text: bytes::Bytes| {
             // Looked at, as the log looks at every body, so the read cannot be optimized away;
             // the answer is the log's own to one stored record.
-            let status = if text.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::CREATED };
+            let status = if text.is_empty() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CREATED
+            };
             Response::builder()
                 .status(status)
                 .header("content-type", "application/json")

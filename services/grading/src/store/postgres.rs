@@ -583,7 +583,6 @@ async fn find_grade(
     }
 }
 
-
 /// A `type` column read as a [`GradeType`] (the schema's CHECK allows only the three names).
 struct StoredGradeType(GradeType);
 
@@ -592,7 +591,9 @@ impl<'a> FromSql<'a> for StoredGradeType {
         ty: &Type,
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(StoredGradeType(<&str as FromSql>::from_sql(ty, raw)?.parse()?))
+        Ok(StoredGradeType(
+            <&str as FromSql>::from_sql(ty, raw)?.parse()?,
+        ))
     }
 
     fn accepts(ty: &Type) -> bool {

@@ -530,7 +530,11 @@ fn list_students(conn: &Connection) -> Result<Vec<Student>, StoreError> {
     Ok(students)
 }
 
-fn list_students_page(conn: &Connection, after: i64, limit: i64) -> Result<Vec<Student>, StoreError> {
+fn list_students_page(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Student>, StoreError> {
     // One snapshot for both queries, as for the whole list.
     let tx = conn.unchecked_transaction()?;
     let names = tx

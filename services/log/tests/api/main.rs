@@ -64,11 +64,12 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
     }
 
     for _run in ["before a restart", "after one"] {
-        let early: Vec<String> = get_json_list(&format!("{}/log?service=early", service.base_url()))
-            .await
-            .iter()
-            .map(|r| format!("{} {}", r["seq"], r["message"]))
-            .collect();
+        let early: Vec<String> =
+            get_json_list(&format!("{}/log?service=early", service.base_url()))
+                .await
+                .iter()
+                .map(|r| format!("{} {}", r["seq"], r["message"]))
+                .collect();
         assert_eq!(
             early,
             [r#"1 "record 0""#, r#"2 "record 1""#, r#"3 "record 2""#]

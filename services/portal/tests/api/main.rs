@@ -147,8 +147,14 @@ async fn get(portal: &RunningApp, path: &str) -> Page {
 /// and token of a page of the portal.
 async fn post_form(portal: &RunningApp, path: &str, form: &'static str) -> Page {
     let home = format!("{}/", portal.base_url());
-    let token = FormToken::fetch(&redirect_showing_client(), &home).await.unwrap();
-    let request = token.post(&redirect_showing_client(), &format!("{}{path}", portal.base_url()), form);
+    let token = FormToken::fetch(&redirect_showing_client(), &home)
+        .await
+        .unwrap();
+    let request = token.post(
+        &redirect_showing_client(),
+        &format!("{}{path}", portal.base_url()),
+        form,
+    );
     read(request.send().await.unwrap()).await
 }
 
