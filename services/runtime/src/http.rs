@@ -20,32 +20,6 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// An id in a path, read the one way every service reads it: plain ASCII digits for a whole
-/// number from 1 to 2^63-1 (ids are SQLite rowids). `+7`, ` 7` or `7.0` are not ids, and `07`
-/// is not `7`: one resource, one address. Used by grading to find a resource and by the portal to
-/// route, so the two never disagree about what a path names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathId(pub u64);
-
-/// A path segment that is not an id (see [`PathId`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an id: ids are whole numbers from 1 to 9223372036854775807, written in plain digits")]
-pub struct NotAnId;
-
-impl std::str::FromStr for PathId {
-    type Err = NotAnId;
-
-    fn from_str(text: &str) -> Result<PathId, NotAnId> {
-        let plain_digits = text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
-        plain_digits
-            .then(|| text.parse::<i64>().ok())
-            .flatten()
-            .filter(|&id| id > 0)
-            .map(|id| PathId(id as u64))
-            .ok_or(NotAnId)
-    }
-}
-
 /// A request body over the limit; answered 413 with the limit in the message.
 #[derive(Debug)]
 pub struct BodyTooLarge {
@@ -293,28 +267,6 @@ mod tests {
         a: String,
         #[allow(dead_code)]
         b: u8,
-    }
-
-    #[test]
-    fn path_ids_are_plain_digits_from_1_to_i64_max() {
-        assert_eq!("7".parse(), Ok(PathId(7)));
-        assert_eq!(i64::MAX.to_string().parse(), Ok(PathId(i64::MAX as u64)));
-        let not_ids = [
-            "",
-            "0",
-            "07",
-            "+7",
-            "-7",
-            " 7",
-            "7 ",
-            "7.0",
-            "1e3",
-            "٣",
-            "9223372036854775808",
-        ];
-        for text in not_ids {
-            assert_eq!(text.parse::<PathId>(), Err(NotAnId), "{text:?}");
-        }
     }
 
     #[test]
