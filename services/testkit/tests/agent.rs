@@ -117,18 +117,7 @@ async fn service_that_exits_early_fails_with_its_output() {
         tokio::spawn(
             async move { ServiceProcess::spawn(Path::new("/bin/sh"), addr, &args, &[]).await },
         );
-    let panic = spawned
-        .await
-        .expect_err("spawn should fail for a process that exits")
-        .into_panic();
-    let message = panic
-        .downcast_ref::<String>()
-        .unwrap_or_else(|| panic!("spawn's panic message is not a String"));
-    assert!(message.contains("exited"), "{message}");
-    assert!(
-        message.contains("about to fail"),
-        "log tail missing: {message}"
-    );
+    assert_failed_with_its_output(spawned).await;
 }
 
 #[tokio::test]
@@ -137,18 +126,7 @@ async fn a_service_on_any_port_that_exits_before_binding_fails_with_its_output()
     let spawned = tokio::spawn(async move {
         ServiceProcess::spawn_on_any_port(Path::new("/bin/sh"), &args, &[]).await
     });
-    let panic = spawned
-        .await
-        .expect_err("spawn should fail for a process that exits")
-        .into_panic();
-    let message = panic
-        .downcast_ref::<String>()
-        .unwrap_or_else(|| panic!("spawn's panic message is not a String"));
-    assert!(message.contains("exited"), "{message}");
-    assert!(
-        message.contains("about to fail"),
-        "log tail missing: {message}"
-    );
+    assert_failed_with_its_output(spawned).await;
 }
 
 #[tokio::test]
@@ -168,4 +146,20 @@ async fn start_again_retries_while_a_port_is_taken() {
         .await
         .unwrap_or_else(|e| panic!("releasing the port failed: {e}"));
     assert!(!leader(&agent).await.is_empty());
+}
+
+/// `spawned` panicked saying the process exited, with the tail of what it printed.
+async fn assert_failed_with_its_output<T: std::fmt::Debug>(spawned: tokio::task::JoinHandle<T>) {
+    let panic = spawned
+        .await
+        .expect_err("spawn should fail for a process that exits")
+        .into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .unwrap_or_else(|| panic!("spawn's panic message is not a String"));
+    assert!(message.contains("exited"), "{message}");
+    assert!(
+        message.contains("about to fail"),
+        "log tail missing: {message}"
+    );
 }
