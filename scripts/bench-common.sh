@@ -38,8 +38,8 @@ bench_need_tools() {
 }
 
 # bench_warn_if_busy: figures taken while compilers run are noisy; say so rather than hide it.
+# Sets busy (the count of compiler processes) for the report's header.
 bench_warn_if_busy() {
-  local busy
   busy=$( (pgrep -x cargo || true; pgrep -x rustc || true) | wc -l)
   if [ "$busy" -gt 0 ]; then
     say "warning: $busy compiler processes running: figures will be noisy"

@@ -14,6 +14,9 @@ for each service, the ceiling servers and the log, grading and portal services, 
   - three ceilings, one per shape of request (services/bench, binary ceiling): a GET answered
     from memory, a text POST answered 201, and a GET answered with one pooled HTTP call to the
     GET ceiling (two hops); each is measured first and again last, and the mean is used;
+  - the durable floor: the same text POST answered 201 only once its line is fsync'd, by one
+    writer thread sharing each fsync among the appends waiting (ceiling --durable-dir): what
+    durable ingest costs on this disk with nothing else done; the log is reported against it too;
   - each HTTP figure with wrk (Debian's package, installed if missing): 2 threads,
     32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk, and
     the CPU each process spent per request (from /proc/<pid>/stat);
@@ -65,10 +68,10 @@ bench_warn_if_busy
 
 bench_workdir bench
 
-read -r -a ports <<<"$("$bin/discovery-bench" free-ports 14)"
+read -r -a ports <<<"$("$bin/discovery-bench" free-ports 15)"
 ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
 portal_port=${ports[9]} log_proxy=${ports[10]} grading_proxy=${ports[11]} portal_proxy=${ports[12]}
-two_hop_port=${ports[13]}
+two_hop_port=${ports[13]} floor_port=${ports[14]}
 bench_start_consul "$consul" bench "${ports[@]:0:6}"
 other_pids+=("$consul_pid")
 
@@ -83,6 +86,9 @@ ceiling_pid=$!
   2>"$work/two-hop.log" &
 other_pids+=($!)
 two_hop_pid=$!
+"$bin/ceiling" --listen "127.0.0.1:$floor_port" --durable-dir "$work/floor" 2>"$work/floor.log" &
+other_pids+=($!)
+floor_pid=$!
 wait_200 "http://127.0.0.1:$log_proxy/_bench/counts" 10
 
 # start NAME BINARY PORT PROXY_PORT [args...]: a service whose Consul calls go through its proxy.
@@ -103,6 +109,7 @@ start portal portal "$portal_port" "$portal_proxy"
 wait_200 "http://127.0.0.1:$portal_port/students/1" 20
 wait_200 "http://127.0.0.1:$ceiling_port/students/1" 10
 wait_200 "http://127.0.0.1:$two_hop_port/students/1" 10
+wait_200 "http://127.0.0.1:$floor_port/students/1" 10
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 counts() { curl -s "http://127.0.0.1:$1/_bench/counts"; }
@@ -156,8 +163,8 @@ LUA
 } >"$work/post-batch.lua"
 
 declare -A rps p50 p99 errs cpu_per_request
-declare -A pid_by_name=([ceiling]=$ceiling_pid [two_hop]=$two_hop_pid [grading]=${pid_of[grading]} \
-  [log]=${pid_of[log]} [portal]=${pid_of[portal]})
+declare -A pid_by_name=([ceiling]=$ceiling_pid [two_hop]=$two_hop_pid [floor]=$floor_pid \
+  [grading]=${pid_of[grading]} [log]=${pid_of[log]} [portal]=${pid_of[portal]})
 hz=$(getconf CLK_TCK)
 # CPU time (user + system) a process has used so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -174,7 +181,7 @@ measure() {
   result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
   read -r _ n us l50 l99 e_io e_status <<<"$result"
   cpu_per_request[$key]=""
-  for name in ceiling two_hop portal grading log; do
+  for name in ceiling two_hop floor portal grading log; do
     spent=$(( $(cpu_ticks "${pid_by_name[$name]}") - ticks_before[$name] ))
     # Below 1 % of a core over the run is background (health checks, watches), not this load.
     if (( spent * 100 > duration * hz )); then
@@ -192,9 +199,11 @@ grading_url="http://127.0.0.1:$grading_port"
 log_url="http://127.0.0.1:$log_port"
 portal_url="http://127.0.0.1:$portal_port"
 two_hop_url="http://127.0.0.1:$two_hop_port"
+floor_url="http://127.0.0.1:$floor_port"
 measure ceiling "$ceiling_url/students/1"
 measure ceiling_post "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop "$two_hop_url/students/1"
+measure floor_post "$floor_url/log" "$work/post-text.lua"
 measure grading_one "$grading_url/students/1"
 measure grading_all "$grading_url/students"
 measure log_text "$log_url/log?service=bench" "$work/post-text.lua"
@@ -216,10 +225,12 @@ measure portal_student "$portal_url/students/1"
 measure ceiling_end "$ceiling_url/students/1"
 measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop_end "$two_hop_url/students/1"
+measure floor_post_end "$floor_url/log" "$work/post-text.lua"
 declare -A ceiling_of=(
   [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
   [post]=$(( (rps[ceiling_post] + rps[ceiling_post_end]) / 2 ))
   [two_hop]=$(( (rps[two_hop] + rps[two_hop_end]) / 2 ))
+  [durable]=$(( (rps[floor_post] + rps[floor_post_end]) / 2 ))
 )
 declare -A rss_load
 for s in log grading portal; do rss_load[$s]=$(rss_mb "${pid_of[$s]}"); done
@@ -241,7 +252,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
 row() { printf '| %-44s | %10s | %8s | %8s | %-7s | %7s | %-14s |\n' "$@"; }
-http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post or two_hop
+http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post, two_hop or durable
   local key=$1 label=$2 shape=$3 target=$4 mult=${5:-1} value base
   value=$((rps[$key] * mult))
   base=${ceiling_of[$shape]}
@@ -253,7 +264,7 @@ http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post or 
 echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
 echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
-echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]} req/s"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, durable (floor) ${ceiling_of[durable]} req/s"
 echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B"
 echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
 echo
@@ -265,9 +276,12 @@ http_row ceiling_post "1. ceiling POST /log text, answered 201" post -
 http_row ceiling_post_end "1. the same, after the other loads" post -
 http_row two_hop "1. ceiling GET via one pooled call to it" two_hop -
 http_row two_hop_end "1. the same, after the other loads" two_hop -
+http_row floor_post "1. floor POST /log text, fsync'd (group commit)" post -
+http_row floor_post_end "1. the same, after the other loads" post -
 http_row grading_one "2. grading GET /students/1" get 0.9
 http_row grading_all "2. grading GET /students" get 0.9
 http_row log_text "3. log POST /log text, fsync'd (records/s)" post 0.7
+http_row log_text "3. the same, against the durable floor" durable 0.7
 http_row log_text_followed "3. the same, 10 readers waiting on ?wait" post -
 http_row log_batch "3. log POST /log batch of $batch_records (records/s)" post 0.7 "$batch_records"
 http_row portal_index "4. portal / (via discovery)" two_hop 0.9
@@ -275,8 +289,8 @@ http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling ceiling_post two_hop grading_one grading_all log_text log_text_followed \
-  log_batch portal_index portal_student ceiling_end ceiling_post_end two_hop_end; do
+for key in ceiling ceiling_post two_hop floor_post grading_one grading_all log_text log_text_followed \
+  log_batch portal_index portal_student ceiling_end ceiling_post_end two_hop_end floor_post_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo

@@ -9,8 +9,15 @@
 //!   to `URL/students/1` (another `ceiling`) over a pooled keep-alive client and answering with
 //!   its body: the shape of a portal page, two HTTP exchanges, with no discovery, no JSON parse
 //!   and no rendering.
+//! - with `--durable-dir DIR`, `POST /log` also appends its body as one line to `DIR/floor.log`
+//!   and answers only once the line is fsync'd, through one writer thread that shares an fsync
+//!   among the appends waiting for it (group commit): the floor of the log's durable ingest, with
+//!   no parsing, no JSON, no index and no idempotency keys.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -34,19 +41,55 @@ struct Args {
     /// this base URL's `/students/1` (e.g. `http://127.0.0.1:7000`).
     #[arg(long, value_name = "URL")]
     two_hop_to: Option<String>,
+
+    /// Make `POST /log` durable: append each body to DIR/floor.log and answer after its fsync.
+    #[arg(long, value_name = "DIR")]
+    durable_dir: Option<PathBuf>,
 }
+
+/// A body to append, and where to say it is durable.
+type Append = (bytes::Bytes, tokio::sync::oneshot::Sender<bool>);
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     match args.two_hop_to {
         Some(upstream) => serve_two_hop(args.listen, upstream).await,
-        None => serve_one_hop(args.listen).await,
+        None => serve_one_hop(args.listen, args.durable_dir).await,
     }
 }
 
+/// The writer thread of `--durable-dir`: takes every append waiting, writes them with one
+/// write and one fsync, then answers them all.
+fn spawn_group_writer(dir: PathBuf) -> mpsc::Sender<Append> {
+    std::fs::create_dir_all(&dir).expect("creating --durable-dir");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("floor.log"))
+        .expect("opening floor.log");
+    let (appends, queue) = mpsc::channel::<Append>();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut replies = Vec::new();
+        while let Ok(first) = queue.recv() {
+            for (body, reply) in std::iter::once(first).chain(queue.try_iter()) {
+                lines.extend_from_slice(&body);
+                lines.push(b'\n');
+                replies.push(reply);
+            }
+            let durable = file.write_all(&lines).and_then(|()| file.sync_data()).is_ok();
+            for reply in replies.drain(..) {
+                let _ = reply.send(durable);
+            }
+            lines.clear();
+        }
+    });
+    appends
+}
+
 /// `GET /students/1` from memory and `POST /log` of a text body answered 201.
-async fn serve_one_hop(listen: SocketAddr) {
+async fn serve_one_hop(listen: SocketAddr, durable_dir: Option<PathBuf>) {
     let body = bytes::Bytes::from_static(STUDENT.as_bytes());
     let student = warp::path!("students" / "1").and(warp::get()).map(move || {
         Response::builder()
@@ -54,25 +97,39 @@ async fn serve_one_hop(listen: SocketAddr) {
             .body(body.clone())
             .expect("static response")
     });
-    // The body is read in full (as the log reads a record's) and thrown away.
+    // The body is read in full (as the log reads a record's); with --durable-dir it is also
+    // stored, otherwise thrown away.
+    let writer = durable_dir.map(spawn_group_writer);
     let post = warp::path("log")
         .and(warp::path::end())
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_POST_BYTES))
         .and(warp::body::bytes())
-        .map(|text: bytes::Bytes| {
-            // Looked at, as the log looks at every body, so the read cannot be optimized away;
-            // the answer is the log's own to one stored record.
-            let status = if text.is_empty() {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::CREATED
-            };
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(bytes::Bytes::from_static(br#"{"stored":1}"#))
-                .expect("static response")
+        .and_then(move |text: bytes::Bytes| {
+            let writer = writer.clone();
+            async move {
+                // Looked at, as the log looks at every body, so the read cannot be optimized
+                // away; the answer is the log's own to one stored record.
+                let mut status = if text.is_empty() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::CREATED
+                };
+                if let (Some(writer), StatusCode::CREATED) = (writer, status) {
+                    let (reply, durable) = tokio::sync::oneshot::channel();
+                    let stored = writer.send((text, reply)).is_ok() && durable.await == Ok(true);
+                    if !stored {
+                        status = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(bytes::Bytes::from_static(br#"{"stored":1}"#))
+                        .expect("static response"),
+                )
+            }
         });
     eprintln!(
         "ceiling: serving {} bytes at http://{listen}/students/1, POST /log answers 201",
