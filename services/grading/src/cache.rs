@@ -46,8 +46,7 @@ impl JsonCache {
         if let Some(hit) = self.lookup(stamp, |e| e.students.clone()) {
             return Ok(hit);
         }
-        let students: Vec<wire::Student> = store
-            .students()
+        let students: Vec<wire::Student> = Box::pin(store.students())
             .await?
             .into_iter()
             .map(wire::Student::from)
@@ -70,8 +69,7 @@ impl JsonCache {
         }
         // Ids in paths are at most i64::MAX (contracts' rule), so the cast keeps the value.
         let after = page.after.map(|id| StudentId(id.0 as i64));
-        let students: Vec<wire::Student> = store
-            .students_page(after, page.limit)
+        let students: Vec<wire::Student> = Box::pin(store.students_page(after, page.limit))
             .await?
             .into_iter()
             .map(wire::Student::from)
@@ -91,7 +89,9 @@ impl JsonCache {
         if let Some(hit) = self.lookup(stamp, |e| e.student.get(&id).cloned()) {
             return Ok(hit);
         }
-        let json = to_json(&wire::Student::from(store.student(id).await?));
+        // Boxed: the store's future (PostgreSQL's above all) is large, and inline it would make
+        // every hit's future as large, copied on each move through warp's filters.
+        let json = to_json(&wire::Student::from(Box::pin(store.student(id)).await?));
         self.keep(stamp, |e| {
             if e.student.len() < MAX_STUDENTS {
                 e.student.insert(id, json.clone());

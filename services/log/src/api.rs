@@ -95,7 +95,9 @@ pub fn routes(
             .then(|query: ReadQuery, store: LogStore| async move {
                 respond(read_log(query, &store).await)
             });
-    post.or(get).unify()
+    // Boxed: warp nests both routes' futures in one, as large as the larger, and moves it on
+    // every request; the read's (a long poll) would make every POST's future as large.
+    post.or(get.boxed()).unify()
 }
 
 /// Stores the body's records. With an `Idempotency-Key` (the services' shipping sends one per

@@ -58,12 +58,14 @@ impl HostAllowList {
         if name.is_empty() {
             return false;
         }
+        // Our own names first: they are what callers use, and the loopback check parses an IP
+        // address.
         self.any
-            || is_loopback_name(name)
             || self
                 .names
                 .iter()
                 .any(|ours| ours.eq_ignore_ascii_case(name))
+            || is_loopback_name(name)
     }
 }
 

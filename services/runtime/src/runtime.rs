@@ -260,10 +260,12 @@ impl Service {
                     .expect("static response")
             });
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
-        let app = health
-            .or(crate::server::status_route(self.connection_stats.clone()))
+        // The service's own routes first: they take nearly every request, and each route tried
+        // before the one that matches costs a path comparison.
+        let app = routes
+            .or(health)
             .unify()
-            .or(routes)
+            .or(crate::server::status_route(self.connection_stats.clone()))
             .unify()
             .recover(handle_rejection)
             .unify();

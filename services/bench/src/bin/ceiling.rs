@@ -78,7 +78,10 @@ fn spawn_group_writer(dir: PathBuf) -> mpsc::Sender<Append> {
                 lines.push(b'\n');
                 replies.push(reply);
             }
-            let durable = file.write_all(&lines).and_then(|()| file.sync_data()).is_ok();
+            let durable = file
+                .write_all(&lines)
+                .and_then(|()| file.sync_data())
+                .is_ok();
             for reply in replies.drain(..) {
                 let _ = reply.send(durable);
             }
