@@ -81,12 +81,18 @@ pub struct Shipping {
     destination: &'static str,
     stats: Arc<ShippingStats>,
     receiver: mpsc::Receiver<ShippedRecord>,
+    level: ShipLevel,
 }
 
 impl Shipping {
     /// The counters of this queue, for a status page.
     pub fn stats(&self) -> Arc<ShippingStats> {
         self.stats.clone()
+    }
+
+    /// The handle on the least severe level shipped, for the live configuration to move.
+    pub fn ship_level(&self) -> ShipLevel {
+        self.level.clone()
     }
 
     /// The Consul name of the service the records are shipped to.
@@ -163,10 +169,7 @@ pub fn init() {
 /// runtime starts shipping them ([`crate::Service::with_shipping`]). When a subscriber was
 /// installed already, nothing is queued and the returned queue stays empty.
 pub fn init_with_shipping(service: &'static str, destination: &'static str) -> Shipping {
-    let level = std::env::var(SHIP_LEVEL_ENV)
-        .ok()
-        .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
+    let level = ShipLevel::new(ship_level_from_env());
     let (sender, receiver) = mpsc::channel(SHIPPING_BUFFER);
     let stats = Arc::new(ShippingStats::default());
     let layer = ShippingLayer {
@@ -174,7 +177,7 @@ pub fn init_with_shipping(service: &'static str, destination: &'static str) -> S
         sender,
         stats: stats.clone(),
     }
-    .with_filter(level);
+    .with_filter(level.clone());
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)
@@ -184,6 +187,84 @@ pub fn init_with_shipping(service: &'static str, destination: &'static str) -> S
         destination,
         stats,
         receiver,
+        level,
+    }
+}
+
+/// `GRADEBOOK_SHIP_LEVEL`, else `info` (an unparseable value too, as before it became live).
+pub fn ship_level_from_env() -> LevelFilter {
+    std::env::var(SHIP_LEVEL_ENV)
+        .ok()
+        .and_then(|l| parse_ship_level(&l).ok())
+        .unwrap_or(LevelFilter::INFO)
+}
+
+/// A level name as `GRADEBOOK_SHIP_LEVEL` and the `ship_level` key take it.
+pub fn parse_ship_level(text: &str) -> Result<LevelFilter, String> {
+    text.trim().parse::<LevelFilter>().map_err(|_| {
+        format!("{text:?} is not a level: trace, debug, info, warn, error or off")
+    })
+}
+
+/// The least severe level shipped, changeable while the process runs (live configuration).
+/// The filter keeps tracing's per-callsite cache: a change rebuilds it, so a filtered-out event
+/// still costs nothing on the hot path.
+#[derive(Debug, Clone)]
+pub struct ShipLevel(Arc<std::sync::atomic::AtomicU8>);
+
+impl ShipLevel {
+    fn new(level: LevelFilter) -> ShipLevel {
+        ShipLevel(Arc::new(std::sync::atomic::AtomicU8::new(Self::encode(level))))
+    }
+
+    /// Ships `level` and more severe from now on.
+    pub fn set(&self, level: LevelFilter) {
+        if self.0.swap(Self::encode(level), Ordering::Relaxed) != Self::encode(level) {
+            tracing::callsite::rebuild_interest_cache();
+        }
+    }
+
+    /// The level shipped now.
+    pub fn get(&self) -> LevelFilter {
+        match self.0.load(Ordering::Relaxed) {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            4 => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
+        }
+    }
+
+    fn encode(level: LevelFilter) -> u8 {
+        match level.into_level() {
+            None => 0,
+            Some(Level::ERROR) => 1,
+            Some(Level::WARN) => 2,
+            Some(Level::INFO) => 3,
+            Some(Level::DEBUG) => 4,
+            Some(Level::TRACE) => 5,
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for ShipLevel {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
+        *metadata.level() <= self.get()
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        match *metadata.level() <= self.get() {
+            true => tracing::subscriber::Interest::always(),
+            false => tracing::subscriber::Interest::never(),
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.get())
     }
 }
 
@@ -506,6 +587,7 @@ mod tests {
             destination: "log",
             stats: stats.clone(),
             receiver,
+            level: ShipLevel::new(LevelFilter::INFO),
         };
         let shipper = shipping.start(pool);
         // What the layer does for each event it queues.
