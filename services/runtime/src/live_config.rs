@@ -129,6 +129,18 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The name `/status/config` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Default => "default",
+            Origin::Env => "env",
+            Origin::Flag => "flag",
+            Origin::Flags => "flags",
+            Origin::KvCommon => "kv-common",
+            Origin::KvService => "kv-service",
+        }
+    }
+
     fn is_kv(self) -> bool {
         matches!(self, Origin::KvCommon | Origin::KvService)
     }
@@ -257,7 +269,8 @@ pub fn status_route(
         .map(move || warp::reply::json(&*status.report()).into_response())
 }
 
-/// The live settings of one service; cheap to clone. The watches stop with the last clone.
+/// The live settings of one service; cheap to clone. The watches stop once the last clone and
+/// the last [`ConfigStatus`] are gone.
 #[derive(Debug, Clone)]
 pub struct LiveConfig<S> {
     effective: watch::Receiver<Arc<Effective<S>>>,
@@ -295,6 +308,28 @@ impl<S: Settings + std::fmt::Debug> LiveConfig<S> {
         LiveConfig {
             effective,
             status: ConfigStatus(report),
+        }
+    }
+
+    /// Settings that never change, for tests and tools without Consul: `base` from flags.
+    pub fn fixed(base: Effective<S>, origins: Origins) -> LiveConfig<S> {
+        let layers = Layers {
+            base,
+            origins,
+            prefixes: [String::new(), String::new()],
+        };
+        let none = |prefix: &str| KvSnapshot {
+            prefix: prefix.into(),
+            entries: Arc::from([]),
+            index: 0,
+            generation: 0,
+            status: WatchStatus::Starting,
+            failed_polls: 0,
+        };
+        let resolved = layers.resolve(&none(""), &none(""), None);
+        LiveConfig {
+            effective: watch::channel(Arc::new(resolved.effective)).1,
+            status: ConfigStatus(watch::channel(Arc::new(resolved.report)).1),
         }
     }
 
@@ -474,7 +509,8 @@ async fn follow<S: Settings + std::fmt::Debug>(
         tokio::select! {
             changed = common_rx.changed() => if changed.is_err() { return },
             changed = own_rx.changed() => if changed.is_err() { return },
-            () = effective.closed() => return,
+            // Running while anyone reads the settings or the report (`/health` does).
+            () = async { effective.closed().await; report.closed().await } => return,
         }
         let common_now = common_rx.borrow_and_update().clone();
         let own_now = own_rx.borrow_and_update().clone();
