@@ -37,13 +37,23 @@ pub const SHIP_LEVEL_ENV: &str = "GRADEBOOK_SHIP_LEVEL";
 /// The settings read from the environment only, for `--help` of a service that does not ship
 /// its events (the log service).
 pub const ENV_HELP: &str = "Environment only:
-  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]";
+  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]
+
+Live configuration: keys in Consul KV under gradebook/config/common/ and
+gradebook/config/SERVICE/ apply within a second, without a restart. Order, lowest
+first: default < environment < flag < KV common < KV service; a deleted key falls
+back. GET /status/config shows each value and where it came from.";
 
 /// The same for the services that ship their events to the log service.
 pub const ENV_HELP_SHIPPING: &str = "Environment only:
   RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]
   GRADEBOOK_SHIP_LEVEL  least severe level shipped to the log service: trace, debug, info,
-                        warn, error or off [default: info]";
+                        warn, error or off [default: info; live: KV key ship_level]
+
+Live configuration: keys in Consul KV under gradebook/config/common/ and
+gradebook/config/SERVICE/ apply within a second, without a restart. Order, lowest
+first: default < environment < flag < KV common < KV service; a deleted key falls
+back. GET /status/config shows each value and where it came from.";
 
 /// One record as the log service's batch form takes it.
 #[derive(Debug, Clone, Serialize)]
@@ -474,6 +484,24 @@ async fn ship(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    #[test]
+    fn the_ship_level_moves_and_parses_as_the_variable_does() {
+        let level = ShipLevel::new(LevelFilter::INFO);
+        assert_eq!(level.get(), LevelFilter::INFO);
+        for wanted in [
+            LevelFilter::OFF,
+            LevelFilter::ERROR,
+            LevelFilter::WARN,
+            LevelFilter::DEBUG,
+            LevelFilter::TRACE,
+        ] {
+            level.set(wanted);
+            assert_eq!(level.get(), wanted);
+        }
+        assert_eq!(parse_ship_level(" Debug "), Ok(LevelFilter::DEBUG));
+        assert!(parse_ship_level("loud").unwrap_err().contains("trace, debug"));
+    }
 
     use super::*;
 
