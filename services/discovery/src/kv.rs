@@ -25,8 +25,12 @@ use crate::backoff::{self, TokenBucket};
 use crate::consul::ConsulSettings;
 pub use crate::watch::{WatchStatus, next_index};
 
-/// How long Consul may hold one blocking query when nothing changes.
-const WAIT: Duration = Duration::from_secs(300);
+/// How long Consul may hold one blocking query when nothing changes. Shorter than the service
+/// watches' 5 minutes because one change never wakes it: deleting a parent folder
+/// (`consul kv delete -recurse gradebook/config/`) leaves one tombstone on the parent, outside
+/// the watched prefix, so the prefix's index does not move (seen on Consul 1.8). The next query
+/// after the wait sees the keys gone; an idle watch costs one request a minute.
+const WAIT: Duration = Duration::from_secs(60);
 /// Extra time on top of Consul's own `wait + wait/16` before our HTTP client gives up.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 const RETRY_BASE: Duration = Duration::from_millis(100);

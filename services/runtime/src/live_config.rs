@@ -521,7 +521,7 @@ async fn follow<S: Settings + std::fmt::Debug>(
                 .settings
                 .iter()
                 .filter(|(key, s)| resolved.report.settings.get(*key) != Some(*s))
-                .map(|(key, s)| format!("{key}={} ({:?})", s.value, s.from))
+                .map(|(key, s)| format!("{key}={} ({})", s.value, s.from.as_str()))
                 .collect();
             info!(index = next.report.index, "configuration: {}", changes.join(" "));
             effective.send_replace(Arc::new(next.effective.clone()));
