@@ -151,15 +151,17 @@ impl KvClient {
 
     /// The keys under `prefix`: a blocking query that returns once the index passes `index` (at
     /// once without one) or `wait` ends.
-    async fn list(&self, prefix: &str, index: Option<u64>, wait: Duration) -> Result<Answer, String> {
+    async fn list(
+        &self,
+        prefix: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Answer, String> {
         let mut url = format!("{}/v1/kv/{prefix}?recurse=true", self.settings.address);
         if let Some(index) = index {
             url.push_str(&format!("&index={index}&wait={}ms", wait.as_millis()));
         }
-        let mut request = self
-            .http
-            .get(url)
-            .timeout(wait + wait / 16 + TIMEOUT_SLACK);
+        let mut request = self.http.get(url).timeout(wait + wait / 16 + TIMEOUT_SLACK);
         if let Some(token) = &self.settings.token {
             request = request.header("X-Consul-Token", token.expose());
         }
@@ -243,10 +245,16 @@ async fn watch_loop(client: KvClient, prefix: String, sender: &watch::Sender<KvS
     let mut failures: u32 = 0;
     let mut polls = TokenBucket::new(POLL_BURST, POLL_RATE);
     loop {
-        match client.list(&prefix, (index > 0).then_some(index), WAIT).await {
+        match client
+            .list(&prefix, (index > 0).then_some(index), WAIT)
+            .await
+        {
             Ok(answer) => {
                 if failures > 0 {
-                    info!(prefix, "Consul reachable again after {failures} failed calls");
+                    info!(
+                        prefix,
+                        "Consul reachable again after {failures} failed calls"
+                    );
                 }
                 failures = 0;
                 index = next_index(index, answer.index);
@@ -269,7 +277,10 @@ async fn watch_loop(client: KvClient, prefix: String, sender: &watch::Sender<KvS
                 mark_stale(sender);
                 let delay = backoff::delay(failures, RETRY_BASE, RETRY_CAP);
                 if failures == 1 {
-                    warn!(prefix, "Consul unreachable, keeping the last known keys: {err}");
+                    warn!(
+                        prefix,
+                        "Consul unreachable, keeping the last known keys: {err}"
+                    );
                 } else {
                     debug!(prefix, failures, ?delay, "Consul still unreachable: {err}");
                 }

@@ -101,7 +101,8 @@ async fn consul_double(script: Vec<Answer>) -> (String, Seen) {
                     Some(Answer::Key(index, value)) => {
                         use base64::Engine as _;
                         let value = base64::engine::general_purpose::STANDARD.encode(value);
-                        let body = json!([{"Key": format!("{PREFIX}passing_score"), "Value": value}]);
+                        let body =
+                            json!([{"Key": format!("{PREFIX}passing_score"), "Value": value}]);
                         (index, body.to_string())
                     }
                     Some(Answer::Huge(index)) => (index, " ".repeat(MAX_ANSWER_BYTES + 1)),
@@ -126,7 +127,7 @@ async fn consul_double(script: Vec<Answer>) -> (String, Seen) {
 async fn the_index_is_followed_reset_when_it_goes_backwards_and_an_oversized_answer_is_ignored() {
     let (address, seen) = consul_double(vec![
         Answer::Key(5, "60"),
-        Answer::Huge(7), // ignored, but its index is followed
+        Answer::Huge(7),      // ignored, but its index is followed
         Answer::Key(3, "70"), // backwards: start over
         Answer::Key(8, "80"),
     ])
@@ -136,7 +137,10 @@ async fn the_index_is_followed_reset_when_it_goes_backwards_and_an_oversized_ans
         (seen.lock().unwrap().len() == 5).then_some(())
     })
     .await;
-    assert_eq!(*seen.lock().unwrap(), [None, Some(5), Some(7), None, Some(8)]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some(5), Some(7), None, Some(8)]
+    );
     assert_eq!(
         keys(&watch),
         [("passing_score".to_owned(), KvValue::Text("80".into()))]

@@ -23,12 +23,12 @@ use crate::config::StatusMode;
 use crate::csrf::{self, CsrfToken};
 use crate::error::{PortalError, handle_rejection};
 use crate::logs::{self, Cursor};
-use crate::settings::PortalSettings;
 use crate::pages::{
     self, DeleteForm, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow,
-    LogsPage, MAX_FORM_BYTES, MissingLog, ShippingView, StatusPage, StudentForm,
-    StudentPage, StudentsPage,
+    LogsPage, MAX_FORM_BYTES, MissingLog, ShippingView, StatusPage, StudentForm, StudentPage,
+    StudentsPage,
 };
+use crate::settings::PortalSettings;
 use crate::upstream::{Grading, LOG_PAGE_RECORDS, LogReader, UpstreamError, Verdict};
 
 /// What every handler works with: the dependencies and where the Consul UI is. Cheap to clone.

@@ -297,14 +297,7 @@ impl<S: Settings + std::fmt::Debug> LiveConfig<S> {
         let first = layers.resolve(&common.current(), &own.current(), None);
         let (effective_tx, effective) = watch::channel(Arc::new(first.effective.clone()));
         let (report_tx, report) = watch::channel(Arc::new(first.report.clone()));
-        tokio::spawn(follow(
-            layers,
-            common,
-            own,
-            first,
-            effective_tx,
-            report_tx,
-        ));
+        tokio::spawn(follow(layers, common, own, first, effective_tx, report_tx));
         LiveConfig {
             effective,
             status: ConfigStatus(report),
@@ -523,7 +516,11 @@ async fn follow<S: Settings + std::fmt::Debug>(
                 .filter(|(key, s)| resolved.report.settings.get(*key) != Some(*s))
                 .map(|(key, s)| format!("{key}={} ({})", s.value, s.from.as_str()))
                 .collect();
-            info!(index = next.report.index, "configuration: {}", changes.join(" "));
+            info!(
+                index = next.report.index,
+                "configuration: {}",
+                changes.join(" ")
+            );
             effective.send_replace(Arc::new(next.effective.clone()));
         }
         if next.report != resolved.report {
@@ -646,7 +643,10 @@ mod tests {
         let layers = layers();
         let resolved = layers.resolve(&common(5, &[("ship_level", "debug")]), &own(7, &[]), None);
         assert_eq!(resolved.effective.common.ship_level, LevelFilter::DEBUG);
-        assert_eq!(resolved.report.settings["ship_level"].from, Origin::KvCommon);
+        assert_eq!(
+            resolved.report.settings["ship_level"].from,
+            Origin::KvCommon
+        );
         assert_eq!(resolved.report.source, "consul-kv");
         let resolved = layers.resolve(
             &common(5, &[("ship_level", "debug")]),
@@ -654,7 +654,10 @@ mod tests {
             Some(&resolved),
         );
         assert_eq!(resolved.effective.common.ship_level, LevelFilter::WARN);
-        assert_eq!(resolved.report.settings["ship_level"].from, Origin::KvService);
+        assert_eq!(
+            resolved.report.settings["ship_level"].from,
+            Origin::KvService
+        );
         assert_eq!(resolved.effective.service.size, 20);
     }
 
@@ -681,7 +684,10 @@ mod tests {
             ]
         );
         let last = next.report.last_refused.as_ref().unwrap();
-        assert!(last.reason.ends_with("the last good value is kept"), "{last:?}");
+        assert!(
+            last.reason.ends_with("the last good value is kept"),
+            "{last:?}"
+        );
     }
 
     #[test]
@@ -704,14 +710,26 @@ mod tests {
         }]);
         let resolved = layers.resolve(&common(1, &[]), &big, None);
         assert_eq!(resolved.effective.service.size, 30);
-        assert!(resolved.refusals[0].1.contains("1048576 bytes"), "{:?}", resolved.refusals);
+        assert!(
+            resolved.refusals[0].1.contains("1048576 bytes"),
+            "{:?}",
+            resolved.refusals
+        );
     }
 
     #[test]
     fn numbers_and_texts_are_bounded() {
         assert_eq!(parse_in_range::<u32>(" 20 ", 1..=200), Ok(20));
-        assert!(parse_in_range::<u32>("201", 1..=200).unwrap_err().contains("out of range"));
-        assert!(parse_in_range::<u32>("-1", 1..=200).unwrap_err().contains("not a whole"));
+        assert!(
+            parse_in_range::<u32>("201", 1..=200)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_in_range::<u32>("-1", 1..=200)
+                .unwrap_err()
+                .contains("not a whole")
+        );
         assert!(parse_bounded_text("", 10).is_err());
         assert!(parse_bounded_text("a\u{7}b", 10).is_err());
         assert!(parse_bounded_text(&"x".repeat(11), 10).is_err());

@@ -211,9 +211,9 @@ pub fn ship_level_from_env() -> LevelFilter {
 
 /// A level name as `GRADEBOOK_SHIP_LEVEL` and the `ship_level` key take it.
 pub fn parse_ship_level(text: &str) -> Result<LevelFilter, String> {
-    text.trim().parse::<LevelFilter>().map_err(|_| {
-        format!("{text:?} is not a level: trace, debug, info, warn, error or off")
-    })
+    text.trim()
+        .parse::<LevelFilter>()
+        .map_err(|_| format!("{text:?} is not a level: trace, debug, info, warn, error or off"))
 }
 
 /// The least severe level shipped, changeable while the process runs (live configuration).
@@ -224,7 +224,9 @@ pub struct ShipLevel(Arc<std::sync::atomic::AtomicU8>);
 
 impl ShipLevel {
     fn new(level: LevelFilter) -> ShipLevel {
-        ShipLevel(Arc::new(std::sync::atomic::AtomicU8::new(Self::encode(level))))
+        ShipLevel(Arc::new(std::sync::atomic::AtomicU8::new(Self::encode(
+            level,
+        ))))
     }
 
     /// Ships `level` and more severe from now on.
@@ -500,7 +502,11 @@ mod tests {
             assert_eq!(level.get(), wanted);
         }
         assert_eq!(parse_ship_level(" Debug "), Ok(LevelFilter::DEBUG));
-        assert!(parse_ship_level("loud").unwrap_err().contains("trace, debug"));
+        assert!(
+            parse_ship_level("loud")
+                .unwrap_err()
+                .contains("trace, debug")
+        );
     }
 
     use super::*;

@@ -251,7 +251,10 @@ impl ConsulAgent {
     /// Stores `value` under `key` in the KV store (`PUT /v1/kv/KEY`), as `consul kv put` does.
     pub async fn kv_put(&self, key: &str, value: impl Into<reqwest::Body>) {
         let url = format!("{}/v1/kv/{key}", self.http_addr());
-        let response = self.with_token(self.client.put(&url).body(value)).send().await;
+        let response = self
+            .with_token(self.client.put(&url).body(value))
+            .send()
+            .await;
         match response.map(|r| r.error_for_status()) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) | Err(e) => panic!("PUT {url}: {e}"),

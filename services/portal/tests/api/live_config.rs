@@ -35,8 +35,7 @@ async fn config_where(portal: &RunningApp, what: &str, until: impl Fn(&Value) ->
 }
 
 #[tokio::test]
-async fn a_setting_put_in_consul_applies_live_a_bad_one_is_refused_and_a_deleted_one_falls_back()
-{
+async fn a_setting_put_in_consul_applies_live_a_bad_one_is_refused_and_a_deleted_one_falls_back() {
     let agent = ConsulAgent::start().await;
     let grading = start_grading_stand_in().await;
     register_grading(&agent, grading).await;
@@ -47,10 +46,20 @@ async fn a_setting_put_in_consul_applies_live_a_bad_one_is_refused_and_a_deleted
     assert_eq!(health["status"], "ok");
     assert_eq!(health["config"]["source"], "flags", "{health}");
     let status = config(&portal).await;
-    assert_eq!(status["settings"]["passing_score"]["value"], "60", "{status}");
-    assert_eq!(status["settings"]["passing_score"]["from"], "flag", "{status}");
+    assert_eq!(
+        status["settings"]["passing_score"]["value"], "60",
+        "{status}"
+    );
+    assert_eq!(
+        status["settings"]["passing_score"]["from"], "flag",
+        "{status}"
+    );
     assert_eq!(status["settings"]["students_per_page"]["from"], "default");
-    assert!(!html(&portal, "/students/1").await.contains("below the passing score"));
+    assert!(
+        !html(&portal, "/students/1")
+            .await
+            .contains("below the passing score")
+    );
 
     // Tony Stark's 87.5 is below a passing score of 90, as soon as it is put.
     agent.kv_put(PASSING, "90").await;
@@ -89,8 +98,15 @@ async fn a_setting_put_in_consul_applies_live_a_bad_one_is_refused_and_a_deleted
     let reason = status["last_refused"]["reason"].as_str().unwrap();
     assert!(reason.contains("out of range"), "{reason}");
     assert!(reason.contains("last good value is kept"), "{reason}");
-    assert_eq!(status["settings"]["passing_score"]["value"], "90", "{status}");
-    assert!(html(&portal, "/students/1").await.contains("below the passing score of 90"));
+    assert_eq!(
+        status["settings"]["passing_score"]["value"], "90",
+        "{status}"
+    );
+    assert!(
+        html(&portal, "/students/1")
+            .await
+            .contains("below the passing score of 90")
+    );
 
     // A huge value under a known key, and an unknown key: refused too, the rest unchanged.
     agent.kv_put(PER_PAGE, "7".repeat(100_000)).await;
@@ -113,7 +129,14 @@ async fn a_setting_put_in_consul_applies_live_a_bad_one_is_refused_and_a_deleted
         c["settings"]["passing_score"]["value"] == "60"
     })
     .await;
-    assert_eq!(status["settings"]["passing_score"]["from"], "flag", "{status}");
-    assert!(!html(&portal, "/students/1").await.contains("below the passing score"));
+    assert_eq!(
+        status["settings"]["passing_score"]["from"], "flag",
+        "{status}"
+    );
+    assert!(
+        !html(&portal, "/students/1")
+            .await
+            .contains("below the passing score")
+    );
     portal.stop().await;
 }
