@@ -53,11 +53,19 @@ impl fmt::Debug for ConsulArgs {
 /// with clap's message on bad input), and warns when the Consul token came from the command line,
 /// where any local user sees it. Call it after the telemetry is installed, so the warning shows.
 pub fn parse_settings<C: clap::Parser>() -> C {
-    let mut matches = C::command().get_matches();
+    parse_settings_and_matches().0
+}
+
+/// [`parse_settings`], also handing back clap's matches: they tell whether each value came from
+/// a flag, the environment or the default (the live configuration shows it).
+pub fn parse_settings_and_matches<C: clap::Parser>() -> (C, ArgMatches) {
+    let matches = C::command().get_matches();
     if token_on_command_line(&matches) {
         tracing::warn!("{TOKEN_FLAG_WARNING}");
     }
-    C::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut C::command()).exit())
+    let settings = C::from_arg_matches_mut(&mut matches.clone())
+        .unwrap_or_else(|e| e.format(&mut C::command()).exit());
+    (settings, matches)
 }
 
 /// Whether a non-empty `--consul-http-token` was given as a flag rather than by its variable.

@@ -8,12 +8,14 @@
 //! - [`registration`]: keeps one instance registered for as long as it serves, re-registering when
 //!   the agent forgets it.
 //! - [`watch`]: one blocking-query loop per dependency, publishing its set of passing providers.
+//! - [`kv`]: the same discipline on a KV prefix, publishing the keys under it (live configuration).
 //! - [`backoff`]: jittered, capped retry delays, shared by every loop that talks to Consul (and
 //!   by the runtime's log shipper), so that many instances never retry in lockstep.
 
 pub mod agent;
 pub mod backoff;
 pub mod consul;
+pub mod kv;
 pub mod registration;
 pub mod watch;
 

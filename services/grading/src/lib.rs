@@ -24,6 +24,7 @@ pub mod wal_index;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use service_runtime::live_config::{LiveConfig, Origins};
 use service_runtime::telemetry::Shipping;
 use service_runtime::{Service, StartError};
 
@@ -61,6 +62,7 @@ async fn open_store(config: &Config) -> Result<Store, store::StoreError> {
 pub struct App {
     service: Service,
     store: Store,
+    settings: LiveConfig<()>,
 }
 
 impl App {
@@ -72,15 +74,22 @@ impl App {
                 .service
                 .definition(SERVICE_NAME, env!("CARGO_PKG_VERSION"), &["http", "api"])?;
         let store = open_store(&config).await.map_err(StartError::store)?;
-        let service = Service::bind(definition)
+        let mut service = Service::bind(definition)
             .await?
             .with_connection_limits(config.service.connections.limits());
-        Ok(App { service, store })
+        // Only the common settings (the ship level) so far; `/health` reports their source.
+        let settings = service.live_config((), Origins::default());
+        Ok(App {
+            service,
+            store,
+            settings,
+        })
     }
 
     /// Ships this instance's log records, queued by the subscriber that made `shipping`, while
     /// it serves.
     pub fn with_shipping(mut self, shipping: Shipping) -> App {
+        self.settings.drive_ship_level(shipping.ship_level());
         self.service = self.service.with_shipping(shipping);
         self
     }

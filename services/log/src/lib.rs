@@ -48,9 +48,12 @@ impl App {
             .expect("opening the store does not panic")
             .map_err(StartError::store)?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
-        let service = Service::bind(definition)
+        let mut service = Service::bind(definition)
             .await?
             .with_connection_limits(config.service.connections.limits());
+        // The log service ships nothing, so the common ship level has no effect here; the
+        // configuration is still read so `/health` and `/status/config` report it like the others.
+        let _settings = service.live_config((), service_runtime::live_config::Origins::default());
         Ok(App { service, store })
     }
 

@@ -2,6 +2,9 @@
 //! laptop.
 
 use service_runtime::ServiceArgs;
+use service_runtime::live_config::Origins;
+
+use crate::settings::PortalSettingsArgs;
 
 /// The teachers' web app: students, grades, logs and service status as HTML pages, over the
 /// `grading` and `log` services found through Consul; registers with Consul as `portal`.
@@ -27,6 +30,15 @@ pub struct Config {
     /// `off` (404). Public deployments: summary or off, so the page maps no internal addresses.
     #[arg(long, env = "GRADEBOOK_STATUS", value_enum, default_value_t = StatusMode::Full)]
     pub status: StatusMode,
+
+    /// The settings Consul KV can change while the portal runs.
+    #[command(flatten)]
+    pub settings: PortalSettingsArgs,
+
+    /// Whether each live setting came from a flag, the environment or its default (`main`
+    /// reads it from clap's matches; unknown when the config was built otherwise).
+    #[arg(skip)]
+    pub origins: Origins,
 }
 
 /// How much the status page shows; see `Config::status`.
@@ -42,6 +54,15 @@ fn parse_time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(name).map_err(|_| {
         format!("{name:?} is not a time zone of the tz database (e.g. UTC, Europe/Paris)")
     })
+}
+
+impl Config {
+    /// The configuration and where its live settings came from, as `main` reads them.
+    pub fn from_matches(config: Config, matches: &clap::ArgMatches) -> Config {
+        use service_runtime::live_config::Settings;
+        let origins = Origins::from_matches(matches, crate::settings::PortalSettings::KEYS);
+        Config { origins, ..config }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! The modules form no cycle: `routes` uses the others; `error` uses `pages`, `csrf` and
 //! `upstream`; `pages` uses `csrf` and `logs`; `upstream`, `logs` and `csrf` use no other.
 //! - [`config`]: flags and environment variables.
+//! - [`settings`]: the settings Consul KV changes live (students per page, passing score).
 //! - [`App`]: build (bind, watch the dependencies) then run (register, serve, deregister, drain).
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod logs;
 pub mod pages;
 pub mod routes;
+pub mod settings;
 pub mod upstream;
 
 use std::future::Future;
@@ -35,6 +37,7 @@ use service_runtime::{Service, StartError};
 use crate::config::Config;
 pub use crate::error::PortalError;
 use crate::routes::Portal;
+use crate::settings::PortalSettings;
 
 /// Consul service name.
 pub const SERVICE_NAME: &str = contracts::service_name::PORTAL;
@@ -65,14 +68,19 @@ impl App {
             .consul_ui_url
             .clone()
             .unwrap_or_else(|| format!("{}/ui/", definition.consul.address));
-        let service = Service::bind(definition)
+        let mut service = Service::bind(definition)
             .await?
             .with_connection_limits(config.service.connections.limits());
+        let settings = service.live_config(
+            PortalSettings::from(&config.settings),
+            config.origins.clone(),
+        );
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
             consul_ui,
         )
+        .with_settings(settings)
         .with_time_zone(config.time_zone)
         .with_connection_stats(service.connection_stats())
         .with_status(config.status);
@@ -84,6 +92,7 @@ impl App {
     /// serves, and shows their counters on the status page.
     pub fn with_shipping(mut self, shipping: Shipping) -> App {
         self.portal = self.portal.with_shipping_stats(shipping.stats());
+        self.portal.drive_ship_level(shipping.ship_level());
         self.service = self.service.with_shipping(shipping);
         self
     }

@@ -9,7 +9,8 @@ use service_runtime::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let shipping = telemetry::init_with_shipping(SERVICE_NAME, LOG_SERVICE);
-    let config: Config = discovery::consul::parse_settings();
+    let (config, matches) = discovery::consul::parse_settings_and_matches();
+    let config = Config::from_matches(config, &matches);
     let shutdown = service_runtime::shutdown_signal();
     match App::build(config).await {
         Ok(app) => {

@@ -17,20 +17,19 @@ use crate::logs::Cursor;
 /// The largest form accepted; a real one is a few hundred bytes.
 pub const MAX_FORM_BYTES: u64 = 16 * 1024;
 
-/// How many students the home page lists at a time.
-pub const STUDENTS_PER_PAGE: usize = 50;
-
 /// A page of the list of students with their averages, and the form to add one (`GET /`, and a
 /// refused student form).
 #[derive(Template)]
 #[template(path = "students.html")]
 pub struct StudentsPage {
-    /// At most [`STUDENTS_PER_PAGE`], in id order.
+    /// At most the configured `students_per_page`, in id order.
     pub students: Vec<Student>,
     /// The address of the next page, when students follow these.
     pub next: Option<String>,
     /// Whether this page starts after the first student (so it links back to the first page).
     pub paged: bool,
+    /// Averages below it are marked failing.
+    pub passing_score: u32,
     /// Pre-fills the form: empty at first, what was typed after a refusal.
     pub form: StudentForm,
     /// Why the form was refused, shown above it.
@@ -44,6 +43,8 @@ pub struct StudentsPage {
 #[template(path = "student.html")]
 pub struct StudentPage {
     pub student: Student,
+    /// An average below it is marked failing.
+    pub passing_score: u32,
     /// Pre-fills the form: empty at first, what was typed after a refusal.
     pub form: GradeForm,
     /// Why the form was refused, shown above it.
@@ -237,6 +238,8 @@ pub struct StatusPage {
     pub shipping: Option<ShippingView>,
     /// The portal's own connections, when the server's counters were handed in.
     pub connections: Option<service_runtime::server::ConnectionCounts>,
+    /// Where the portal's settings come from (flags or Consul KV), and their values.
+    pub config: std::sync::Arc<service_runtime::live_config::ConfigReport>,
 }
 
 /// Counters of this portal's log shipping: what the log service has, what waits, what was lost.
@@ -544,6 +547,8 @@ pub trait StudentText {
     fn full_name(&self) -> String;
     /// The average with one decimal, or a dash before the first grade.
     fn average_text(&self) -> String;
+    /// Whether there is an average and it is below `passing_score`.
+    fn failing(&self, passing_score: &u32) -> bool;
 }
 
 impl StudentText for Student {
@@ -556,6 +561,11 @@ impl StudentText for Student {
             Some(average) => format!("{average:.1}"),
             None => "—".to_owned(),
         }
+    }
+
+    fn failing(&self, passing_score: &u32) -> bool {
+        self.average
+            .is_some_and(|average| average < f64::from(*passing_score))
     }
 }
 
@@ -603,6 +613,7 @@ mod tests {
     #[test]
     fn names_and_titles_are_escaped() {
         let page = StudentsPage {
+            passing_score: 50,
             students: vec![student("<script>alert(1)</script>", None)],
             next: None,
             paged: false,
@@ -625,6 +636,7 @@ mod tests {
         );
 
         let page = StudentPage {
+            passing_score: 50,
             student: student("Tony", None),
             form: GradeForm::default(),
             error: None,
@@ -639,6 +651,7 @@ mod tests {
         assert_eq!(student("Tony", Some(90.0)).average_text(), "90.0");
         assert_eq!(student("Tony", None).average_text(), "—");
         let html = StudentsPage {
+            passing_score: 50,
             students: vec![student("Tony", Some(87.46))],
             next: None,
             paged: false,
@@ -658,6 +671,7 @@ mod tests {
     #[test]
     fn a_refused_form_shows_the_message_and_keeps_what_was_typed() {
         let page = StudentPage {
+            passing_score: 50,
             student: student("Tony", Some(92.5)),
             form: GradeForm {
                 title: "Essay \"one\"".into(),
@@ -858,6 +872,7 @@ mod tests {
             "starting"
         );
         let page = StatusPage {
+            config: service_runtime::live_config::ConfigStatus::flags_only().report(),
             full: true,
             dependencies: vec![DependencyView::from(&set(WatchStatus::Live, vec![]))],
             consul_ui: "http://127.0.0.1:8500/ui/".into(),
@@ -878,6 +893,7 @@ mod tests {
         }
         assert_eq!(Flash::from_code("<script>"), None);
         let page = StudentPage {
+            passing_score: 50,
             student: student("Tony", None),
             form: GradeForm::fresh(),
             error: None,
@@ -894,6 +910,7 @@ mod tests {
     fn each_grade_links_to_its_edit_form_and_its_delete_question() {
         let tony = student("Tony", Some(92.5));
         let html = StudentPage {
+            passing_score: 50,
             student: tony.clone(),
             form: GradeForm::fresh(),
             error: None,
@@ -945,6 +962,7 @@ mod tests {
     #[test]
     fn the_status_page_shows_providers_and_links_the_consul_ui() {
         let page = StatusPage {
+            config: service_runtime::live_config::ConfigStatus::flags_only().report(),
             full: true,
             dependencies: vec![DependencyView {
                 service: "grading".into(),

@@ -11,7 +11,8 @@ use contracts::{request_key, service_name};
 use discovery::Provider;
 use service_runtime::ProviderPool;
 use service_runtime::http::{body_limit, respond};
-use service_runtime::telemetry::ShippingStats;
+use service_runtime::live_config::{CommonSettings, Effective, LiveConfig, Origins};
+use service_runtime::telemetry::{ShipLevel, ShippingStats};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -24,9 +25,10 @@ use crate::error::{PortalError, handle_rejection};
 use crate::logs::{self, Cursor};
 use crate::pages::{
     self, DeleteForm, DeleteGradePage, DependencyView, EditGradePage, Flash, GradeForm, LogRow,
-    LogsPage, MAX_FORM_BYTES, MissingLog, STUDENTS_PER_PAGE, ShippingView, StatusPage, StudentForm,
-    StudentPage, StudentsPage,
+    LogsPage, MAX_FORM_BYTES, MissingLog, ShippingView, StatusPage, StudentForm, StudentPage,
+    StudentsPage,
 };
+use crate::settings::PortalSettings;
 use crate::upstream::{Grading, LOG_PAGE_RECORDS, LogReader, UpstreamError, Verdict};
 
 /// What every handler works with: the dependencies and where the Consul UI is. Cheap to clone.
@@ -43,6 +45,8 @@ pub struct Portal {
     shipping: Option<Arc<ShippingStats>>,
     /// How much `/status` shows.
     status: StatusMode,
+    /// Students per page and the passing score, changed live through Consul KV.
+    settings: LiveConfig<PortalSettings>,
 }
 
 impl Portal {
@@ -57,7 +61,25 @@ impl Portal {
             connections: None,
             shipping: None,
             status: StatusMode::Full,
+            settings: LiveConfig::fixed(
+                Effective {
+                    common: CommonSettings::from_env(),
+                    service: PortalSettings::default(),
+                },
+                Origins::default(),
+            ),
         }
+    }
+
+    /// The same portal reading its settings from `settings` (the live configuration).
+    pub fn with_settings(mut self, settings: LiveConfig<PortalSettings>) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Keeps the level of the portal's shipped records at the configured `ship_level`.
+    pub fn drive_ship_level(&self, level: ShipLevel) {
+        self.settings.drive_ship_level(level);
     }
 
     /// Shows these connection counters (the portal's own server's) on the status page.
@@ -347,9 +369,10 @@ async fn students_page(
     error: Option<String>,
     flash: Option<Flash>,
 ) -> Result<StudentsPage, PortalError> {
+    let settings = portal.settings.current();
     let page = portal
         .grading
-        .students_page(after, STUDENTS_PER_PAGE)
+        .students_page(after, settings.service.students_per_page)
         .await?;
     let next = match page.students.last() {
         Some(last) if page.more => Some(StudentsPage::after(last.id)),
@@ -359,6 +382,7 @@ async fn students_page(
         students: page.students,
         next,
         paged: after.is_some(),
+        passing_score: settings.service.passing_score,
         form,
         error,
         flash,
@@ -411,6 +435,7 @@ async fn show_student(
     let student = portal.grading.student(id).await?;
     let page = StudentPage {
         student,
+        passing_score: portal.settings.current().service.passing_score,
         form: GradeForm::fresh().carrying(&token),
         error: None,
         flash,
@@ -440,6 +465,7 @@ async fn add_grade(
         Verdict::Refused(message) => {
             let page = StudentPage {
                 student: portal.grading.student(id).await?,
+                passing_score: portal.settings.current().service.passing_score,
                 form,
                 error: Some(message),
                 flash: None,
@@ -592,6 +618,7 @@ fn show_status(portal: &Portal) -> Response {
         full: portal.status == StatusMode::Full,
         shipping: portal.shipping.as_deref().map(ShippingView::from),
         connections: portal.connections.as_ref().map(|stats| stats.counts()),
+        config: portal.settings.status().report(),
     };
     pages::render(StatusCode::OK, &page)
 }

@@ -11,6 +11,8 @@
 //! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
 //!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`browser`]: the Host allow-list and the security headers on every answer.
+//! - [`live_config`]: settings that change while a service runs, from Consul KV over its flags,
+//!   with `GET /status/config`.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber; for the services that ship their events to
 //!   the log service, hands back the queue ([`telemetry::Shipping`]) that the runtime ships.
@@ -18,6 +20,7 @@
 pub mod args;
 pub mod browser;
 pub mod http;
+pub mod live_config;
 pub mod pool;
 pub mod runtime;
 pub mod server;

@@ -20,6 +20,7 @@ use warp::reply::{Reply, Response};
 
 use crate::browser::HostAllowList;
 use crate::http::handle_rejection;
+use crate::live_config::{ConfigStatus, ConfigSummary, Effective, LiveConfig, Origins, Settings};
 use crate::pool::ProviderPool;
 use crate::server::{ConnectionLimits, ConnectionStats};
 use crate::telemetry::Shipping;
@@ -122,6 +123,8 @@ pub struct Service {
     connection_stats: ConnectionStats,
     /// This instance's own log records, shipped while it serves (see [`Service::with_shipping`]).
     shipping: Option<Shipping>,
+    /// Where the live settings come from, for `/health` and `/status/config`.
+    config: ConfigStatus,
 }
 
 /// The body of `GET /health`.
@@ -130,6 +133,7 @@ struct Health {
     status: &'static str,
     service: &'static str,
     version: &'static str,
+    config: ConfigSummary,
 }
 
 impl Service {
@@ -163,6 +167,7 @@ impl Service {
             connection_limits: ConnectionLimits::default(),
             connection_stats: ConnectionStats::default(),
             shipping: None,
+            config: ConfigStatus::flags_only(),
         })
     }
 
@@ -177,6 +182,23 @@ impl Service {
     pub fn with_shipping(mut self, shipping: Shipping) -> Service {
         self.shipping = Some(shipping);
         self
+    }
+
+    /// Starts the live configuration of this service (see [`crate::live_config`]): `settings`
+    /// and their `origins` from its flags, the common ones from the environment, under the keys
+    /// in Consul KV. `/health` and `/status/config` report it from now on.
+    pub fn live_config<S: Settings + std::fmt::Debug>(
+        &mut self,
+        settings: S,
+        origins: Origins,
+    ) -> LiveConfig<S> {
+        let base = Effective {
+            common: crate::live_config::CommonSettings::from_env(),
+            service: settings,
+        };
+        let live = LiveConfig::spawn(&self.definition.consul, self.definition.name, base, origins);
+        self.config = live.status();
+        live
     }
 
     /// The counters of this instance's connections, also served at `/status/connections`.
@@ -237,26 +259,30 @@ impl Service {
         }
     }
 
-    /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections` and the shared
+    /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections`,
+    /// `GET /status/config` and the shared
     /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
     pub async fn run<F>(mut self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
     {
         let name = self.definition.name;
-        let health_body = Health {
-            status: "ok",
-            service: name,
-            version: self.definition.version,
-        };
-        let health_json = serde_json::to_vec(&health_body).expect("serializable");
+        let version = self.definition.version;
+        let config = self.config.clone();
         let health = warp::path("health")
             .and(warp::path::end())
             .and(warp::get())
             .map(move || {
+                let body = Health {
+                    status: "ok",
+                    service: name,
+                    version,
+                    config: config.summary(),
+                };
+                let json = serde_json::to_vec(&body).expect("serializable");
                 warp::http::Response::builder()
                     .header("content-type", "application/json")
-                    .body(warp::hyper::body::Bytes::from(health_json.clone()).into())
+                    .body(warp::hyper::body::Bytes::from(json).into())
                     .expect("static response")
             });
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
@@ -266,6 +292,8 @@ impl Service {
             .or(health)
             .unify()
             .or(crate::server::status_route(self.connection_stats.clone()))
+            .unify()
+            .or(crate::live_config::status_route(self.config.clone()))
             .unify()
             .recover(handle_rejection)
             .unify();

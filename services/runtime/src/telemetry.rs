@@ -37,13 +37,23 @@ pub const SHIP_LEVEL_ENV: &str = "GRADEBOOK_SHIP_LEVEL";
 /// The settings read from the environment only, for `--help` of a service that does not ship
 /// its events (the log service).
 pub const ENV_HELP: &str = "Environment only:
-  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]";
+  RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]
+
+Live configuration: keys in Consul KV under gradebook/config/common/ and
+gradebook/config/SERVICE/ apply within a second, without a restart. Order, lowest
+first: default < environment < flag < KV common < KV service; a deleted key falls
+back. GET /status/config shows each value and where it came from.";
 
 /// The same for the services that ship their events to the log service.
 pub const ENV_HELP_SHIPPING: &str = "Environment only:
   RUST_LOG              what goes to stderr, in tracing's env-filter syntax [default: info]
   GRADEBOOK_SHIP_LEVEL  least severe level shipped to the log service: trace, debug, info,
-                        warn, error or off [default: info]";
+                        warn, error or off [default: info; live: KV key ship_level]
+
+Live configuration: keys in Consul KV under gradebook/config/common/ and
+gradebook/config/SERVICE/ apply within a second, without a restart. Order, lowest
+first: default < environment < flag < KV common < KV service; a deleted key falls
+back. GET /status/config shows each value and where it came from.";
 
 /// One record as the log service's batch form takes it.
 #[derive(Debug, Clone, Serialize)]
@@ -81,12 +91,18 @@ pub struct Shipping {
     destination: &'static str,
     stats: Arc<ShippingStats>,
     receiver: mpsc::Receiver<ShippedRecord>,
+    level: ShipLevel,
 }
 
 impl Shipping {
     /// The counters of this queue, for a status page.
     pub fn stats(&self) -> Arc<ShippingStats> {
         self.stats.clone()
+    }
+
+    /// The handle on the least severe level shipped, for the live configuration to move.
+    pub fn ship_level(&self) -> ShipLevel {
+        self.level.clone()
     }
 
     /// The Consul name of the service the records are shipped to.
@@ -163,10 +179,7 @@ pub fn init() {
 /// runtime starts shipping them ([`crate::Service::with_shipping`]). When a subscriber was
 /// installed already, nothing is queued and the returned queue stays empty.
 pub fn init_with_shipping(service: &'static str, destination: &'static str) -> Shipping {
-    let level = std::env::var(SHIP_LEVEL_ENV)
-        .ok()
-        .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::INFO);
+    let level = ShipLevel::new(ship_level_from_env());
     let (sender, receiver) = mpsc::channel(SHIPPING_BUFFER);
     let stats = Arc::new(ShippingStats::default());
     let layer = ShippingLayer {
@@ -174,7 +187,7 @@ pub fn init_with_shipping(service: &'static str, destination: &'static str) -> S
         sender,
         stats: stats.clone(),
     }
-    .with_filter(level);
+    .with_filter(level.clone());
     let _ = tracing_subscriber::registry()
         .with(stderr_layer())
         .with(layer)
@@ -184,6 +197,86 @@ pub fn init_with_shipping(service: &'static str, destination: &'static str) -> S
         destination,
         stats,
         receiver,
+        level,
+    }
+}
+
+/// `GRADEBOOK_SHIP_LEVEL`, else `info` (an unparseable value too, as before it became live).
+pub fn ship_level_from_env() -> LevelFilter {
+    std::env::var(SHIP_LEVEL_ENV)
+        .ok()
+        .and_then(|l| parse_ship_level(&l).ok())
+        .unwrap_or(LevelFilter::INFO)
+}
+
+/// A level name as `GRADEBOOK_SHIP_LEVEL` and the `ship_level` key take it.
+pub fn parse_ship_level(text: &str) -> Result<LevelFilter, String> {
+    text.trim()
+        .parse::<LevelFilter>()
+        .map_err(|_| format!("{text:?} is not a level: trace, debug, info, warn, error or off"))
+}
+
+/// The least severe level shipped, changeable while the process runs (live configuration).
+/// The filter keeps tracing's per-callsite cache: a change rebuilds it, so a filtered-out event
+/// still costs nothing on the hot path.
+#[derive(Debug, Clone)]
+pub struct ShipLevel(Arc<std::sync::atomic::AtomicU8>);
+
+impl ShipLevel {
+    fn new(level: LevelFilter) -> ShipLevel {
+        ShipLevel(Arc::new(std::sync::atomic::AtomicU8::new(Self::encode(
+            level,
+        ))))
+    }
+
+    /// Ships `level` and more severe from now on.
+    pub fn set(&self, level: LevelFilter) {
+        if self.0.swap(Self::encode(level), Ordering::Relaxed) != Self::encode(level) {
+            tracing::callsite::rebuild_interest_cache();
+        }
+    }
+
+    /// The level shipped now.
+    pub fn get(&self) -> LevelFilter {
+        match self.0.load(Ordering::Relaxed) {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            4 => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
+        }
+    }
+
+    fn encode(level: LevelFilter) -> u8 {
+        match level.into_level() {
+            None => 0,
+            Some(Level::ERROR) => 1,
+            Some(Level::WARN) => 2,
+            Some(Level::INFO) => 3,
+            Some(Level::DEBUG) => 4,
+            Some(Level::TRACE) => 5,
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for ShipLevel {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
+        *metadata.level() <= self.get()
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        match *metadata.level() <= self.get() {
+            true => tracing::subscriber::Interest::always(),
+            false => tracing::subscriber::Interest::never(),
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.get())
     }
 }
 
@@ -394,6 +487,28 @@ async fn ship(
 mod tests {
     use std::sync::Mutex;
 
+    #[test]
+    fn the_ship_level_moves_and_parses_as_the_variable_does() {
+        let level = ShipLevel::new(LevelFilter::INFO);
+        assert_eq!(level.get(), LevelFilter::INFO);
+        for wanted in [
+            LevelFilter::OFF,
+            LevelFilter::ERROR,
+            LevelFilter::WARN,
+            LevelFilter::DEBUG,
+            LevelFilter::TRACE,
+        ] {
+            level.set(wanted);
+            assert_eq!(level.get(), wanted);
+        }
+        assert_eq!(parse_ship_level(" Debug "), Ok(LevelFilter::DEBUG));
+        assert!(
+            parse_ship_level("loud")
+                .unwrap_err()
+                .contains("trace, debug")
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -506,6 +621,7 @@ mod tests {
             destination: "log",
             stats: stats.clone(),
             receiver,
+            level: ShipLevel::new(LevelFilter::INFO),
         };
         let shipper = shipping.start(pool);
         // What the layer does for each event it queues.

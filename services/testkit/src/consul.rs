@@ -248,6 +248,29 @@ impl ConsulAgent {
         }
     }
 
+    /// Stores `value` under `key` in the KV store (`PUT /v1/kv/KEY`), as `consul kv put` does.
+    pub async fn kv_put(&self, key: &str, value: impl Into<reqwest::Body>) {
+        let url = format!("{}/v1/kv/{key}", self.http_addr());
+        let response = self
+            .with_token(self.client.put(&url).body(value))
+            .send()
+            .await;
+        match response.map(|r| r.error_for_status()) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => panic!("PUT {url}: {e}"),
+        }
+    }
+
+    /// Deletes `key` from the KV store (`DELETE /v1/kv/KEY`), as `consul kv delete` does.
+    pub async fn kv_delete(&self, key: &str) {
+        let url = format!("{}/v1/kv/{key}", self.http_addr());
+        let response = self.with_token(self.client.delete(&url)).send().await;
+        match response.map(|r| r.error_for_status()) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => panic!("DELETE {url}: {e}"),
+        }
+    }
+
     /// GETs `path` from the agent as JSON; a failure fails the test.
     async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
         self.try_get(path)

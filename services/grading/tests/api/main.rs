@@ -243,3 +243,56 @@ async fn grading_answers_503_while_postgres_restarts_and_recovers_by_itself() {
     post_created(&format!("{base}/students/3/grades"), &grade).await;
     stop(&agent, grading).await;
 }
+
+/// The common ship level in Consul KV reaches grading, its own key overrides it, and a key
+/// grading does not know is refused and named in `/status/config`.
+#[tokio::test]
+async fn the_ship_level_follows_the_common_key_and_its_own_key_overrides_it() {
+    let agent = ConsulAgent::start().await;
+    let db = Database::sqlite();
+    let grading = spawn_app(&agent, &db).await;
+    let status_url = format!("{}/status/config", grading.base_url());
+    let config_where = |what: &'static str, until: fn(&Value) -> bool| {
+        let url = status_url.clone();
+        eventually(what, Duration::from_secs(10), move || {
+            let url = url.clone();
+            async move {
+                let config = get_json(&url).await;
+                until(&config).then_some(config)
+            }
+        })
+    };
+
+    agent
+        .kv_put("gradebook/config/common/ship_level", "debug")
+        .await;
+    let config = config_where("the common level applies", |c| {
+        c["settings"]["ship_level"]["value"] == "debug"
+    })
+    .await;
+    assert_eq!(config["settings"]["ship_level"]["from"], "kv-common");
+    assert_eq!(config["source"], "consul-kv");
+
+    agent
+        .kv_put("gradebook/config/grading/ship_level", "warn")
+        .await;
+    agent
+        .kv_put("gradebook/config/grading/students_per_page", "5")
+        .await;
+    let config = config_where("grading's own level wins", |c| {
+        c["settings"]["ship_level"]["value"] == "warn"
+            && c["last_refused"]["key"] == "gradebook/config/grading/students_per_page"
+    })
+    .await;
+    assert_eq!(config["settings"]["ship_level"]["from"], "kv-service");
+    let health = get_json(&format!("{}/health", grading.base_url())).await;
+    assert_eq!(health["config"]["source"], "consul-kv", "{health}");
+    assert_eq!(health["config"]["index"], config["index"], "{health}");
+
+    agent.kv_delete("gradebook/config/grading/ship_level").await;
+    config_where("back to the common level", |c| {
+        c["settings"]["ship_level"]["value"] == "debug"
+    })
+    .await;
+    stop(&agent, grading).await;
+}

@@ -1,7 +1,7 @@
 //! What every API test of the portal starts from: the real app, built and run in this process
 //! on port 0 against a real Consul agent.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use portal::App;
 use portal::config::Config;
 use testkit::{ConsulAgent, RunningApp};
@@ -18,6 +18,28 @@ pub async fn spawn_app(agent: &ConsulAgent) -> RunningApp {
     ];
     let config = Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
     let app = App::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("the portal cannot start: {e}"));
+    let addr = app.local_addr();
+    RunningApp::spawn(addr, move |shutdown| app.run(shutdown))
+}
+
+/// [`spawn_app`] with `extra` flags, read as `main` reads them: where each live setting came from
+/// (flag, environment or default) is known.
+pub async fn spawn_app_with(agent: &ConsulAgent, extra: &[&str]) -> RunningApp {
+    let mut args = vec![
+        "portal".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--consul-http-addr".to_owned(),
+        agent.http_addr(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let matches = Config::command()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{e}"));
+    let app = App::build(Config::from_matches(config, &matches))
         .await
         .unwrap_or_else(|e| panic!("the portal cannot start: {e}"));
     let addr = app.local_addr();

@@ -5,6 +5,7 @@
 //! binary, as one of them is killed.
 
 mod helpers;
+mod live_config;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -97,7 +98,7 @@ fn grading_routes(
 }
 
 /// Starts the grading stand-in on a free port and returns its address; it lives as long as the test.
-async fn start_grading_stand_in() -> SocketAddr {
+pub(crate) async fn start_grading_stand_in() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let students = Arc::new(Mutex::new(demo_students()));
@@ -111,7 +112,7 @@ async fn start_grading_stand_in() -> SocketAddr {
 
 /// Registers the stand-in as a `grading` instance with an HTTP check on its `/health`, as the real
 /// service registers itself.
-async fn register_grading(agent: &ConsulAgent, addr: SocketAddr) {
+pub(crate) async fn register_grading(agent: &ConsulAgent, addr: SocketAddr) {
     agent
         .register(&json!({
             "Name": "grading",
