@@ -588,7 +588,10 @@ fn answer<S: Routes>(
         *request.method_mut() = Method::GET;
     }
     let trace = TraceContext::for_request(request.headers());
-    let routed = (!shed).then(|| hyper::service::Service::call(service, request));
+    let routed = (!shed).then(|| {
+        // Whatever the routes do on the call itself, before the first poll, is in the trace too.
+        crate::trace::sync_scope(trace, || hyper::service::Service::call(service, request))
+    });
     async move {
         let mut response = match routed {
             Some(routed) => match crate::trace::scope(trace, routed).await {

@@ -152,6 +152,12 @@ pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
     CURRENT.scope(context, future).await
 }
 
+/// Runs `work` with `context` as the [`current`] one: for what a request does before its future
+/// is first polled.
+pub fn sync_scope<R>(context: TraceContext, work: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(context, work)
+}
+
 /// The context of the request being served by this task, if any.
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(|context| *context).ok()
@@ -280,6 +286,7 @@ mod tests {
         })
         .await;
         assert_eq!(inside, Some(context));
+        assert_eq!(sync_scope(context, current), Some(context));
         assert_eq!(current(), None);
     }
 }
