@@ -1,5 +1,6 @@
 //! Installs the `tracing` subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`), and optionally a copy of each event shipped to the log service.
+//! (default `info`), and optionally a copy of each event shipped to the log service, stamped
+//! with the trace id of the request it happened in (see [`crate::trace`]).
 //!
 //! Shipping never slows the code that logs: an event is formatted and put in a bounded queue
 //! with `try_send`, and one background task sends the queue in batches to a log instance found
