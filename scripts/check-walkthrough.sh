@@ -11,7 +11,7 @@ Starts scripts/run-local.sh on a fresh data/ (there must be none: the walkthroug
 starts from one), then runs every one-line `$ curl` and `$ dig` command of README's
 "Walkthrough" section up to "Discovery at work", in order, and compares its output
 with README's, line by line, after blanking what differs between runs: times and
-dates, durations, the Consul node's name. Where README trims a line with `…`, its
+dates, durations, the Consul node's name, trace ids. Where README trims a line with `…`, its
 pieces must appear in that order; a line that is only `…` stands for lines left
 out. Prints each difference and exits 1 if there is one. Needs ports 8500, 8600, 4000, 5000 and 6100 free, curl, dig and jq (installed
 from Debian's packages when missing and running as root). Leaves data/ removed.
@@ -81,6 +81,9 @@ def normalize(line):
     line = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<time>", line)
     line = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "<local time>", line)
     line = re.sub(r"^date: .*", "date: <date>", line)
+    # A new trace, with random ids, for every request that comes without one.
+    line = re.sub(r"^traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-", "traceparent: 00-<ids>-", line)
+    line = re.sub(r'"trace_id":"[0-9a-f]{32}"', '"trace_id":"<id>"', line)
     line = re.sub(r"\b\d+(\.\d+)? s\b", "<n> s", line)
     line = re.sub(r"[\w-]+\.node\.dc1\.consul\.", "<node>.node.dc1.consul.", line)
     return line.rstrip()

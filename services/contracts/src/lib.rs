@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`grading`]: students and grades as grading answers and takes them, grade types, and the
 //!   opt-in paging of the student list.
-//! - [`log`]: a log record as the log service answers `GET /log`.
+//! - [`log`]: a log record as the log service answers `GET /log`, and what a trace id is.
 //! - [`request_key`]: the `Idempotency-Key` header and what a key may be.
 //! - [`service_name`]: the Consul names of the services, and what a service name may be.
 //! - [`id`]: how an id is written in a path.

@@ -1,4 +1,5 @@
-//! A log record as the log service answers `GET /log`: the stored record and its number.
+//! A log record as the log service answers `GET /log`: the stored record and its number, and
+//! what a trace id in it may be.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +22,36 @@ pub struct LogRecord {
     pub trace_id: Option<String>,
 }
 
+/// The trace-id of W3C Trace Context (`traceparent`'s second field): 32 lowercase hex digits,
+/// not all zero (the invalid value). Only that form is stored or asked for, so a trace id is
+/// something any tracing tool can look up and never a carrier for arbitrary text.
+pub fn is_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_id_is_32_lowercase_hex_digits_not_all_zero() {
+        assert!(is_trace_id("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e47360",
+            "4BF92F3577B34DA6A3CE929D0E0E4736",
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+            "00000000000000000000000000000000",
+            "<script>alert(1)</script>aaaaaaa",
+        ] {
+            assert!(!is_trace_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_record_reads_as_the_log_service_writes_it_and_back() {

@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::error::ApiError;
-use crate::record::{Level, NewRecord, Record};
+use crate::record::{Level, NewRecord, Record, is_trace_id};
 use crate::store::{LogStore, Selection};
 
 /// Largest request body accepted, text or JSON.
@@ -48,6 +48,8 @@ struct ReadQuery {
     service: Option<String>,
     /// Only records at this level or more severe.
     level: Option<String>,
+    /// Only records of this W3C trace-id, among the newest (see [`crate::store::TRACE_HORIZON`]).
+    trace: Option<String>,
     limit: Option<String>,
     /// Only records numbered below this: the `seq` of the oldest record of the previous page.
     before: Option<String>,
@@ -194,7 +196,8 @@ fn parse_text(query: TextQuery, body: &[u8], now: SystemTime) -> Result<Record, 
         service: query.service.unwrap_or_else(|| "anonymous".to_owned()),
         level: query.level,
         message: message.to_owned(),
-        trace_id: None,
+        // A caller's `traceparent` (read by the serving layer) puts its record in the trace.
+        trace_id: service_runtime::trace::current().map(|trace| trace.trace_id()),
     }
     .validate(now)
     .map_err(ApiError::InvalidText)
@@ -237,9 +240,14 @@ async fn read_log(query: ReadQuery, store: &LogStore) -> Result<impl warp::Reply
         .map(str::parse::<Level>)
         .transpose()
         .map_err(|_| ApiError::LevelFilter)?;
+    let trace = query.trace.as_deref().filter(|t| !t.is_empty());
+    if trace.is_some_and(|t| !is_trace_id(t)) {
+        return Err(ApiError::TraceFilter);
+    }
     let selection = Selection {
         service: query.service.as_deref().filter(|s| !s.is_empty()),
         level,
+        trace,
         after,
         before,
         limit,

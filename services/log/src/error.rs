@@ -34,6 +34,8 @@ pub enum ApiError {
     Wait,
     #[error("level: must be trace, debug, info, warn or error")]
     LevelFilter,
+    #[error("trace: must be a W3C trace-id, 32 lowercase hex digits, not all zero")]
+    TraceFilter,
     #[error("wait: only with after=SEQ (the newest record already seen)")]
     WaitWithoutAfter,
     #[error("Idempotency-Key: must be 1 to {max} letters, digits, '-', '_', '.' or ':'")]
@@ -62,6 +64,7 @@ impl ApiError {
             | ApiError::After
             | ApiError::Wait
             | ApiError::LevelFilter
+            | ApiError::TraceFilter
             | ApiError::WaitWithoutAfter
             | ApiError::RequestKey { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecord { .. } | ApiError::InvalidText(_) => {

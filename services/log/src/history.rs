@@ -134,12 +134,14 @@ impl BlockIndex {
 }
 
 /// Which of the file's records a read wants: numbered above `lower` and below `upper`, from
-/// `service` when given, and `admitted` (which checks service and level again on the parsed
-/// record; `service` only lets the read skip blocks and lines without parsing them).
+/// `service` and of `trace` when given, and `admitted` (which checks service, level and trace
+/// again on the parsed record; `service` and `trace` only let the read skip blocks and lines
+/// without parsing them).
 pub struct Wanted<'a, F> {
     pub lower: u64,
     pub upper: u64,
     pub service: Option<&'a str>,
+    pub trace: Option<&'a str>,
     pub admitted: F,
     pub limit: usize,
 }
@@ -156,6 +158,7 @@ pub fn read_before<F: Fn(&Record) -> bool>(
         lower,
         upper,
         service,
+        trace,
         admitted,
         limit,
     } = want;
@@ -175,7 +178,7 @@ pub fn read_before<F: Fn(&Record) -> bool>(
         let last = (first + block_records - 1).min(upper - 1);
         let mut in_block = Vec::new();
         for seq in first..=last {
-            if let Some(record) = file.next_if(seq, seq > lower, service)?
+            if let Some(record) = file.next_if(seq, seq > lower, service, trace)?
                 && admitted(&record)
             {
                 in_block.push(Numbered { seq, record });
@@ -205,6 +208,7 @@ pub fn read_after<F: Fn(&Record) -> bool>(
         lower,
         upper,
         service,
+        trace,
         admitted,
         limit,
     } = want;
@@ -229,7 +233,7 @@ pub fn read_after<F: Fn(&Record) -> bool>(
         }
         let last = (first + block_records - 1).min(upper - 1);
         for seq in first..=last {
-            if let Some(record) = file.next_if(seq, seq > lower, service)?
+            if let Some(record) = file.next_if(seq, seq > lower, service, trace)?
                 && admitted(&record)
             {
                 found.push(Numbered { seq, record });
@@ -281,12 +285,14 @@ impl<'a> RecordReader<'a> {
     }
 
     /// Reads the next line, which is record `seq`, and parses it if `wanted` and, when `service`
-    /// is given, the line is of that service or its service cannot be told without parsing.
+    /// is given, the line is of that service or its service cannot be told without parsing, and
+    /// when `trace` is given, the line holds its bytes somewhere.
     fn next_if(
         &mut self,
         seq: u64,
         wanted: bool,
         service: Option<&str>,
+        trace: Option<&str>,
     ) -> io::Result<Option<Record>> {
         self.line.clear();
         self.reader.read_until(b'\n', &mut self.line)?;
@@ -301,6 +307,15 @@ impl<'a> RecordReader<'a> {
         }
         if let Some(service) = service
             && line_service(json).is_some_and(|of_line| of_line != service.as_bytes())
+        {
+            return Ok(None);
+        }
+        // A trace id is plain hex, which JSON writes as it is: a line without its bytes is not
+        // of that trace (one with them may only mention it, and is checked once parsed).
+        if let Some(trace) = trace
+            && !json
+                .windows(trace.len())
+                .any(|window| window == trace.as_bytes())
         {
             return Ok(None);
         }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;
 
+pub use contracts::log::is_trace_id;
 use serde::{Deserialize, Serialize};
 
 /// Largest accepted `message`, in bytes of UTF-8 (64 KiB).
@@ -31,7 +32,8 @@ pub struct Record {
     pub level: Level,
     /// The log message: non-empty, at most [`MAX_MESSAGE_BYTES`]; may contain any characters.
     pub message: String,
-    /// Correlates records of one request across services; at most 100 characters.
+    /// The W3C trace-id of the request it was logged in: 32 lowercase hex digits, not all zero
+    /// ([`is_trace_id`]). Absent in records of no request, and in records stored before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
 }
@@ -180,17 +182,6 @@ impl NewRecord {
             trace_id,
         })
     }
-}
-
-/// The trace-id of W3C Trace Context (`traceparent`'s second field): 32 lowercase hex digits,
-/// not all zero (the invalid value). Only that form is stored, so a trace id is something any
-/// tracing tool can look up and never a carrier for arbitrary text.
-pub fn is_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && id.bytes().any(|b| b != b'0')
 }
 
 /// Service names end up in URLs, file names and log lines, so they are kept to a safe alphabet.

@@ -38,6 +38,15 @@ const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 /// in at most about 15 MB.
 pub const REMEMBERED_KEYS: usize = 100_000;
 
+/// How many of the newest records a `trace` filter looks through. Traces have no index (one
+/// entry per request would grow with every request, where the service index grows with
+/// services); a trace's records are written within a second of each other and looked up soon
+/// after, so the newest records hold them. A read with a trace filter costs a look at the
+/// records in memory (10,000) plus, past them, at most this many lines of the file read in the
+/// blocking pool, each only searched for the id's bytes and parsed only when they are found:
+/// about 20 MB read at ~200 bytes a record.
+pub const TRACE_HORIZON: u64 = 100_000;
+
 /// Takes the exclusive lock that lives as long as the file handle (the writer thread's). A
 /// store closed just now in this process may still be finishing its last write, hence a short wait.
 fn lock_exclusively(file: &File, path: &Path) -> Result<(), StoreError> {
@@ -167,15 +176,17 @@ pub struct Selection<'a> {
     pub service: Option<&'a str>,
     /// The least severe level selected: `warn` selects warnings and errors.
     pub level: Option<Level>,
+    /// Only records of this trace (a valid W3C trace-id), among the newest [`TRACE_HORIZON`].
+    pub trace: Option<&'a str>,
     pub after: Option<u64>,
     pub before: Option<u64>,
     pub limit: usize,
 }
 
 impl Selection<'_> {
-    /// Whether `record` is of the service and severity selected (whatever its number).
+    /// Whether `record` is of the service, severity and trace selected (whatever its number).
     pub fn admits(&self, record: &Record) -> bool {
-        admits(self.service, self.level, record)
+        admits(self.service, self.level, self.trace, record)
     }
     /// The newest `limit` records.
     #[cfg(test)]
@@ -183,6 +194,7 @@ impl Selection<'_> {
         Selection {
             service: None,
             level: None,
+            trace: None,
             after: None,
             before: None,
             limit,
@@ -190,9 +202,17 @@ impl Selection<'_> {
     }
 }
 
-/// Whether `record` is from `service` (any, when `None`) at `level` or more severe.
-fn admits(service: Option<&str>, level: Option<Level>, record: &Record) -> bool {
-    service.is_none_or(|s| record.service == s) && level.is_none_or(|l| record.level >= l)
+/// Whether `record` is from `service` (any, when `None`) at `level` or more severe, and of
+/// `trace` when given.
+fn admits(
+    service: Option<&str>,
+    level: Option<Level>,
+    trace: Option<&str>,
+    record: &Record,
+) -> bool {
+    service.is_none_or(|s| record.service == s)
+        && level.is_none_or(|l| record.level >= l)
+        && trace.is_none_or(|t| record.trace_id.as_deref() == Some(t))
 }
 
 /// One `append` call on its way to the writer thread.
@@ -406,10 +426,16 @@ impl LogStore {
     /// the newest records hold them; otherwise older ones are read from the file, off the async
     /// workers. Includes every record whose append has returned `Ok`.
     pub async fn read(&self, want: Selection<'_>) -> Result<Vec<Numbered>, StoreError> {
-        let lower = want.after.unwrap_or(0);
-        let (in_memory, window_start, upper) = {
+        let (in_memory, window_start, lower, upper) = {
             let recent = self.shared.lock_recent();
             let count = self.shared.count.load(Ordering::Acquire);
+            let lower = want.after.unwrap_or(0);
+            // No index by trace: a trace is looked for among the newest records only, so its
+            // cost is bounded whatever the file's size (see [`TRACE_HORIZON`]).
+            let lower = match want.trace {
+                Some(_) => lower.max(count.saturating_sub(TRACE_HORIZON)),
+                None => lower,
+            };
             let upper = want
                 .before
                 .map_or(count + 1, |before| before.min(count + 1));
@@ -446,13 +472,14 @@ impl LogStore {
                 newest_first.reverse();
                 newest_first
             };
-            (found, window_start, upper)
+            (found, window_start, lower, upper)
         };
         let file_upper = upper.min(window_start);
         if lower.saturating_add(1) >= file_upper {
             return Ok(in_memory);
         }
         let (service, level) = (want.service.map(str::to_owned), want.level);
+        let trace = want.trace.map(str::to_owned);
         let forwards = want.after.is_some();
         // The oldest come first when reading forwards, so the file is read even when memory
         // alone has enough.
@@ -466,12 +493,13 @@ impl LogStore {
         }
         let mut found = self
             .read_file(move |path, index| {
-                let service = service.as_deref();
+                let (service, trace) = (service.as_deref(), trace.as_deref());
                 let want = Wanted {
                     lower,
                     upper: file_upper,
                     service,
-                    admitted: |record: &Record| admits(service, level, record),
+                    trace,
+                    admitted: |record: &Record| admits(service, level, trace, record),
                     limit,
                 };
                 if forwards {
@@ -1187,6 +1215,7 @@ mod tests {
                             let want = Selection {
                                 service,
                                 level,
+                                trace: None,
                                 after,
                                 before,
                                 limit,
@@ -1268,6 +1297,43 @@ mod tests {
         };
         assert_eq!(store.read(forwards).await.unwrap(), found);
         assert!(store.read(Selection::newest(10)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_trace_is_found_in_memory_and_in_the_file_and_only_where_it_is_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two records in memory: the others are read from the file.
+        let store = LogStore::open(dir.path(), 2).unwrap();
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traced = |service: &str, message: &str| Record {
+            trace_id: Some(trace.to_owned()),
+            ..record(service, message)
+        };
+        let all = vec![
+            traced("portal", "grade recorded"),
+            record("grading", &format!("a message that names {trace}")),
+            traced("grading", "grade added"),
+            record("grading", "another request"),
+            traced("portal", "late record"),
+            record("portal", "newest"),
+        ];
+        store.append(all.clone()).await.unwrap();
+        let of_trace = Selection {
+            trace: Some(trace),
+            ..Selection::newest(10)
+        };
+        let seqs = |found: Vec<Numbered>| found.iter().map(|n| n.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.read(of_trace).await.unwrap()), [1, 3, 5]);
+        let forwards = Selection {
+            after: Some(1),
+            ..of_trace
+        };
+        assert_eq!(seqs(store.read(forwards).await.unwrap()), [3, 5]);
+        let of_grading = Selection {
+            service: Some("grading"),
+            ..of_trace
+        };
+        assert_eq!(seqs(store.read(of_grading).await.unwrap()), [3]);
     }
 
     #[tokio::test(flavor = "multi_thread")]

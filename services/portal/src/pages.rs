@@ -304,6 +304,8 @@ pub struct LogsPage {
     pub service: String,
     /// The level filter (that level or more severe), empty for all.
     pub level: String,
+    /// The trace filter (a W3C trace-id), empty for all.
+    pub trace: String,
     /// The services the filter offers.
     pub services: Vec<String>,
     /// The zone the times are shown in.
@@ -375,6 +377,9 @@ impl LogsPage {
         if !self.level.is_empty() {
             query.append_pair("level", &self.level);
         }
+        if !self.trace.is_empty() {
+            query.append_pair("trace", &self.trace);
+        }
         for position in cursor.into_iter().flat_map(Cursor::query_values) {
             query.append_pair("before", &position);
         }
@@ -411,6 +416,14 @@ pub struct LogRow {
 }
 
 impl LogRow {
+    /// The logs page of this record's trace, when it carries a valid trace id.
+    pub fn trace_link(&self) -> Option<String> {
+        self.trace_id
+            .as_deref()
+            .filter(|id| contracts::log::is_trace_id(id))
+            .map(|id| format!("/logs?trace={id}"))
+    }
+
     /// `record`, held by the log instance at `instance`, with its time shown in `zone`; a time
     /// that does not parse is shown as it is.
     pub fn new(record: LogRecord, instance: &str, zone: &jiff::tz::TimeZone) -> LogRow {
@@ -764,6 +777,7 @@ mod tests {
             rows: vec![row],
             service: "grading".into(),
             level: "warn".into(),
+            trace: String::new(),
             zone: "Europe/Paris".into(),
             older: None,
             paged: true,
@@ -793,12 +807,56 @@ mod tests {
     }
 
     #[test]
+    fn a_records_trace_links_to_its_page_and_a_forged_one_is_shown_escaped_without_a_link() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let row = |trace_id: &str| {
+            let record = LogRecord {
+                seq: 1,
+                time: "2026-11-29T21:47:06.219Z".into(),
+                service: "grading".into(),
+                level: "info".into(),
+                message: "grade added".into(),
+                trace_id: Some(trace_id.into()),
+            };
+            LogRow::new(record, "127.0.0.1:4000", &jiff::tz::TimeZone::UTC)
+        };
+        let page = LogsPage {
+            services: vec![],
+            rows: vec![row(trace), row("<b>x</b>\"><a")],
+            service: String::new(),
+            level: String::new(),
+            trace: trace.into(),
+            zone: "UTC".into(),
+            older: None,
+            paged: false,
+            missing: vec![],
+        };
+        let html = page.render().unwrap();
+        assert!(
+            html.contains(&format!(
+                r#"trace <a href="/logs?trace={trace}">{trace}</a>"#
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(r#"name="trace" value="{trace}""#)),
+            "{html}"
+        );
+        assert!(
+            html.contains("trace &#60;b&#62;x&#60;/b&#62;&#34;&#62;&#60;a</small>"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>x"), "{html}");
+    }
+
+    #[test]
     fn the_older_link_carries_one_encoded_position_per_log_instance() {
         let mut page = LogsPage {
             services: vec![],
             rows: vec![],
             service: "grading".into(),
             level: String::new(),
+            trace: String::new(),
             zone: "UTC".into(),
             older: None,
             paged: true,

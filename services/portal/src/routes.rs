@@ -151,6 +151,8 @@ pub struct LogsQuery {
     pub service: Option<String>,
     /// Show only records at this level or more severe.
     pub level: Option<String>,
+    /// Show only the records of this trace (a W3C trace-id).
+    pub trace: Option<String>,
     /// The "Older records" link's position in each log instance, `INSTANCE:SEQ` each (see
     /// [`Cursor`]); a parameter given once per instance.
     pub before: Vec<String>,
@@ -166,6 +168,7 @@ impl LogsQuery {
             match &*key {
                 "service" => query.service = Some(value.into_owned()),
                 "level" => query.level = Some(value.into_owned()),
+                "trace" => query.trace = Some(value.into_owned()),
                 "before" => query.before.push(value.into_owned()),
                 _ => {}
             }
@@ -413,10 +416,14 @@ async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, 
         last_name: form.last_name.clone(),
     };
     match portal.grading.add_student(&student, &form.request).await? {
-        Verdict::Done(id) => Ok(see_other(
-            format!("/students/{id}"),
-            Some(Flash::StudentAdded),
-        )),
+        Verdict::Done(id) => {
+            // What a user did, for the log: one record per change, none per page view.
+            tracing::info!(student = id, "student added through the form");
+            Ok(see_other(
+                format!("/students/{id}"),
+                Some(Flash::StudentAdded),
+            ))
+        }
         // Refused: the first page again, with the form as typed and grading's reason.
         Verdict::Refused(message) => {
             let page = students_page(&portal, None, form, Some(message), None).await?;
@@ -458,10 +465,13 @@ async fn add_grade(
         Err(message) => Verdict::Refused(message),
     };
     match verdict {
-        Verdict::Done(()) => Ok(see_other(
-            format!("/students/{id}"),
-            Some(Flash::GradeAdded),
-        )),
+        Verdict::Done(()) => {
+            tracing::info!(student = id, "grade recorded through the form");
+            Ok(see_other(
+                format!("/students/{id}"),
+                Some(Flash::GradeAdded),
+            ))
+        }
         Verdict::Refused(message) => {
             let page = StudentPage {
                 student: portal.grading.student(id).await?,
@@ -525,10 +535,17 @@ async fn change_grade(
         Err(message) => Verdict::Refused(message),
     };
     match verdict {
-        Verdict::Done(()) => Ok(see_other(
-            format!("/students/{id}"),
-            Some(Flash::GradeChanged),
-        )),
+        Verdict::Done(()) => {
+            tracing::info!(
+                student = id,
+                grade = grade_id,
+                "grade changed through the form"
+            );
+            Ok(see_other(
+                format!("/students/{id}"),
+                Some(Flash::GradeChanged),
+            ))
+        }
         Verdict::Refused(message) => {
             let page = EditGradePage {
                 student: portal.grading.student(id).await?,
@@ -565,6 +582,11 @@ async fn delete_grade(
     portal: Portal,
 ) -> Result<Response, PortalError> {
     portal.grading.delete_grade(id, grade_id).await?;
+    tracing::info!(
+        student = id,
+        grade = grade_id,
+        "grade deleted through the form"
+    );
     Ok(see_other(
         format!("/students/{id}"),
         Some(Flash::GradeDeleted),
@@ -649,8 +671,23 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
             "level: one of trace, debug, info, warn or error.".to_owned(),
         ));
     }
-    let (answers, missing) =
-        read_log_instances(&portal.log, service.as_deref(), level.as_deref(), &cursor).await?;
+    let trace = query
+        .trace
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(trace) = &trace
+        && !contracts::log::is_trace_id(trace)
+    {
+        return Err(PortalError::BadRequest(
+            "trace: a trace id is 32 lowercase hex digits, not all zero.".to_owned(),
+        ));
+    }
+    let filters = LogFilters {
+        service: service.as_deref(),
+        level: level.as_deref(),
+        trace: trace.as_deref(),
+    };
+    let (answers, missing) = read_log_instances(&portal.log, filters, &cursor).await?;
     let merged = logs::merge(answers, &cursor, LOG_PAGE_RECORDS);
     // Newest first: a reader wants the latest at the top.
     let rows: Vec<LogRow> = merged
@@ -664,6 +701,7 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
         rows,
         service,
         level: level.unwrap_or_default(),
+        trace: trace.unwrap_or_default(),
         zone: portal.time_zone.iana_name().unwrap_or("UTC").to_owned(),
         older: None,
         paged: !cursor.is_empty(),
@@ -676,14 +714,21 @@ async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalE
     Ok(pages::render(StatusCode::OK, &page))
 }
 
+/// The logs page's filters, checked: each `None` or a value `GET /log` takes.
+#[derive(Debug, Clone, Copy)]
+struct LogFilters<'a> {
+    service: Option<&'a str>,
+    level: Option<&'a str>,
+    trace: Option<&'a str>,
+}
+
 /// Reads the log instances that `cursor` says the page holds, all at once: every healthy one on
 /// the newest page, the healthy ones it names on an older page. An instance that is named but
 /// not healthy, or that fails, is missing from the page, which says so; the page fails only when
 /// no instance answered.
 async fn read_log_instances(
     log: &LogReader,
-    service: Option<&str>,
-    level: Option<&str>,
+    filters: LogFilters<'_>,
     cursor: &Cursor,
 ) -> Result<(Vec<logs::Answer>, Vec<MissingLog>), PortalError> {
     let healthy = log.instances();
@@ -711,9 +756,14 @@ async fn read_log_instances(
             )
             .collect()
     };
-    let reads = to_read
-        .iter()
-        .map(|(instance, before)| log.recent_from(&instance.id, service, level, *before));
+    let reads = to_read.iter().map(|(instance, before)| {
+        let LogFilters {
+            service,
+            level,
+            trace,
+        } = filters;
+        log.recent_from(&instance.id, service, level, trace, *before)
+    });
     let results = futures_util::future::join_all(reads).await;
     let mut answers = Vec::new();
     let mut first_failure = None;
@@ -835,6 +885,11 @@ mod tests {
                 get("/logs?before=57"),
                 400,
                 "before: a record number of a log instance",
+            ),
+            (
+                get("/logs?trace=%3Cb%3E"),
+                400,
+                "trace: a trace id is 32 lowercase hex digits",
             ),
         ];
         for (request, status, text) in cases {
@@ -992,12 +1047,15 @@ mod tests {
 
     #[test]
     fn the_logs_query_keeps_one_position_per_instance_as_sent() {
-        let query = LogsQuery::parse("service=demo&before=log-a%3A5&x=1&before=b%26c%3A7&level=");
+        let query = LogsQuery::parse(
+            "service=demo&before=log-a%3A5&x=1&before=b%26c%3A7&level=&trace=4bf92f3577b34da6a3ce929d0e0e4736",
+        );
         assert_eq!(
             query,
             LogsQuery {
                 service: Some("demo".into()),
                 level: Some(String::new()),
+                trace: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
                 before: vec!["log-a:5".into(), "b&c:7".into()],
             }
         );

@@ -301,10 +301,12 @@ impl LogReader {
         instance: &str,
         service: Option<&str>,
         level: Option<&str>,
+        trace: Option<&str>,
         before: Option<u64>,
     ) -> Result<Vec<LogRecord>, UpstreamError> {
         debug_assert!(service.is_none_or(service_name::is_valid));
-        let path = log_path(service, level, before);
+        debug_assert!(trace.is_none_or(contracts::log::is_trace_id));
+        let path = log_path(service, level, trace, before);
         let call = Call::get(&path, limits::LOG_PAGE).to_instance(instance);
         self.pool
             .call(call, |answer| {
@@ -316,7 +318,12 @@ impl LogReader {
 }
 
 /// `GET /log`'s path and query for a page of records.
-fn log_path(service: Option<&str>, level: Option<&str>, before: Option<u64>) -> String {
+fn log_path(
+    service: Option<&str>,
+    level: Option<&str>,
+    trace: Option<&str>,
+    before: Option<u64>,
+) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("limit", &LOG_PAGE_RECORDS.to_string());
     if let Some(service) = service {
@@ -324,6 +331,9 @@ fn log_path(service: Option<&str>, level: Option<&str>, before: Option<u64>) -> 
     }
     if let Some(level) = level {
         query.append_pair("level", level);
+    }
+    if let Some(trace) = trace {
+        query.append_pair("trace", trace);
     }
     if let Some(before) = before {
         query.append_pair("before", &before.to_string());

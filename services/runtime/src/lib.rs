@@ -16,6 +16,8 @@
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber; for the services that ship their events to
 //!   the log service, hands back the queue ([`telemetry::Shipping`]) that the runtime ships.
+//! - [`trace`]: W3C `traceparent` read on every request, answered, sent on by the pools and
+//!   stamped on shipped records.
 
 pub mod args;
 pub mod browser;
@@ -25,6 +27,7 @@ pub mod pool;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod trace;
 
 pub use args::ServiceArgs;
 pub use browser::AllowedHostsArgs;

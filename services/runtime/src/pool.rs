@@ -707,6 +707,10 @@ impl ProviderPool {
         if let Some(key) = call.idempotency_key {
             request = request.header(IDEMPOTENCY_KEY, key);
         }
+        // The request being served goes on in the called service, as a new span of its trace.
+        if let Some(trace) = crate::trace::current() {
+            request = request.header(crate::trace::TRACEPARENT, trace.child().header_value());
+        }
         request
     }
 

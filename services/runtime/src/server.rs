@@ -28,6 +28,8 @@ use warp::Filter;
 use warp::http::{Method, Request, StatusCode, header};
 use warp::reply::Reply;
 
+use crate::trace::TraceContext;
+
 /// How long a client may take from the first byte of a request head to its end, and how long a
 /// fresh connection may stay silent. Ten seconds is far beyond what any client on a working link
 /// needs (heads are a few hundred bytes) and short enough that a slow-header client holds a
@@ -573,8 +575,9 @@ where
     }
 }
 
-/// The answer to one request: HEAD as GET (hyper sends the headers without the body), and on a
-/// shed connection a 503 for anything but `/health`.
+/// The answer to one request: HEAD as GET (hyper sends the headers without the body), served in
+/// its trace context (see [`crate::trace`]), and on a shed connection a 503 for anything but
+/// `/health`.
 fn answer<S: Routes>(
     service: &S,
     mode: Mode,
@@ -584,10 +587,14 @@ fn answer<S: Routes>(
     if request.method() == Method::HEAD {
         *request.method_mut() = Method::GET;
     }
-    let routed = (!shed).then(|| hyper::service::Service::call(service, request));
+    let trace = TraceContext::for_request(request.headers());
+    let routed = (!shed).then(|| {
+        // Whatever the routes do on the call itself, before the first poll, is in the trace too.
+        crate::trace::sync_scope(trace, || hyper::service::Service::call(service, request))
+    });
     async move {
-        match routed {
-            Some(routed) => match routed.await {
+        let mut response = match routed {
+            Some(routed) => match crate::trace::scope(trace, routed).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             },
@@ -601,7 +608,12 @@ fn answer<S: Routes>(
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
                 response
             }
-        }
+        };
+        // The caller (a curl user too) learns the trace id, and the span it was served in.
+        response
+            .headers_mut()
+            .insert(crate::trace::TRACEPARENT, trace.header_value());
+        response
     }
 }
 

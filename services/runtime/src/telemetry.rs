@@ -1,5 +1,6 @@
 //! Installs the `tracing` subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`), and optionally a copy of each event shipped to the log service.
+//! (default `info`), and optionally a copy of each event shipped to the log service, stamped
+//! with the trace id of the request it happened in (see [`crate::trace`]).
 //!
 //! Shipping never slows the code that logs: an event is formatted and put in a bounded queue
 //! with `try_send`, and one background task sends the queue in batches to a log instance found
@@ -62,6 +63,9 @@ pub struct ShippedRecord {
     pub service: &'static str,
     pub level: &'static str,
     pub message: String,
+    /// The W3C trace-id of the request served when the event happened (see [`crate::trace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -321,6 +325,7 @@ where
             service: self.service,
             level: level_name(*event.metadata().level()),
             message: message.finish(),
+            trace_id: crate::trace::current().map(|trace| trace.trace_id()),
         };
         match self.sender.try_send(record) {
             Ok(()) => {
@@ -428,6 +433,7 @@ async fn ship(
                     "{} log records were dropped while no log instance could take them (buffer of {SHIPPING_BUFFER})",
                     dropped - reported_drops
                 ),
+                trace_id: None,
             });
         }
         match log
@@ -574,6 +580,7 @@ mod tests {
             service: "grading",
             level: "info",
             message: message.into(),
+            trace_id: None,
         }
     }
 
@@ -724,6 +731,30 @@ mod tests {
         assert_eq!(
             (first.service, first.level, first.message.as_str()),
             ("grading", "info", "event n=0")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_of_a_traced_request_carries_its_trace_id_and_others_none() {
+        let (layer, mut receiver, _) = grading_layer(8);
+        let subscriber = Arc::new(tracing_subscriber::registry().with(layer));
+        let trace = crate::trace::TraceContext::new_trace();
+        crate::trace::scope(trace, async {
+            tracing::subscriber::with_default(subscriber.clone(), || {
+                tracing::info!(target: "grading_service::api", "student added");
+            });
+        })
+        .await;
+        tracing::subscriber::with_default(
+            subscriber,
+            || tracing::info!(target: "service_runtime::runtime", "serving"),
+        );
+        let traced = receiver.try_recv().unwrap();
+        assert_eq!(traced.trace_id, Some(trace.trace_id()));
+        let untraced = receiver.try_recv().unwrap();
+        assert_eq!(
+            (untraced.message.as_str(), untraced.trace_id),
+            ("serving", None)
         );
     }
 

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use system_tests::{Gradebook, PATIENCE, client, requests_served};
-use testkit::{eventually, free_port};
+use testkit::{FormToken, eventually, free_port};
 
 async fn portal_home(portal: &testkit::ServiceProcess) -> (u16, String) {
     let response = client()
@@ -437,4 +437,135 @@ async fn the_home_page_shows_students_a_page_at_a_time_and_refuses_a_bad_page() 
             "{bad}: {page}"
         );
     }
+}
+
+/// The records of the log instance at `log` that belong to `trace`.
+async fn records_of_trace(log: &testkit::ServiceProcess, trace: &str) -> Vec<serde_json::Value> {
+    client()
+        .get(format!("{}/log?trace={trace}", log.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Whether `records` hold one of `service` whose message starts with `message`.
+fn has_record(records: &[serde_json::Value], service: &str, message: &str) -> bool {
+    records.iter().any(|r| {
+        r["service"] == service
+            && r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_trace_runs_through_the_portal_and_grading_into_the_log_and_its_page() {
+    let gradebook = Gradebook::new().await;
+    let log = gradebook.start_log("log", free_port()).await;
+    let grading = gradebook.start_grading("grading", free_port()).await;
+    let portal = gradebook.start_portal().await;
+    let http = client();
+    let student_page = format!("{}/students/1", portal.base_url());
+    eventually("the portal sees grading", PATIENCE, || async {
+        let response = http.get(&student_page).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+
+    // A grade recorded through the portal's form, by a caller with a trace of its own.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let form = FormToken::fetch(&http, &student_page).await.unwrap();
+    let sent = form
+        .post(
+            &http,
+            &format!("{student_page}/grades"),
+            "title=Traced+quiz&type=Quiz&score=88",
+        )
+        .header("traceparent", &traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 303);
+    let answered = sent.headers()["traceparent"].to_str().unwrap();
+    assert!(answered.starts_with(&format!("00-{trace}-")), "{answered}");
+    assert_ne!(
+        answered, traceparent,
+        "the portal answers with a span of its own"
+    );
+
+    // The portal's record and grading's, each shipped on its own, carry the caller's trace id:
+    // grading's only if the portal sent the trace on with its call.
+    let records = eventually(
+        "both services' records of the request",
+        PATIENCE,
+        || async {
+            let records = records_of_trace(&log, trace).await;
+            (has_record(&records, "portal", "grade recorded through the form")
+                && has_record(&records, "grading", "grade added"))
+            .then_some(records)
+        },
+    )
+    .await;
+    assert!(
+        records.iter().all(|r| r["trace_id"] == trace),
+        "{records:?}"
+    );
+
+    // The portal's logs page of that trace shows them, each linked to the trace, and nothing else.
+    let page = http
+        .get(format!("{}/logs?trace={trace}", portal.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("grade recorded through the form"), "{page}");
+    assert!(page.contains(">grade added<"), "{page}");
+    assert_eq!(
+        page.matches(&format!(r#"<a href="/logs?trace={trace}">{trace}</a>"#))
+            .count(),
+        records.len(),
+        "{page}"
+    );
+    assert!(!page.contains("registered with Consul"), "{page}");
+
+    // Grading and log take a trace from a direct caller as well.
+    let direct = "0af7651916cd43dd8448eb211c80319c";
+    let response = http
+        .post(format!("{}/students", grading.base_url()))
+        .header("traceparent", format!("00-{direct}-b7ad6b7169203331-01"))
+        .json(&json!({"firstName": "Direct", "lastName": "Caller"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert!(
+        response.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("00-{direct}-"))
+    );
+    let response = http
+        .post(format!("{}/log?service=curl", log.base_url()))
+        .header("traceparent", format!("00-{direct}-b7ad6b7169203332-01"))
+        .body("hello from the same trace")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    eventually(
+        "grading's and the caller's records of the direct trace",
+        PATIENCE,
+        || async {
+            let records = records_of_trace(&log, direct).await;
+            (has_record(&records, "grading", "student added")
+                && has_record(&records, "curl", "hello from the same trace"))
+            .then_some(())
+        },
+    )
+    .await;
 }

@@ -90,3 +90,74 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
         service = spawn_app(&agent, data.path()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_found_in_memory_and_in_the_file_and_a_caller_traceparent_joins_it() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let service = spawn_app(&agent, data.path()).await;
+    let client = http_client();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // 10,500 records, 500 more than memory holds: the first of the trace is read from the file.
+    for batch in 0..11 {
+        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
+            .map(|i| {
+                let mut record =
+                    serde_json::json!({"service": "grading", "message": format!("record {i}")});
+                if i == 1 || i == 10_400 {
+                    record["trace_id"] = trace.into();
+                }
+                record
+            })
+            .collect();
+        let response = client
+            .post(format!("{}/log", service.base_url()))
+            .json(&serde_json::json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    // A caller's traceparent puts its text record in the trace, and the answer is in it too.
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let response = client
+        .post(format!("{}/log?service=curl", service.base_url()))
+        .header("traceparent", &traceparent)
+        .body("hello from a traced caller")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answered = response.headers()["traceparent"].to_str().unwrap();
+    assert!(answered.starts_with(&format!("00-{trace}-")), "{answered}");
+    assert_ne!(answered, traceparent, "a span of its own");
+
+    let found = get_json_list(&format!("{}/log?trace={trace}", service.base_url())).await;
+    let messages: Vec<_> = found
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["record 1", "record 10400", "hello from a traced caller"]
+    );
+    assert!(found.iter().all(|r| r["trace_id"] == trace), "{found:?}");
+
+    for bad in [
+        "4BF92F3577B34DA6A3CE929D0E0E4736",
+        "00000000000000000000000000000000",
+        "x",
+    ] {
+        let response = client
+            .get(format!("{}/log?trace={bad}", service.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().starts_with("trace:"),
+            "{body}"
+        );
+    }
+}
