@@ -11,6 +11,8 @@
 //! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
 //!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`browser`]: the Host allow-list and the security headers on every answer.
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format: requests by route template and
+//!   status (lock-free on the request path), pools, watches, shipping, connections.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber; for the services that ship their events to
 //!   the log service, hands back the queue ([`telemetry::Shipping`]) that the runtime ships.
@@ -18,6 +20,7 @@
 pub mod args;
 pub mod browser;
 pub mod http;
+pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod server;
@@ -25,6 +28,6 @@ pub mod telemetry;
 
 pub use args::ServiceArgs;
 pub use browser::AllowedHostsArgs;
-pub use pool::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
+pub use pool::{Answer, Call, CallLimits, Junk, PoolError, PoolGauges, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
 pub use server::{ConnectionArgs, ConnectionLimits, ConnectionStats};

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery::agent::{AgentClient, HttpCheck, Registration};
@@ -20,6 +20,7 @@ use warp::reply::{Reply, Response};
 
 use crate::browser::HostAllowList;
 use crate::http::handle_rejection;
+use crate::metrics::{Exposition, Registry, Source};
 use crate::pool::ProviderPool;
 use crate::server::{ConnectionLimits, ConnectionStats};
 use crate::telemetry::Shipping;
@@ -116,12 +117,17 @@ pub struct Service {
     advertised_host: String,
     advertised_port: u16,
     http: reqwest::Client,
-    /// One pool (so one watch) per dependency, however many parts of the service use it.
-    pools: Mutex<HashMap<String, ProviderPool>>,
+    /// One pool (so one watch) per dependency, however many parts of the service use it;
+    /// shared with `/metrics`, which shows each.
+    pools: Arc<Mutex<HashMap<String, ProviderPool>>>,
     connection_limits: ConnectionLimits,
     connection_stats: ConnectionStats,
     /// This instance's own log records, shipped while it serves (see [`Service::with_shipping`]).
     shipping: Option<Shipping>,
+    /// The service's routes as `/metrics` names them (see [`Service::with_route_templates`]).
+    route_templates: &'static [&'static str],
+    /// What the service adds to `/metrics` (see [`Service::with_metrics`]).
+    metric_sources: Vec<Source>,
 }
 
 /// The body of `GET /health`.
@@ -159,10 +165,12 @@ impl Service {
             advertised_host,
             advertised_port,
             http: http_client(),
-            pools: Mutex::default(),
+            pools: Arc::default(),
             connection_limits: ConnectionLimits::default(),
             connection_stats: ConnectionStats::default(),
             shipping: None,
+            route_templates: &[],
+            metric_sources: Vec::new(),
         })
     }
 
@@ -176,6 +184,24 @@ impl Service {
     /// waits briefly for the last of them at shutdown. Without it nothing is shipped.
     pub fn with_shipping(mut self, shipping: Shipping) -> Service {
         self.shipping = Some(shipping);
+        self
+    }
+
+    /// Counts requests at `/metrics` under these route templates, e.g. `/students/{id}` (a
+    /// `{...}` segment stands for any one segment); every other path counts as `other`, so that
+    /// no client can make up new series. `/health`, `/status/connections` and `/metrics` are
+    /// named already.
+    pub fn with_route_templates(mut self, templates: &'static [&'static str]) -> Service {
+        self.route_templates = templates;
+        self
+    }
+
+    /// Adds what `source` writes to every answer of `/metrics`.
+    pub fn with_metrics(
+        mut self,
+        source: impl Fn(&mut Exposition) + Send + Sync + 'static,
+    ) -> Service {
+        self.metric_sources.push(Arc::new(source));
         self
     }
 
@@ -237,7 +263,7 @@ impl Service {
         }
     }
 
-    /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections` and the shared
+    /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections`, `GET /metrics` and the shared
     /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
     pub async fn run<F>(mut self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
@@ -259,16 +285,30 @@ impl Service {
                     .body(warp::hyper::body::Bytes::from(health_json.clone()).into())
                     .expect("static response")
             });
+        let metrics = Arc::new(Registry::new(
+            &self.definition,
+            self.route_templates,
+            self.pools.clone(),
+            self.connection_stats.clone(),
+            self.shipping.as_ref().map(Shipping::stats),
+            std::mem::take(&mut self.metric_sources),
+        ));
+        let requests = metrics.requests();
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
         let app = health
             .or(crate::server::status_route(self.connection_stats.clone()))
+            .unify()
+            .or(crate::metrics::route(metrics))
             .unify()
             .or(routes)
             .unify()
             .recover(handle_rejection)
             .unify();
         let app = crate::browser::guard(allowed, app)
-            .with(warp::log::custom(log_request))
+            .with(warp::log::custom(move |info| {
+                log_request(&info);
+                requests.record(info.method(), info.path(), info.status(), info.elapsed());
+            }))
             .map(Reply::into_response)
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.
@@ -323,7 +363,7 @@ impl Service {
 }
 
 /// One debug line per request: cheap when filtered out, there when asked for with RUST_LOG.
-fn log_request(info: warp::log::Info<'_>) {
+fn log_request(info: &warp::log::Info<'_>) {
     tracing::debug!(
         method = %info.method(),
         path = info.path(),
