@@ -74,7 +74,8 @@ impl App {
         let store = open_store(&config).await.map_err(StartError::store)?;
         let service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(api::ROUTE_TEMPLATES);
         Ok(App { service, store })
     }
 

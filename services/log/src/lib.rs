@@ -48,9 +48,12 @@ impl App {
             .expect("opening the store does not panic")
             .map_err(StartError::store)?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
+        let store_metrics = store.metrics();
         let service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(api::ROUTE_TEMPLATES)
+            .with_metrics(move |out| store_metrics.render(out));
         Ok(App { service, store })
     }
 

@@ -67,7 +67,8 @@ impl App {
             .unwrap_or_else(|| format!("{}/ui/", definition.consul.address));
         let service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(routes::ROUTE_TEMPLATES);
         let portal = Portal::new(
             service.pool(GRADING_SERVICE),
             service.pool(LOG_SERVICE),
