@@ -16,11 +16,17 @@ Builds, without pulling anything from an image registry:
                            `cargo build --release`, on that base: the Dockerfile's `prebuilt` stage.
   gradebook-postgres:15    Debian's postgresql on a minbase of its own (for
                            docker-compose.cluster.yml), with docker/postgres-entrypoint.
-and writes CONSUL_IMAGE=gradebook-consul:VERSION and POSTGRES_IMAGE=gradebook-postgres:15 into
-.env beside the compose files, so that `docker compose up -d --no-build` (or docker-compose, and
-either with -f docker-compose.cluster.yml) runs on these images.
+  gradebook-prometheus:bullseye
+                           Debian bullseye's prometheus (2.24) on a bullseye minbase of its own
+                           (docker/prometheus.Dockerfile). Bullseye's, because bookworm's (2.42) is
+                           built without Consul service discovery (it refuses consul_sd_configs),
+                           and compose's Prometheus finds its targets through Consul.
+and writes CONSUL_IMAGE=gradebook-consul:VERSION, POSTGRES_IMAGE=gradebook-postgres:15 and
+PROMETHEUS_IMAGE=gradebook-prometheus:bullseye into .env beside the compose files, so that
+`docker compose up -d --no-build` (or docker-compose, and either with -f
+docker-compose.cluster.yml) runs on these images.
 
---bases builds only the two debootstrap bases (mostly downloads: scripts/test.sh runs it
+--bases builds only the three debootstrap bases (mostly downloads: scripts/test.sh runs it
 alongside the tests).
 --debug-binaries puts the debug build (target/debug, `cargo build`) in $GRADEBOOK_IMAGE instead
 of the release build: what scripts/test.sh does, since its compose tests check how the parts fit
@@ -58,16 +64,19 @@ service_image=${GRADEBOOK_IMAGE:-gradebook:latest}
 base_packages=${BASE_PACKAGES:-curl ca-certificates}
 postgres_base_image=gradebook-postgres-base:bookworm
 postgres_image=gradebook-postgres:15
+prometheus_base_image=gradebook-prometheus-base:bullseye
+prometheus_image=gradebook-prometheus:bullseye
 build_dir="$repo_root/tools/images"
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info failed); start dockerd"
 
 # --- the Debian bases --------------------------------------------------------------------------
-# debootstrap_image TAG PACKAGES: a bookworm minbase with PACKAGES, imported as TAG and labelled
-# with what it was made from; the same label means the same image, so it is kept.
+# debootstrap_image TAG PACKAGES [SUITE]: a minbase of Debian SUITE (default bookworm) with
+# PACKAGES, imported as TAG and labelled with what it was made from; the same label means the same
+# image, so it is kept.
 debootstrap_image() {
-  local tag=$1 packages=$2
-  local recipe="bookworm minbase +${packages// /,}"
+  local tag=$1 packages=$2 suite=${3:-bookworm}
+  local recipe="$suite minbase +${packages// /,}"
   local existing
   existing=$(docker image inspect -f '{{ index .Config.Labels "org.gradebook.recipe" }}' "$tag" 2>/dev/null || true)
   if [ "$existing" = "$recipe" ]; then
@@ -84,8 +93,8 @@ debootstrap_image() {
   mirror=$(scripts/debian-mirror.sh) || die "no Debian mirror to debootstrap from"
   rm -rf "$rootfs"
   mkdir -p "$rootfs"
-  say "debootstrap bookworm +$packages from $mirror (about 2 minutes the first time)"
-  debootstrap --variant=minbase --include="${packages// /,}" bookworm "$rootfs" "$mirror" \
+  say "debootstrap $suite +$packages from $mirror (about 2 minutes the first time)"
+  debootstrap --variant=minbase --include="${packages// /,}" "$suite" "$rootfs" "$mirror" \
     >"$rootfs.log" 2>&1 \
     || die "debootstrap failed; see $rootfs.log"
   # Downloaded packages and package lists are of no use inside an image that never runs apt.
@@ -104,6 +113,9 @@ mkdir -p "$build_dir"
 debootstrap_image "$base_image" "$base_packages"
 # PostgreSQL for docker-compose.cluster.yml, from Debian's own package.
 debootstrap_image "$postgres_base_image" "postgresql"
+# Prometheus for docker-compose.yml, from Debian's own package: bullseye's, the last built with
+# Consul service discovery (bookworm's refuses consul_sd_configs).
+debootstrap_image "$prometheus_base_image" "prometheus" bullseye
 if [ "$bases_only" = true ]; then
   exit 0
 fi
@@ -152,13 +164,20 @@ docker build -q --build-arg BASE_IMAGE="$postgres_base_image" -t "$postgres_imag
   || die "building $postgres_image failed"
 say "built $postgres_image"
 
+# --- Prometheus ------------------------------------------------------------------------------
+docker build -q --build-arg BASE_IMAGE="$prometheus_base_image" -t "$prometheus_image" \
+  -f docker/prometheus.Dockerfile docker >/dev/null \
+  || die "building $prometheus_image failed"
+say "built $prometheus_image"
+
 # --- point the compose files at them ----------------------------------------------------------
 env_file="$repo_root/.env"
 touch "$env_file"
-grep -v -e '^CONSUL_IMAGE=' -e '^POSTGRES_IMAGE=' "$env_file" >"$env_file.new" || true
+grep -v -e '^CONSUL_IMAGE=' -e '^POSTGRES_IMAGE=' -e '^PROMETHEUS_IMAGE=' "$env_file" >"$env_file.new" || true
 echo "CONSUL_IMAGE=$consul_image" >>"$env_file.new"
 echo "POSTGRES_IMAGE=$postgres_image" >>"$env_file.new"
+echo "PROMETHEUS_IMAGE=$prometheus_image" >>"$env_file.new"
 mv "$env_file.new" "$env_file"
-say "wrote CONSUL_IMAGE=$consul_image and POSTGRES_IMAGE=$postgres_image to .env; now:"
+say "wrote CONSUL_IMAGE=$consul_image, POSTGRES_IMAGE=$postgres_image and PROMETHEUS_IMAGE=$prometheus_image to .env; now:"
 say "  docker compose up -d --no-build                                  (one host)"
 say "  docker compose -f docker-compose.cluster.yml up -d --no-build    (a cluster)"

@@ -40,6 +40,14 @@ pub fn validate_grade(body: wire::NewGrade) -> Result<NewGrade, InvalidField> {
     })
 }
 
+/// The routes below as `/metrics` counts them: by template, never by the ids in a path.
+pub const ROUTE_TEMPLATES: &[&str] = &[
+    "/students",
+    "/students/{id}",
+    "/students/{id}/grades",
+    "/students/{id}/grades/{gradeId}",
+];
+
 /// All routes of the grading API. Each matches its path before its method, so an unknown path
 /// is a 404 and a known path with the wrong method a 405.
 ///

@@ -76,7 +76,8 @@ impl App {
         let store = open_store(&config).await.map_err(StartError::store)?;
         let mut service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(api::ROUTE_TEMPLATES);
         // Only the common settings (the ship level) so far; `/health` reports their source.
         let settings = service.live_config((), Origins::default());
         Ok(App {

@@ -65,6 +65,9 @@ pub struct Stored {
     pub stored: usize,
 }
 
+/// The routes below as `/metrics` counts them.
+pub const ROUTE_TEMPLATES: &[&str] = &["/log"];
+
 /// All routes of the log API.
 pub fn routes(
     store: LogStore,

@@ -48,9 +48,12 @@ impl App {
             .expect("opening the store does not panic")
             .map_err(StartError::store)?;
         tracing::info!(data_dir = %config.data_dir.display(), records = store.count(), "log store open");
+        let store_metrics = store.metrics();
         let mut service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(api::ROUTE_TEMPLATES)
+            .with_metrics(move |out| store_metrics.render(out));
         // The log service ships nothing, so the common ship level has no effect here; the
         // configuration is still read so `/health` and `/status/config` report it like the others.
         let _settings = service.live_config((), service_runtime::live_config::Origins::default());

@@ -18,12 +18,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use service_runtime::metrics::{Exposition, Histogram};
 use tokio::sync::{oneshot, watch};
 
 use crate::history::{self, BLOCK_RECORDS, BlockIndex, Numbered, Wanted};
 use crate::record::{Level, Record};
+
+/// Upper bounds of the fsync latency buckets, in microseconds: from a disk cache's tens of
+/// microseconds to a loaded disk's hundreds of milliseconds.
+const FSYNC_BOUNDS_MICROS: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+/// Upper bounds of the group size buckets, in records: one `curl`, up to many shippers' batches
+/// of 1,000 sharing one fsync.
+const GROUP_BOUNDS_RECORDS: &[u64] = &[1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
 
 /// Name of the records file inside the store directory.
 const FILE_NAME: &str = "records.jsonl";
@@ -131,12 +142,51 @@ struct Shared {
     /// Records in the file. Changes only while `recent` is locked, so the two agree under it.
     count: AtomicU64,
     syncs: AtomicU64,
+    metrics: StoreMetrics,
     /// Where blocks of records start in the file, for reads older than `recent`. Updated, like
     /// `count`, while `recent` is locked.
     index: Mutex<BlockIndex>,
     path: PathBuf,
     /// Tells waiting readers that records were appended, or that they should stop waiting.
     news: watch::Sender<News>,
+}
+
+/// What the writer thread measures of its group commits, for `/metrics`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// How long each group's fsync took.
+    fsync: Histogram,
+    /// How many records each group (one write, one fsync) stored.
+    group_records: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            fsync: Histogram::seconds(FSYNC_BOUNDS_MICROS),
+            group_records: Histogram::new(GROUP_BOUNDS_RECORDS, 1),
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// Writes the two histograms.
+    pub fn render(&self, out: &mut Exposition) {
+        const FSYNC: &str = "gradebook_log_fsync_duration_seconds";
+        const GROUP: &str = "gradebook_log_fsync_batch_records";
+        out.family(
+            FSYNC,
+            "histogram",
+            "How long each fsync of the log store took (one per group of appends).",
+        );
+        out.histogram(FSYNC, &[], &self.fsync);
+        out.family(
+            GROUP,
+            "histogram",
+            "Records made durable by each fsync: concurrent appends share one (group commit).",
+        );
+        out.histogram(GROUP, &[], &self.group_records);
+    }
 }
 
 /// What a reader waiting for new records learns: the record count after each append, and
@@ -347,6 +397,7 @@ impl LogStore {
             recent_capacity,
             count: AtomicU64::new(scan.count),
             syncs: AtomicU64::new(0),
+            metrics: StoreMetrics::default(),
             index: Mutex::new(scan.index),
             path: path.clone(),
             news: watch::Sender::new(News {
@@ -548,6 +599,11 @@ impl LogStore {
         self.shared.count.load(Ordering::Acquire)
     }
 
+    /// The fsync latencies and group sizes measured since open.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.shared.metrics.clone()
+    }
+
     /// Number of groups made durable since open, one fsync each. Smaller than the number of
     /// appends when concurrent appends shared fsyncs.
     pub fn sync_count(&self) -> u64 {
@@ -746,20 +802,21 @@ struct Writer<F> {
 }
 
 impl<F: LogFile> Writer<F> {
-    /// Writes `bytes` (whole lines) and fsyncs them. On error the file is cut back to its length
-    /// before the call, so none of `bytes` stays, and the writer stays usable.
-    fn commit(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `bytes` (whole lines) and fsyncs them; returns how long the fsync took. On error
+    /// the file is cut back to its length before the call, so none of `bytes` stays, and the
+    /// writer stays usable.
+    fn commit(&mut self, bytes: &[u8]) -> io::Result<Duration> {
         if self.needs_cut {
             self.cut_back()?;
         }
-        match self
-            .file
-            .append_bytes(bytes)
-            .and_then(|()| self.file.sync())
-        {
-            Ok(()) => {
+        let synced = self.file.append_bytes(bytes).and_then(|()| {
+            let started = Instant::now();
+            self.file.sync().map(|()| started.elapsed())
+        });
+        match synced {
+            Ok(fsync) => {
                 self.len += bytes.len() as u64;
-                Ok(())
+                Ok(fsync)
             }
             Err(error) => {
                 if let Err(cut_error) = self.cut_back() {
@@ -857,8 +914,13 @@ fn write_group<F: LogFile>(
             &joined
         }
     };
-    if let Err(error) = writer.commit(bytes) {
-        let records: usize = group.iter().map(|r| r.records.len()).sum();
+    let records: usize = group.iter().map(|r| r.records.len()).sum();
+    let committed = writer.commit(bytes);
+    if let Ok(fsync) = &committed {
+        shared.metrics.fsync.record_duration(*fsync);
+        shared.metrics.group_records.record(records as u64);
+    }
+    if let Err(error) = committed {
         tracing::error!(%error, records, "log store: write failed; records rejected");
         for request in group {
             // The caller may have given up waiting; nothing to do then.
@@ -1452,6 +1514,7 @@ mod tests {
             recent_capacity: 10,
             count: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            metrics: StoreMetrics::default(),
             index: Mutex::new(BlockIndex::new(BLOCK_RECORDS)),
             path: file_path(dir.path()),
             news: watch::Sender::new(News {

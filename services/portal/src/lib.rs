@@ -70,7 +70,8 @@ impl App {
             .unwrap_or_else(|| format!("{}/ui/", definition.consul.address));
         let mut service = Service::bind(definition)
             .await?
-            .with_connection_limits(config.service.connections.limits());
+            .with_connection_limits(config.service.connections.limits())
+            .with_route_templates(routes::ROUTE_TEMPLATES);
         let settings = service.live_config(
             PortalSettings::from(&config.settings),
             config.origins.clone(),

@@ -177,6 +177,20 @@ impl LogsQuery {
     }
 }
 
+/// The pages below as `/metrics` counts them: by template, never by the ids in a path.
+pub const ROUTE_TEMPLATES: &[&str] = &[
+    "/",
+    "/students",
+    "/students/{id}",
+    "/students/{id}/grades",
+    "/students/{id}/grades/{gradeId}",
+    "/students/{id}/grades/{gradeId}/edit",
+    "/students/{id}/grades/{gradeId}/delete",
+    "/status",
+    "/static/gradebook.css",
+    "/logs",
+];
+
 /// All pages, answering every request themselves: warp's rejections become HTML pages here, so
 /// the JSON mapping that `service_runtime::Service::run` adds never sees one. A form's address also
 /// answers GET with a redirect to the page it belongs to, so reloading it from the address bar

@@ -13,6 +13,8 @@
 //! - [`browser`]: the Host allow-list and the security headers on every answer.
 //! - [`live_config`]: settings that change while a service runs, from Consul KV over its flags,
 //!   with `GET /status/config`.
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format: requests by route template and
+//!   status (lock-free on the request path), pools, watches, shipping, connections.
 //! - [`http`]: JSON error bodies and the mapping of warp's own rejections, shared by every API.
 //! - [`telemetry`]: installs the `tracing` subscriber; for the services that ship their events to
 //!   the log service, hands back the queue ([`telemetry::Shipping`]) that the runtime ships.
@@ -23,6 +25,7 @@ pub mod args;
 pub mod browser;
 pub mod http;
 pub mod live_config;
+pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod server;
@@ -31,6 +34,6 @@ pub mod trace;
 
 pub use args::ServiceArgs;
 pub use browser::AllowedHostsArgs;
-pub use pool::{Answer, Call, CallLimits, Junk, PoolError, ProviderPool};
+pub use pool::{Answer, Call, CallLimits, Junk, PoolError, PoolGauges, ProviderPool};
 pub use runtime::{Service, ServiceDefinition, StartError, shutdown_signal};
 pub use server::{ConnectionArgs, ConnectionLimits, ConnectionStats};

@@ -293,6 +293,17 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Junk(pub String);
 
+/// A pool's state at one moment (see [`ProviderPool::gauges`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// Instances in the watch's current set.
+    pub known: usize,
+    /// Of those, the ones ejected (or being probed) after failures.
+    pub ejected: usize,
+    /// Requests under way to any of them.
+    pub in_flight: usize,
+}
+
 /// Requests to one dependency, spread over its passing providers. Cheap to clone.
 #[derive(Clone)]
 pub struct ProviderPool {
@@ -544,6 +555,20 @@ impl ProviderPool {
     /// The watch behind this pool, e.g. to show its providers on a status page.
     pub fn watch(&self) -> &ProviderWatch {
         &self.inner.watch
+    }
+
+    /// How many instances the pool knows, how many of them it has ejected, and how many
+    /// requests are under way: read at each scrape of `/metrics`.
+    pub fn gauges(&self) -> PoolGauges {
+        let endpoints = self.endpoints();
+        PoolGauges {
+            known: endpoints.len(),
+            ejected: endpoints.iter().filter(|e| !e.is_serving()).count(),
+            in_flight: endpoints
+                .iter()
+                .map(|e| e.in_flight.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 
     /// Sends `call`, reads the answer within the call's limits and gives it to `judge`. A 5xx,

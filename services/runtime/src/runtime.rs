@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery::agent::{AgentClient, HttpCheck, Registration};
@@ -21,6 +21,7 @@ use warp::reply::{Reply, Response};
 use crate::browser::HostAllowList;
 use crate::http::handle_rejection;
 use crate::live_config::{ConfigStatus, ConfigSummary, Effective, LiveConfig, Origins, Settings};
+use crate::metrics::{Exposition, Registry, Source};
 use crate::pool::ProviderPool;
 use crate::server::{ConnectionLimits, ConnectionStats};
 use crate::telemetry::Shipping;
@@ -117,14 +118,19 @@ pub struct Service {
     advertised_host: String,
     advertised_port: u16,
     http: reqwest::Client,
-    /// One pool (so one watch) per dependency, however many parts of the service use it.
-    pools: Mutex<HashMap<String, ProviderPool>>,
+    /// One pool (so one watch) per dependency, however many parts of the service use it;
+    /// shared with `/metrics`, which shows each.
+    pools: Arc<Mutex<HashMap<String, ProviderPool>>>,
     connection_limits: ConnectionLimits,
     connection_stats: ConnectionStats,
     /// This instance's own log records, shipped while it serves (see [`Service::with_shipping`]).
     shipping: Option<Shipping>,
     /// Where the live settings come from, for `/health` and `/status/config`.
     config: ConfigStatus,
+    /// The service's routes as `/metrics` names them (see [`Service::with_route_templates`]).
+    route_templates: &'static [&'static str],
+    /// What the service adds to `/metrics` (see [`Service::with_metrics`]).
+    metric_sources: Vec<Source>,
 }
 
 /// The body of `GET /health`.
@@ -163,11 +169,13 @@ impl Service {
             advertised_host,
             advertised_port,
             http: http_client(),
-            pools: Mutex::default(),
+            pools: Arc::default(),
             connection_limits: ConnectionLimits::default(),
             connection_stats: ConnectionStats::default(),
             shipping: None,
             config: ConfigStatus::flags_only(),
+            route_templates: &[],
+            metric_sources: Vec::new(),
         })
     }
 
@@ -199,6 +207,24 @@ impl Service {
         let live = LiveConfig::spawn(&self.definition.consul, self.definition.name, base, origins);
         self.config = live.status();
         live
+    }
+
+    /// Counts requests at `/metrics` under these route templates, e.g. `/students/{id}` (a
+    /// `{...}` segment stands for any one segment); every other path counts as `other`, so that
+    /// no client can make up new series. `/health`, `/status/connections` and `/metrics` are
+    /// named already.
+    pub fn with_route_templates(mut self, templates: &'static [&'static str]) -> Service {
+        self.route_templates = templates;
+        self
+    }
+
+    /// Adds what `source` writes to every answer of `/metrics`.
+    pub fn with_metrics(
+        mut self,
+        source: impl Fn(&mut Exposition) + Send + Sync + 'static,
+    ) -> Service {
+        self.metric_sources.push(Arc::new(source));
+        self
     }
 
     /// The counters of this instance's connections, also served at `/status/connections`.
@@ -260,7 +286,7 @@ impl Service {
     }
 
     /// Registers, serves `routes` (plus `GET /health`, `GET /status/connections`,
-    /// `GET /status/config` and the shared
+    /// `GET /status/config`, `GET /metrics` and the shared
     /// error mapping) until `shutdown` resolves, then deregisters and drains. Consul being away never stops serving.
     pub async fn run<F>(mut self, routes: F, shutdown: impl Future<Output = ()> + Send)
     where
@@ -285,6 +311,15 @@ impl Service {
                     .body(warp::hyper::body::Bytes::from(json).into())
                     .expect("static response")
             });
+        let metrics = Arc::new(Registry::new(
+            &self.definition,
+            self.route_templates,
+            self.pools.clone(),
+            self.connection_stats.clone(),
+            self.shipping.as_ref().map(Shipping::stats),
+            std::mem::take(&mut self.metric_sources),
+        ));
+        let requests = metrics.requests();
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
         // The service's own routes first: they take nearly every request, and each route tried
         // before the one that matches costs a path comparison.
@@ -295,10 +330,15 @@ impl Service {
             .unify()
             .or(crate::live_config::status_route(self.config.clone()))
             .unify()
+            .or(crate::metrics::route(metrics))
+            .unify()
             .recover(handle_rejection)
             .unify();
         let app = crate::browser::guard(allowed, app)
-            .with(warp::log::custom(log_request))
+            .with(warp::log::custom(move |info| {
+                log_request(&info);
+                requests.record(info.method(), info.path(), info.status(), info.elapsed());
+            }))
             .map(Reply::into_response)
             // hyper's service adapter clones the whole filter for every request, and with it
             // every handle the routes captured; boxed, that is one reference count.
@@ -353,7 +393,7 @@ impl Service {
 }
 
 /// One debug line per request: cheap when filtered out, there when asked for with RUST_LOG.
-fn log_request(info: warp::log::Info<'_>) {
+fn log_request(info: &warp::log::Info<'_>) {
     tracing::debug!(
         method = %info.method(),
         path = info.path(),

@@ -15,11 +15,12 @@ use testkit::free_ports;
 pub const STARTUP: Duration = Duration::from_secs(60);
 
 /// The host ports docker-compose.yml publishes, by the variable that sets each.
-const SINGLE_HOST_PORTS: [&str; 4] = [
+const SINGLE_HOST_PORTS: [&str; 5] = [
     "GRADEBOOK_CONSUL_PORT",
     "GRADEBOOK_CONSUL_DNS_PORT",
     "GRADEBOOK_LOG_PORT",
     "GRADEBOOK_PORTAL_PORT",
+    "GRADEBOOK_PROMETHEUS_PORT",
 ];
 
 /// One compose project made from one of the compose files; taken down with its volumes when
@@ -243,6 +244,14 @@ impl Stack {
     /// The portal, as published on the host.
     pub fn portal_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port("GRADEBOOK_PORTAL_PORT"))
+    }
+
+    /// Prometheus's UI and API, as published on the host.
+    pub fn prometheus_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.port("GRADEBOOK_PROMETHEUS_PORT")
+        )
     }
 
     /// Grading instance `index` (from 1), through the host port Docker chose for it.

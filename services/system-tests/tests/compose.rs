@@ -6,6 +6,7 @@
 //! under CI=true when it does not. One stack at a time (`--test-threads=1`): each is four
 //! containers on a 2-core machine.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -299,6 +300,126 @@ async fn three_scaled_grading_instances_share_the_load_and_a_docker_kill_fails_n
     assert!(failed.is_empty(), "requests failed: {failed:?}");
     eprintln!(
         "scale and kill in containers: {} ms",
+        started.elapsed().as_millis()
+    );
+}
+
+/// Prometheus's active targets as `(job, instance)` with their health, from its targets API;
+/// `None` while it does not answer.
+async fn prometheus_targets(stack: &Stack) -> Option<BTreeMap<(String, String), String>> {
+    let url = format!("{}/api/v1/targets?state=active", stack.prometheus_url());
+    let body: serde_json::Value = client().get(&url).send().await.ok()?.json().await.ok()?;
+    let targets = body["data"]["activeTargets"].as_array()?;
+    let label = |target: &serde_json::Value, name: &str| {
+        target["labels"][name].as_str().unwrap_or("?").to_owned()
+    };
+    Some(
+        targets
+            .iter()
+            .map(|t| {
+                let health = t["health"].as_str().unwrap_or("?").to_owned();
+                ((label(t, "job"), label(t, "instance")), health)
+            })
+            .collect(),
+    )
+}
+
+/// The passing instances of log, grading and portal in the stack's Consul, as `(service,
+/// address:port)`: what Prometheus should be scraping.
+async fn consul_catalogue(stack: &Stack) -> Option<BTreeSet<(String, String)>> {
+    let mut instances = BTreeSet::new();
+    for service in ["log", "grading", "portal"] {
+        for address in stack.passing(service).await? {
+            instances.insert((service.to_owned(), address));
+        }
+    }
+    Some(instances)
+}
+
+/// Waits until Prometheus scrapes exactly the instances Consul lists as passing (`expected` of
+/// them), every one healthy ("up"), and returns them.
+async fn prometheus_scrapes_the_catalogue(
+    stack: &Stack,
+    expected: usize,
+) -> BTreeSet<(String, String)> {
+    let what = format!("Prometheus scraping the {expected} instances Consul lists, all up");
+    let mut last = None;
+    let found = tokio::time::timeout(STARTUP, async {
+        loop {
+            if let (Some(catalogue), Some(targets)) = (
+                consul_catalogue(stack).await,
+                prometheus_targets(stack).await,
+            ) {
+                let listed: BTreeSet<(String, String)> = targets.keys().cloned().collect();
+                let all_up = targets.values().all(|health| health == "up");
+                if catalogue.len() == expected && listed == catalogue && all_up {
+                    return catalogue;
+                }
+                last = Some((catalogue, targets));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{what}: not within {STARTUP:?}; last seen {last:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine and scripts/images.sh; scripts/test.sh runs it"]
+async fn prometheus_finds_every_instance_through_consul_including_those_added_by_scale() {
+    let started = Instant::now();
+    let stack = Stack::up("prometheus", &[]).await;
+    all_passing(&stack, 1).await;
+    let first = prometheus_scrapes_the_catalogue(&stack, 3).await;
+    eprintln!(
+        "Prometheus scraping {first:?}: {} ms after up",
+        started.elapsed().as_millis()
+    );
+
+    // Two more grading instances, and nothing edited: Prometheus hears of them from Consul.
+    let scaled = Instant::now();
+    stack
+        .compose(&["up", "-d", "--no-build", "--scale", "grading=3"])
+        .await;
+    all_passing(&stack, 3).await;
+    let targets = prometheus_scrapes_the_catalogue(&stack, 5).await;
+    eprintln!(
+        "Prometheus scraping all 3 grading instances {} ms after the scale",
+        scaled.elapsed().as_millis()
+    );
+    let gradings = targets.iter().filter(|(job, _)| job == "grading").count();
+    assert_eq!(gradings, 3, "{targets:?}");
+
+    // What it scraped is each service's own /metrics: one build_info series per instance.
+    let query = format!(
+        "{}/api/v1/query?query=gradebook_build_info",
+        stack.prometheus_url()
+    );
+    let series: Vec<(String, String)> = eventually(
+        "Prometheus has gradebook_build_info of every instance",
+        PATIENCE,
+        || async {
+            let body: serde_json::Value =
+                client().get(&query).send().await.ok()?.json().await.ok()?;
+            let result = body["data"]["result"].as_array()?;
+            let series: Vec<(String, String)> = result
+                .iter()
+                .map(|r| {
+                    let metric = &r["metric"];
+                    let text = |k: &str| metric[k].as_str().unwrap_or("?").to_owned();
+                    (text("job"), text("service"))
+                })
+                .collect();
+            (series.len() == 5).then_some(series)
+        },
+    )
+    .await;
+    assert!(
+        series.iter().all(|(job, service)| job == service),
+        "the job is the Consul service name: {series:?}"
+    );
+    eprintln!(
+        "prometheus through consul in containers: {} ms",
         started.elapsed().as_millis()
     );
 }

@@ -9,6 +9,7 @@
 mod app;
 mod browser;
 mod consul;
+pub mod metrics;
 pub mod misbehaving;
 mod portal_form;
 mod postgres;
@@ -17,6 +18,7 @@ mod process;
 pub use app::{RunningApp, Shutdown};
 pub use browser::{Browser, Element};
 pub use consul::{ConsulAgent, Instance};
+pub use metrics::Scrape;
 pub use misbehaving::{MisbehavingServer, Misbehaviour};
 pub use portal_form::FormToken;
 pub use postgres::Postgres;

@@ -296,3 +296,119 @@ async fn the_ship_level_follows_the_common_key_and_its_own_key_overrides_it() {
     .await;
     stop(&agent, grading).await;
 }
+
+/// Every route label in a scrape of grading's `/metrics`.
+fn route_labels(scrape: &testkit::Scrape) -> std::collections::BTreeSet<String> {
+    scrape
+        .find("gradebook_http_requests_total", &[])
+        .map(|s| s.labels["route"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_made_up_paths_add_no_series() {
+    let agent = ConsulAgent::start().await;
+    let db = Database::sqlite();
+    let grading = spawn_app(&agent, &db).await;
+    let base = grading.base_url();
+    let client = http_client();
+    let status_of = |path: String| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+
+    for id in [1, 2, 3, 1, 2] {
+        assert_eq!(status_of(format!("/students/{id}")).await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(status_of("/students/9999".to_owned()).await, 404);
+    }
+    let scrape = testkit::Scrape::fetch(&base).await;
+    let one_student = |status| {
+        [
+            ("route", "/students/{id}"),
+            ("method", "GET"),
+            ("status", status),
+        ]
+    };
+    assert_eq!(
+        scrape.value("gradebook_http_requests_total", &one_student("200")),
+        5.0
+    );
+    assert_eq!(
+        scrape.value("gradebook_http_requests_total", &one_student("404")),
+        2.0
+    );
+    assert_eq!(
+        scrape.value(
+            "gradebook_http_request_duration_seconds_count",
+            &one_student("200")
+        ),
+        5.0
+    );
+    let mut all_buckets = one_student("200").to_vec();
+    all_buckets.push(("le", "+Inf"));
+    assert_eq!(
+        scrape.value(
+            "gradebook_http_request_duration_seconds_bucket",
+            &all_buckets
+        ),
+        5.0
+    );
+    assert!(
+        scrape.value(
+            "gradebook_http_request_duration_seconds_sum",
+            &one_student("200")
+        ) > 0.0
+    );
+
+    // Consul's checks of /health make a series of their own: there before the floods.
+    eventually("Consul's check counted", Duration::from_secs(5), || async {
+        let scrape = testkit::Scrape::fetch(&base).await;
+        route_labels(&scrape).contains("/health").then_some(())
+    })
+    .await;
+
+    // A client making up paths: each flood counts under `other`, and the second flood, all new
+    // paths again, adds not one series.
+    for i in 0..100 {
+        status_of(format!("/made-up-{i}")).await;
+        status_of(format!("/students/{i}/grades/{i}/x{i}")).await;
+    }
+    let after_first = testkit::Scrape::fetch(&base).await;
+    for i in 100..300 {
+        status_of(format!("/another/{i}/path")).await;
+        status_of(format!("/students/{i}/{i}")).await;
+    }
+    let after_second = testkit::Scrape::fetch(&base).await;
+    assert_eq!(
+        after_second.series(),
+        after_first.series(),
+        "400 new paths added series"
+    );
+    assert_eq!(
+        after_second.value(
+            "gradebook_http_requests_total",
+            &[("route", "other"), ("method", "GET"), ("status", "404")]
+        ),
+        600.0
+    );
+    let known: std::collections::BTreeSet<String> = [
+        "/health",
+        "/status/connections",
+        "/metrics",
+        "/students",
+        "/students/{id}",
+        "/students/{id}/grades",
+        "/students/{id}/grades/{gradeId}",
+        "other",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let labels = route_labels(&after_second);
+    assert!(labels.is_subset(&known), "route labels {labels:?}");
+
+    stop(&agent, grading).await;
+}

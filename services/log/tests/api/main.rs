@@ -161,3 +161,51 @@ async fn a_trace_is_found_in_memory_and_in_the_file_and_a_caller_traceparent_joi
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_posts_and_every_stored_record_in_the_fsync_batches() {
+    let agent = ConsulAgent::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let service = spawn_app(&agent, data.path()).await;
+    let base = service.base_url();
+    let client = http_client();
+    // Four posts at once, so some may share an fsync; then one batch of three records.
+    let posts: Vec<_> = (0..4)
+        .map(|i| {
+            let post = client
+                .post(format!("{base}/log?service=metrics"))
+                .body(format!("note {i}"))
+                .send();
+            tokio::spawn(post)
+        })
+        .collect();
+    for post in posts {
+        assert_eq!(post.await.unwrap().unwrap().status(), 201);
+    }
+    let records: Vec<_> = (0..3)
+        .map(|i| serde_json::json!({"service": "metrics", "message": format!("batched {i}")}))
+        .collect();
+    let batch = client
+        .post(format!("{base}/log"))
+        .json(&serde_json::json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 201);
+
+    let scrape = testkit::Scrape::fetch(&base).await;
+    let posts = [("route", "/log"), ("method", "POST"), ("status", "201")];
+    assert_eq!(scrape.value("gradebook_http_requests_total", &posts), 5.0);
+    // Every record stored went through exactly one fsync'd group.
+    assert_eq!(
+        scrape.value("gradebook_log_fsync_batch_records_sum", &[]),
+        7.0
+    );
+    let fsyncs = scrape.value("gradebook_log_fsync_duration_seconds_count", &[]);
+    assert!((2.0..=5.0).contains(&fsyncs), "{fsyncs} fsyncs");
+    assert_eq!(
+        scrape.value("gradebook_log_fsync_batch_records_count", &[]),
+        fsyncs
+    );
+    service.stop().await;
+}

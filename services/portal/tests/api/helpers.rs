@@ -45,3 +45,23 @@ pub async fn spawn_app_with(agent: &ConsulAgent, extra: &[&str]) -> RunningApp {
     let addr = app.local_addr();
     RunningApp::spawn(addr, move |shutdown| app.run(shutdown))
 }
+
+/// [`spawn_app`] with its log records queued for shipping, as `main` runs it, so that its
+/// shipping counters are there to see.
+pub async fn spawn_app_shipping(agent: &ConsulAgent) -> RunningApp {
+    let args = [
+        "portal".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--consul-http-addr".to_owned(),
+        agent.http_addr(),
+    ];
+    let config = Config::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+    let shipping = service_runtime::telemetry::init_with_shipping("portal", "log");
+    let app = App::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("the portal cannot start: {e}"))
+        .with_shipping(shipping);
+    let addr = app.local_addr();
+    RunningApp::spawn(addr, move |shutdown| app.run(shutdown))
+}

@@ -533,3 +533,72 @@ async fn the_logs_page_refuses_a_position_it_cannot_read() {
         assert!(page.html.contains(message), "{query}: {}", page.html);
     }
 }
+
+#[tokio::test]
+async fn metrics_show_each_dependency_pool_its_watch_and_the_shipping_queue() {
+    let agent = ConsulAgent::start().await;
+    let grading = start_grading_stand_in().await;
+    register_grading(&agent, grading).await;
+    let portal = helpers::spawn_app_shipping(&agent).await;
+    eventually(
+        "the portal lists the students",
+        DISCOVERY_TIMEOUT,
+        || async { (get(&portal, "/").await.status == 200).then_some(()) },
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&portal, "/students/1").await.status, 200);
+    }
+
+    let scrape = testkit::Scrape::fetch(&portal.base_url()).await;
+    let student = [
+        ("route", "/students/{id}"),
+        ("method", "GET"),
+        ("status", "200"),
+    ];
+    assert_eq!(scrape.value("gradebook_http_requests_total", &student), 3.0);
+    let grading = [("dependency", "grading")];
+    let log = [("dependency", "log")];
+    assert_eq!(
+        scrape.value("gradebook_dependency_instances", &grading),
+        1.0
+    );
+    assert_eq!(scrape.value("gradebook_dependency_instances", &log), 0.0);
+    assert_eq!(
+        scrape.value("gradebook_dependency_instances_ejected", &grading),
+        0.0
+    );
+    assert_eq!(
+        scrape.value("gradebook_dependency_requests_in_flight", &grading),
+        0.0
+    );
+    assert_eq!(
+        scrape.value(
+            "gradebook_watch_state",
+            &[("dependency", "grading"), ("state", "live")]
+        ),
+        1.0
+    );
+    assert_eq!(scrape.value("gradebook_watch_age_seconds", &grading), 0.0);
+    assert_eq!(
+        scrape.value("gradebook_shipping_queue_capacity", &[]),
+        10_000.0
+    );
+    let queued = scrape.value("gradebook_shipping_queue_records", &[]);
+    assert!((0.0..=10_000.0).contains(&queued), "{queued} queued");
+    for outcome in ["delivered", "refused", "dropped"] {
+        let value = scrape.value("gradebook_shipping_records_total", &[("outcome", outcome)]);
+        assert!(value >= 0.0, "{outcome}: {value}");
+    }
+    assert_eq!(
+        scrape.value(
+            "gradebook_build_info",
+            &[
+                ("service", "portal"),
+                ("version", env!("CARGO_PKG_VERSION"))
+            ]
+        ),
+        1.0
+    );
+    portal.stop().await;
+}
