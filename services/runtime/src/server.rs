@@ -590,7 +590,12 @@ fn answer<S: Routes>(
     let trace = TraceContext::for_request(request.headers());
     let routed = (!shed).then(|| {
         // Whatever the routes do on the call itself, before the first poll, is in the trace too.
-        crate::trace::sync_scope(trace, || hyper::service::Service::call(service, request))
+        // Boxed: the routes' future is warp's nest of every route's, kilobytes large, and this
+        // one is moved into hyper's dispatcher and polled through two more layers; one
+        // allocation costs less than the copies (callgrind).
+        Box::pin(crate::trace::sync_scope(trace, || {
+            hyper::service::Service::call(service, request)
+        }))
     });
     async move {
         let mut response = match routed {
