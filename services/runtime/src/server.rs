@@ -597,11 +597,36 @@ fn answer<S: Routes>(
             hyper::service::Service::call(service, request)
         }))
     });
-    async move {
-        let mut response = match routed {
-            Some(routed) => match crate::trace::scope(trace, routed).await {
-                Ok(response) => response,
-                Err(never) => match never {},
+    Traced { trace, routed }
+}
+
+pin_project_lite::pin_project! {
+    /// The routes' answer (none when shed), polled in the request's trace context, with a
+    /// `traceparent` added so the caller (a curl user too) learns the trace id and the span it
+    /// was served in. A future of its own rather than an async block around a task-local scope:
+    /// that moved the routes' large future twice more per request (about 500 instructions of
+    /// memcpy on grading's `GET /students/1`).
+    struct Traced<F> {
+        trace: TraceContext,
+        #[pin]
+        routed: Option<F>,
+    }
+}
+
+impl<F> Future for Traced<F>
+where
+    F: Future<Output = Result<warp::reply::Response, std::convert::Infallible>>,
+{
+    type Output = warp::reply::Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let trace = *this.trace;
+        let mut response = match this.routed.as_pin_mut() {
+            Some(routed) => match crate::trace::sync_scope(trace, || routed.poll(cx)) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
             },
             None => {
                 let mut response = crate::http::json_error(
@@ -614,11 +639,10 @@ fn answer<S: Routes>(
                 response
             }
         };
-        // The caller (a curl user too) learns the trace id, and the span it was served in.
         response
             .headers_mut()
             .insert(crate::trace::TRACEPARENT, trace.header_value());
-        response
+        Poll::Ready(response)
     }
 }
 

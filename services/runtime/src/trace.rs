@@ -60,9 +60,9 @@ impl TraceContext {
     pub fn new_trace() -> TraceContext {
         TraceContext {
             // fastrand's wyrand is thread-local and seeded at random: ids need to be unique,
-            // not secret. A zero id is invalid, hence `1..`.
-            trace_id: fastrand::u128(1..),
-            span_id: fastrand::u64(1..),
+            // not secret. A zero id is invalid; `max(1)` avoids the range's division.
+            trace_id: fastrand::u128(..).max(1),
+            span_id: fastrand::u64(..).max(1),
             flags: SAMPLED,
         }
     }
@@ -108,7 +108,7 @@ impl TraceContext {
     /// carries, its parent-id being this new span.
     pub fn child(&self) -> TraceContext {
         TraceContext {
-            span_id: fastrand::u64(1..),
+            span_id: fastrand::u64(..).max(1),
             ..*self
         }
     }
@@ -122,11 +122,11 @@ impl TraceContext {
     pub fn header_value(&self) -> HeaderValue {
         let mut text = [0u8; HEADER_LEN];
         text[..3].copy_from_slice(b"00-");
-        write_hex(&mut text[3..35], self.trace_id);
+        write_hex(&mut text[3..35], &self.trace_id.to_be_bytes());
         text[35] = b'-';
-        write_hex(&mut text[36..52], u128::from(self.span_id));
+        write_hex(&mut text[36..52], &self.span_id.to_be_bytes());
         text[52] = b'-';
-        write_hex(&mut text[53..55], u128::from(self.flags));
+        write_hex(&mut text[53..55], &[self.flags]);
         HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
     }
 }
@@ -148,8 +148,8 @@ impl fmt::Debug for TraceContext {
 }
 
 /// Runs `future` with `context` as the [`current`] one.
-pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+pub fn scope<F: Future>(context: TraceContext, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(context, future)
 }
 
 /// Runs `work` with `context` as the [`current`] one: for what a request does before its future
@@ -175,10 +175,12 @@ fn hex(digits: &[u8]) -> Result<u128, InvalidTraceparent> {
     })
 }
 
-fn write_hex(out: &mut [u8], mut value: u128) {
-    for slot in out.iter_mut().rev() {
-        *slot = b"0123456789abcdef"[(value & 0xf) as usize];
-        value >>= 4;
+/// `bytes` as lowercase hex into `out`, two digits a byte (on every answer: no `format!`).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
