@@ -159,7 +159,7 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
     const POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
                           form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
     // The values are checked at compile time (`const`), not on every answer; the room for all
-    // four is made at once.
+    // of them is made at once.
     let set = [
         (
             header::CONTENT_SECURITY_POLICY,
@@ -181,7 +181,8 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
             const { HeaderValue::from_static("same-origin") },
         ),
     ];
-    headers.reserve(set.len());
+    // One more for the `traceparent` the server adds after these (see crate::server::answer).
+    headers.reserve(set.len() + 1);
     for (name, value) in set {
         headers.insert(name, value);
     }

@@ -321,16 +321,16 @@ impl Service {
         ));
         let requests = metrics.requests();
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
-        // The service's own routes first: they take nearly every request, and each route tried
-        // before the one that matches costs a path comparison.
-        let app = routes
-            .or(health)
-            .unify()
+        // The runtime's routes before the service's: a service may answer every other path
+        // itself (the portal renders its own 404 page), and /health must reach Consul's check.
+        let app = health
             .or(crate::server::status_route(self.connection_stats.clone()))
             .unify()
             .or(crate::live_config::status_route(self.config.clone()))
             .unify()
             .or(crate::metrics::route(metrics))
+            .unify()
+            .or(routes)
             .unify()
             .recover(handle_rejection)
             .unify();

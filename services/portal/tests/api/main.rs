@@ -159,6 +159,53 @@ async fn post_form(portal: &RunningApp, path: &str, form: &'static str) -> Page 
     read(request.send().await.unwrap()).await
 }
 
+/// The portal answers every unknown path with its own 404 page; the runtime's routes must still
+/// reach their handlers, `/health` above all, or Consul's check fails and the agent drops the
+/// instance a minute later.
+#[tokio::test]
+async fn consuls_check_passes_and_the_runtime_routes_answer_beside_the_portals_own_404() {
+    let agent = ConsulAgent::start().await;
+    let portal = spawn_app(&agent).await;
+    let id = format!(
+        "portal-{}",
+        portal
+            .base_url()
+            .trim_start_matches("http://")
+            .replace(':', "-")
+    );
+    // A check starts out passing (the registration says so): wait for the agent's own probe.
+    let checks = format!("{}/v1/agent/checks", agent.http_addr());
+    let output = eventually(
+        "the agent has probed the portal",
+        DISCOVERY_TIMEOUT,
+        || async {
+            let checks: Value = reqwest::get(&checks).await.ok()?.json().await.ok()?;
+            let check = checks
+                .as_object()?
+                .values()
+                .find(|c| c["ServiceID"] == id)?;
+            let output = check["Output"].as_str().filter(|o| !o.is_empty())?;
+            Some((check["Status"].clone(), output.to_owned()))
+        },
+    )
+    .await;
+    assert_eq!(output.0, "passing", "{}", output.1);
+
+    let health = get(&portal, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.html);
+    assert!(health.html.contains(r#""status":"ok""#), "{}", health.html);
+    for path in ["/status/connections", "/status/config", "/metrics"] {
+        let page = get(&portal, path).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.html);
+        assert!(
+            !page.html.contains("<!doctype html>"),
+            "{path}: {}",
+            page.html
+        );
+    }
+    assert_eq!(get(&portal, "/no-such-page").await.status, 404);
+}
+
 #[tokio::test]
 async fn the_portal_says_grading_is_unavailable_until_an_instance_registers() {
     let agent = ConsulAgent::start().await;
