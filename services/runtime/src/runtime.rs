@@ -323,13 +323,16 @@ impl Service {
         let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
         // The runtime's routes before the service's: a service may answer every other path
         // itself (the portal renders its own 404 page), and /health must reach Consul's check.
-        let app = health
+        // One look at the first segment keeps the service's requests from trying each of them.
+        let runtime_routes = health
             .or(crate::server::status_route(self.connection_stats.clone()))
             .unify()
             .or(crate::live_config::status_route(self.config.clone()))
             .unify()
             .or(crate::metrics::route(metrics))
-            .unify()
+            .unify();
+        let app = runtime_paths()
+            .and(runtime_routes)
             .or(routes)
             .unify()
             .recover(handle_rejection)
@@ -390,6 +393,23 @@ impl Service {
             }
         }
     }
+}
+
+/// Passes the requests whose first path segment is one of the runtime's routes' (`/health`,
+/// `/status/...`, `/metrics`); rejects the others as not found, for the service's routes to take.
+fn runtime_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::peek()
+        .and_then(|path: warp::path::Peek| {
+            let ours = matches!(
+                path.segments().next(),
+                Some("health" | "status" | "metrics")
+            );
+            std::future::ready(match ours {
+                true => Ok(()),
+                false => Err(warp::reject::not_found()),
+            })
+        })
+        .untuple_one()
 }
 
 /// One debug line per request: cheap when filtered out, there when asked for with RUST_LOG.
