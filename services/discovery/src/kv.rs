@@ -19,10 +19,10 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use crate::backoff::{self, TokenBucket};
 use crate::consul::ConsulSettings;
+use crate::watch::{Polling, note_failed_poll};
 pub use crate::watch::{WatchStatus, next_index};
 
 /// How long Consul may hold one blocking query when nothing changes. Shorter than the service
@@ -33,10 +33,6 @@ pub use crate::watch::{WatchStatus, next_index};
 const WAIT: Duration = Duration::from_secs(60);
 /// Extra time on top of Consul's own `wait + wait/16` before our HTTP client gives up.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(5);
-const POLL_BURST: u32 = 10;
-const POLL_RATE: u32 = 10;
 /// Largest answer read for one prefix: room for many small settings, and a bound on memory when
 /// someone stores blobs under it.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -240,24 +236,11 @@ fn decode(encoded: &str) -> KvValue {
 }
 
 async fn watch_loop(client: KvClient, prefix: String, sender: &watch::Sender<KvSnapshot>) {
-    use tokio::time::Instant;
-    let mut index: u64 = 0;
-    let mut failures: u32 = 0;
-    let mut polls = TokenBucket::new(POLL_BURST, POLL_RATE);
+    let mut polling = Polling::new(&prefix);
     loop {
-        match client
-            .list(&prefix, (index > 0).then_some(index), WAIT)
-            .await
-        {
+        match client.list(&prefix, polling.index(), WAIT).await {
             Ok(answer) => {
-                if failures > 0 {
-                    info!(
-                        prefix,
-                        "Consul reachable again after {failures} failed calls"
-                    );
-                }
-                failures = 0;
-                index = next_index(index, answer.index);
+                polling.answered(answer.index);
                 match answer.entries {
                     Some(entries) => publish(sender, answer.index, entries),
                     None => {
@@ -269,22 +252,13 @@ async fn watch_loop(client: KvClient, prefix: String, sender: &watch::Sender<KvS
                         sender.send_modify(|s| s.status = WatchStatus::Live);
                     }
                 }
-                tokio::time::sleep(polls.take(Instant::now())).await;
+                polling.pace().await;
             }
             Err(err) => {
-                failures += 1;
-                index = 0;
-                mark_stale(sender);
-                let delay = backoff::delay(failures, RETRY_BASE, RETRY_CAP);
-                if failures == 1 {
-                    warn!(
-                        prefix,
-                        "Consul unreachable, keeping the last known keys: {err}"
-                    );
-                } else {
-                    debug!(prefix, failures, ?delay, "Consul still unreachable: {err}");
-                }
-                tokio::time::sleep(delay).await;
+                sender.send_if_modified(|snapshot| {
+                    note_failed_poll(&mut snapshot.status, &mut snapshot.failed_polls)
+                });
+                polling.failed("keys", &err).await;
             }
         }
     }
@@ -302,21 +276,6 @@ fn publish(sender: &watch::Sender<KvSnapshot>, index: u64, entries: Vec<KvEntry>
         snapshot.entries = entries.into();
         snapshot.generation += 1;
         true
-    });
-}
-
-fn mark_stale(sender: &watch::Sender<KvSnapshot>) {
-    sender.send_if_modified(|snapshot| {
-        snapshot.failed_polls += 1;
-        match snapshot.status {
-            WatchStatus::Stale { .. } => false,
-            WatchStatus::Starting | WatchStatus::Live => {
-                snapshot.status = WatchStatus::Stale {
-                    since: std::time::Instant::now(),
-                };
-                true
-            }
-        }
     });
 }
 

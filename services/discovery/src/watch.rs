@@ -157,6 +157,89 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
     }
 }
 
+/// What one blocking-query loop keeps between calls, with the rules every watch of this crate
+/// follows (the service watches here, the KV watches in [`crate::kv`]): the index sent back
+/// ([`next_index`]) and forgotten after an error, errors backed off with jitter up to
+/// [`RETRY_CAP`], successful polls paced by a token bucket.
+pub(crate) struct Polling {
+    /// What is watched, for the logs: a service name or a KV prefix.
+    subject: String,
+    index: u64,
+    failures: u32,
+    polls: TokenBucket,
+}
+
+impl Polling {
+    pub(crate) fn new(subject: &str) -> Polling {
+        Polling {
+            subject: subject.to_owned(),
+            index: 0,
+            failures: 0,
+            polls: TokenBucket::new(POLL_BURST, POLL_RATE),
+        }
+    }
+
+    /// The index to send: none before the first answer and after an error.
+    pub(crate) fn index(&self) -> Option<u64> {
+        (self.index > 0).then_some(self.index)
+    }
+
+    /// Notes an answer carrying index `returned`. True when it ends a run of failed calls.
+    pub(crate) fn answered(&mut self, returned: u64) -> bool {
+        let failures = std::mem::take(&mut self.failures);
+        if failures > 0 {
+            info!(
+                watching = self.subject,
+                "Consul reachable again after {failures} failed calls"
+            );
+        }
+        self.index = next_index(self.index, returned);
+        failures > 0
+    }
+
+    /// The pause after an answer, before the next query.
+    pub(crate) async fn pace(&mut self) {
+        tokio::time::sleep(self.polls.take(tokio::time::Instant::now())).await;
+    }
+
+    /// Notes a failed call (what is published stays, as `kept`) and waits out its backoff. The
+    /// first failure of a run is a warning, the others debug lines.
+    pub(crate) async fn failed(&mut self, kept: &str, err: &str) {
+        self.failures += 1;
+        self.index = 0;
+        let delay = backoff::delay(self.failures, RETRY_BASE, RETRY_CAP);
+        if self.failures == 1 {
+            warn!(
+                watching = self.subject,
+                "Consul unreachable, keeping the last known {kept}: {err}"
+            );
+        } else {
+            debug!(
+                watching = self.subject,
+                failures = self.failures,
+                ?delay,
+                "Consul still unreachable: {err}"
+            );
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Counts a failed poll of published state, and marks it stale at the first of a run. True when
+/// the status changed (what watchers are woken for).
+pub(crate) fn note_failed_poll(status: &mut WatchStatus, failed_polls: &mut u64) -> bool {
+    *failed_polls += 1;
+    match status {
+        WatchStatus::Stale { .. } => false,
+        WatchStatus::Starting | WatchStatus::Live => {
+            *status = WatchStatus::Stale {
+                since: Instant::now(),
+            };
+            true
+        }
+    }
+}
+
 /// One answer to a blocking query: the index to send back and the passing providers.
 struct Answer {
     index: u64,
@@ -212,9 +295,7 @@ async fn watch_loop(
 ) {
     // tokio's clock, not the system's, for every timer here: tests run it paused.
     use tokio::time::Instant;
-    let mut index: u64 = 0;
-    let mut failures: u32 = 0;
-    let mut polls = TokenBucket::new(POLL_BURST, POLL_RATE);
+    let mut polling = Polling::new(&service);
     // After an outage: until when, and which providers known before it, are kept published.
     let mut grace: Option<(Instant, Vec<Provider>)> = None;
     loop {
@@ -226,21 +307,12 @@ async fn watch_loop(
             }
             None => WAIT,
         };
-        match catalogue
-            .passing(&service, (index > 0).then_some(index), wait)
-            .await
-        {
+        match catalogue.passing(&service, polling.index(), wait).await {
             Ok(answer) => {
-                if failures > 0 {
-                    info!(
-                        service,
-                        "Consul reachable again after {failures} failed calls"
-                    );
+                if polling.answered(answer.index) {
                     let known = sender.borrow().providers.to_vec();
                     grace = Some((Instant::now() + REJOIN_GRACE, known));
                 }
-                failures = 0;
-                index = next_index(index, answer.index);
                 let mut providers = answer.providers;
                 if let Some((until, known)) = &grace {
                     if Instant::now() < *until {
@@ -250,22 +322,13 @@ async fn watch_loop(
                     }
                 }
                 publish(sender, providers);
-                tokio::time::sleep(polls.take(Instant::now())).await;
+                polling.pace().await;
             }
             Err(err) => {
-                failures += 1;
-                index = 0;
-                mark_stale(sender);
-                let delay = backoff::delay(failures, RETRY_BASE, RETRY_CAP);
-                if failures == 1 {
-                    warn!(
-                        service,
-                        "Consul unreachable, keeping the last known providers: {err}"
-                    );
-                } else {
-                    debug!(service, failures, ?delay, "Consul still unreachable: {err}");
-                }
-                tokio::time::sleep(delay).await;
+                sender.send_if_modified(|set| {
+                    note_failed_poll(&mut set.status, &mut set.failed_polls)
+                });
+                polling.failed("providers", &err).await;
             }
         }
     }
@@ -321,21 +384,6 @@ fn publish(sender: &watch::Sender<ProviderSet>, providers: Vec<Provider>) {
         set.generation += 1;
         set.changed_at = Instant::now();
         true
-    });
-}
-
-fn mark_stale(sender: &watch::Sender<ProviderSet>) {
-    sender.send_if_modified(|set| {
-        set.failed_polls += 1;
-        match set.status {
-            WatchStatus::Stale { .. } => false,
-            WatchStatus::Starting | WatchStatus::Live => {
-                set.status = WatchStatus::Stale {
-                    since: Instant::now(),
-                };
-                true
-            }
-        }
     });
 }
 

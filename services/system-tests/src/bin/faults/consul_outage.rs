@@ -187,7 +187,7 @@ fn recovered_after(instance: &ServiceProcess) -> Option<u64> {
     instance
         .output()
         .lines()
-        .filter(|line| line.contains("service=\"log\"") || line.contains("service=log"))
+        .filter(|line| line.contains("watching=\"log\"") || line.contains("watching=log"))
         .filter_map(|line| line.split("Consul reachable again after ").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .next_back()
