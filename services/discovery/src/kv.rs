@@ -73,6 +73,20 @@ pub struct KvSnapshot {
     pub failed_polls: u64,
 }
 
+impl KvSnapshot {
+    /// What a watch of `prefix` publishes before Consul's first answer: no keys, starting.
+    pub fn starting(prefix: &str) -> KvSnapshot {
+        KvSnapshot {
+            prefix: prefix.into(),
+            entries: Arc::from([]),
+            index: 0,
+            generation: 0,
+            status: WatchStatus::Starting,
+            failed_polls: 0,
+        }
+    }
+}
+
 /// A handle on a running KV watch; the loop stops when the last handle is dropped.
 #[derive(Debug, Clone)]
 pub struct KvWatch {
@@ -83,15 +97,7 @@ impl KvWatch {
     /// Starts watching the keys under `prefix` (which should end in `/`) through the agent
     /// described by `settings`, with its token.
     pub fn spawn(settings: &ConsulSettings, prefix: &str) -> Self {
-        let initial = KvSnapshot {
-            prefix: prefix.into(),
-            entries: Arc::from([]),
-            index: 0,
-            generation: 0,
-            status: WatchStatus::Starting,
-            failed_polls: 0,
-        };
-        let (sender, receiver) = watch::channel(initial);
+        let (sender, receiver) = watch::channel(KvSnapshot::starting(prefix));
         let client = KvClient::new(settings.clone());
         let prefix = prefix.to_owned();
         tokio::spawn(async move {

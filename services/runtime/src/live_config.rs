@@ -311,14 +311,7 @@ impl<S: Settings + std::fmt::Debug> LiveConfig<S> {
             origins,
             prefixes: [String::new(), String::new()],
         };
-        let none = |prefix: &str| KvSnapshot {
-            prefix: prefix.into(),
-            entries: Arc::from([]),
-            index: 0,
-            generation: 0,
-            status: WatchStatus::Starting,
-            failed_polls: 0,
-        };
+        let none = KvSnapshot::starting;
         let resolved = layers.resolve(&none(""), &none(""), None);
         LiveConfig {
             effective: watch::channel(Arc::new(resolved.effective)).1,

@@ -8,6 +8,26 @@ use testkit::{ConsulAgent, RunningApp, get_json_list, http_client};
 
 use helpers::spawn_app;
 
+/// Stores `count` records made by `record(i)` for i in 0..count, in batches of 1,000 (the most
+/// one POST takes).
+async fn post_records(
+    service: &RunningApp,
+    count: usize,
+    record: impl Fn(usize) -> serde_json::Value,
+) {
+    let client = http_client();
+    for start in (0..count).step_by(1000) {
+        let records: Vec<_> = (start..(start + 1000).min(count)).map(&record).collect();
+        let response = client
+            .post(format!("{}/log", service.base_url()))
+            .json(&serde_json::json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+}
+
 /// Pages through `GET /log` with `before` from the newest record to the first.
 async fn every_record_paging_back(service: &RunningApp) -> Vec<serde_json::Value> {
     let mut pages = Vec::new();
@@ -45,23 +65,12 @@ async fn records_older_than_memory_holds_are_read_from_the_file() {
     let agent = ConsulAgent::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut service = spawn_app(&agent, data.path()).await;
-    let client = http_client();
     // 10,500 records, 500 more than the service keeps in memory; the first three from "early".
-    for batch in 0..11 {
-        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
-            .map(|i| {
-                let service = if i < 3 { "early" } else { "busy" };
-                serde_json::json!({"service": service, "message": format!("record {i}")})
-            })
-            .collect();
-        let response = client
-            .post(format!("{}/log", service.base_url()))
-            .json(&serde_json::json!({ "records": records }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
+    post_records(&service, 10_500, |i| {
+        let service = if i < 3 { "early" } else { "busy" };
+        serde_json::json!({"service": service, "message": format!("record {i}")})
+    })
+    .await;
 
     for _run in ["before a restart", "after one"] {
         let early: Vec<String> =
@@ -99,25 +108,15 @@ async fn a_trace_is_found_in_memory_and_in_the_file_and_a_caller_traceparent_joi
     let client = http_client();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     // 10,500 records, 500 more than memory holds: the first of the trace is read from the file.
-    for batch in 0..11 {
-        let records: Vec<_> = (batch * 1000..(batch * 1000 + 1000).min(10_500))
-            .map(|i| {
-                let mut record =
-                    serde_json::json!({"service": "grading", "message": format!("record {i}")});
-                if i == 1 || i == 10_400 {
-                    record["trace_id"] = trace.into();
-                }
-                record
-            })
-            .collect();
-        let response = client
-            .post(format!("{}/log", service.base_url()))
-            .json(&serde_json::json!({ "records": records }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
+    post_records(&service, 10_500, |i| {
+        let mut record =
+            serde_json::json!({"service": "grading", "message": format!("record {i}")});
+        if i == 1 || i == 10_400 {
+            record["trace_id"] = trace.into();
+        }
+        record
+    })
+    .await;
     // A caller's traceparent puts its text record in the trace, and the answer is in it too.
     let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
     let response = client
