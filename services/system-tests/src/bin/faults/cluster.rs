@@ -413,6 +413,9 @@ pub async fn run(chosen: &[u8]) -> Vec<Outcome> {
     outcomes
 }
 
+/// How long the DNS of an agent may trail the catalogue the cluster's readiness was read from.
+const DNS_SETTLE: Duration = Duration::from_secs(5);
+
 /// What a user of the cluster checks first: every server and host in the cluster, DNS from two
 /// different agents, both portals serving, and a grade added through one portal seen through the
 /// other (one PostgreSQL database behind every grading instance).
@@ -427,20 +430,32 @@ async fn check_shape(cluster: &Cluster, outcome: &mut Outcome) {
         ("GRADEBOOK_HOST1_DNS_PORT", "host-1"),
     ] {
         let port = cluster.stack.port(port_var).to_string();
-        let answer = tokio::process::Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &port,
-                "+short",
-                "grading.service.consul",
-                "SRV",
-            ])
-            .output()
-            .await
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let records = answer.lines().filter(|l| l.contains("6100")).count();
+        let dig = || async {
+            let answer = tokio::process::Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port,
+                    "+short",
+                    "grading.service.consul",
+                    "SRV",
+                ])
+                .output()
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let records = answer.lines().filter(|l| l.contains("6100")).count();
+            (answer, records)
+        };
+        // Consul's DNS answers from any server by default (stale reads allowed), and a follower
+        // may trail the leader the cluster's readiness was read from by a moment: ask again for
+        // a few seconds before calling the answer short.
+        let asked = Instant::now();
+        let (mut answer, mut records) = dig().await;
+        while records != 3 && asked.elapsed() < DNS_SETTLE {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (answer, records) = dig().await;
+        }
         outcome.check(
             records == 3,
             format!("{agent}'s DNS gave {records} grading SRV records, not 3: {answer:?}"),
