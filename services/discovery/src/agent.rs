@@ -82,13 +82,10 @@ pub struct AgentClient {
 impl AgentClient {
     /// A client with its own pooled connection set, never going through an HTTP proxy.
     pub fn new(settings: ConsulSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .expect("a plain HTTP client without TLS always builds");
-        AgentClient { settings, http }
+        AgentClient {
+            settings,
+            http: crate::consul::agent_http_client(),
+        }
     }
 
     /// Registers (or replaces) an instance with its check.

@@ -171,6 +171,17 @@ impl ConsulSettings {
     }
 }
 
+/// The HTTP client of the agent API and the KV watches: its own pooled connections, never
+/// through an HTTP proxy, Nagle off, a bounded connect.
+pub(crate) fn agent_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("a plain HTTP client without TLS always builds")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

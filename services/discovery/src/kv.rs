@@ -142,13 +142,10 @@ struct KvClient {
 
 impl KvClient {
     fn new(settings: ConsulSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .expect("a plain HTTP client without TLS always builds");
-        KvClient { settings, http }
+        KvClient {
+            settings,
+            http: crate::consul::agent_http_client(),
+        }
     }
 
     /// The keys under `prefix`: a blocking query that returns once the index passes `index` (at
