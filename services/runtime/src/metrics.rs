@@ -494,6 +494,7 @@ impl Registry {
             ("shed", c.shed),
             ("refused", c.refused),
             ("header_timeouts", c.header_timeouts),
+            ("body_timeouts", c.body_timeouts),
             ("idle_closed", c.idle_closed),
             ("client_errors", c.client_errors),
             ("accept_errors", c.accept_errors),

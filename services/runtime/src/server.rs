@@ -2,6 +2,8 @@
 //! loop lacks. A client that sends its request head slowly, or keeps a connection idle, is closed
 //! after a timeout; at most `max_connections` are served, and connections beyond that are shed
 //! with a 503 while `/health` is still answered, so the Consul check keeps passing under a flood.
+//! A request body must arrive in full within its own timeout, so a client that sends a body one
+//! byte a second cannot hold a connection (and a slot under the cap) for as long as it likes.
 //! Client-side connection failures (aborted, malformed, timed out) are counted and logged at
 //! debug: a script opening thousands of them must not become thousands of shipped ERROR records.
 //! `HEAD` is answered wherever `GET` is, here once rather than per route.
@@ -39,6 +41,10 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// callers keep idle pooled connections (`runtime::http_client`), so the caller closes first and
 /// never sends a request on a connection this side is closing.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a client may take to send a request body, from the end of its head. The largest
+/// bodies the services take (a log batch, 1 MiB) need 10 s at 100 KB/s; 30 s leaves room for a
+/// slow link while a client sending a byte a second is closed after 30 bytes.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once. Each costs a file descriptor and a few kilobytes of buffers; 1024
 /// is far above what the callers' pools open, and leaves room under the usual 4096+ descriptor
 /// limit of containers (and a warning at start when the limit is lower, see [`check_fd_limit`]).
@@ -64,6 +70,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Longest wait for the next request on a keep-alive connection.
     pub idle_timeout: Duration,
+    /// Longest time from the end of a request's head to the end of its body.
+    pub body_timeout: Duration,
     /// Connections served at once; more are shed (see the module comment).
     pub max_connections: usize,
 }
@@ -73,6 +81,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -89,6 +98,10 @@ pub struct ConnectionArgs {
     #[arg(long, env = "GRADEBOOK_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Close a connection whose request body takes longer than this to arrive (slow-body clients).
+    #[arg(long, env = "GRADEBOOK_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
     /// Connections served at once; more are answered 503 (except /health) and closed.
     #[arg(long, env = "GRADEBOOK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
@@ -100,6 +113,7 @@ impl ConnectionArgs {
         ConnectionLimits {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
             max_connections: self.max_connections,
         }
     }
@@ -116,6 +130,7 @@ struct Counters {
     shed: AtomicU64,
     refused: AtomicU64,
     header_timeouts: AtomicU64,
+    body_timeouts: AtomicU64,
     idle_closed: AtomicU64,
     client_errors: AtomicU64,
     accept_errors: AtomicU64,
@@ -134,6 +149,8 @@ pub struct ConnectionCounts {
     pub refused: u64,
     /// Closed because the request head did not arrive in time.
     pub header_timeouts: u64,
+    /// Closed because a request body did not arrive in time.
+    pub body_timeouts: u64,
     /// Keep-alive connections closed after the idle timeout.
     pub idle_closed: u64,
     /// Connections that failed on the client's side: aborted mid-request, malformed requests.
@@ -153,6 +170,7 @@ impl ConnectionStats {
             shed: get(&c.shed),
             refused: get(&c.refused),
             header_timeouts: get(&c.header_timeouts),
+            body_timeouts: get(&c.body_timeouts),
             idle_closed: get(&c.idle_closed),
             client_errors: get(&c.client_errors),
             accept_errors: get(&c.accept_errors),
@@ -389,6 +407,8 @@ enum Phase {
     Idle { since: Instant, fresh: bool },
     /// Reading a request head, since its first byte.
     ReadingHead { since: Instant },
+    /// Reading a request body, since the end of its head.
+    ReadingBody { since: Instant },
     /// A request is being answered; no timeout of ours applies.
     Busy,
 }
@@ -403,8 +423,8 @@ enum Phase {
 struct Progress {
     /// The origin of the times in `word`.
     base: Instant,
-    /// The phase's tag in the low two bits, above them when it began, in nanoseconds since
-    /// `base` (62 bits: over a century).
+    /// The phase's tag in the low three bits, above them when it began, in nanoseconds since
+    /// `base` (61 bits: over 70 years).
     word: AtomicU64,
     /// Reading a request body failed (the client went away mid-body).
     body_failed: AtomicBool,
@@ -414,7 +434,9 @@ const FRESH: u64 = 0;
 const IDLE: u64 = 1;
 const READING_HEAD: u64 = 2;
 const BUSY: u64 = 3;
-const TAG: u64 = 3;
+const READING_BODY: u64 = 4;
+const TAG: u64 = 7;
+const TAG_BITS: u32 = 3;
 
 impl Progress {
     /// A connection accepted now: idle and fresh.
@@ -428,12 +450,25 @@ impl Progress {
 
     fn enter(&self, tag: u64) {
         let nanos = self.base.elapsed().as_nanos() as u64;
-        self.word.store(nanos << 2 | tag, Ordering::Relaxed);
+        self.word.store(nanos << TAG_BITS | tag, Ordering::Relaxed);
     }
 
-    /// A request head is complete and being answered.
-    fn busy(&self) {
-        self.word.store(BUSY, Ordering::Relaxed);
+    /// A request head is complete: its body is awaited now, or, without one, it is being
+    /// answered.
+    fn head_complete(&self, body_follows: bool) {
+        if body_follows {
+            self.enter(READING_BODY);
+        } else {
+            self.word.store(BUSY, Ordering::Relaxed);
+        }
+    }
+
+    /// The request body has arrived in full: no timeout of ours applies until the answer is
+    /// written. (A phase past the body, when the answer went before the body was read, stays.)
+    fn body_complete(&self) {
+        if self.word.load(Ordering::Relaxed) & TAG == READING_BODY {
+            self.word.store(BUSY, Ordering::Relaxed);
+        }
     }
 
     /// The answer is written: waiting for the next request.
@@ -450,7 +485,7 @@ impl Progress {
 
     fn phase(&self) -> Phase {
         let word = self.word.load(Ordering::Relaxed);
-        let since = self.base + Duration::from_nanos(word >> 2);
+        let since = self.base + Duration::from_nanos(word >> TAG_BITS);
         match word & TAG {
             FRESH => Phase::Idle { since, fresh: true },
             IDLE => Phase::Idle {
@@ -458,6 +493,7 @@ impl Progress {
                 fresh: false,
             },
             READING_HEAD => Phase::ReadingHead { since },
+            READING_BODY => Phase::ReadingBody { since },
             _ => Phase::Busy,
         }
     }
@@ -490,7 +526,7 @@ where
         let service = self.service.clone();
         let request_progress = progress.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
-            request_progress.busy();
+            request_progress.head_complete(!request.body().is_end_stream());
             let request = request.map(|body| RequestBody {
                 body,
                 progress: request_progress.clone(),
@@ -517,7 +553,9 @@ where
         // `shortest` from now, whichever is sooner: any later phase begins after now and lasts
         // at least `shortest`, so no deadline is ever missed, and a busy connection's timer
         // fires about once per `shortest` (10 s by default) to find nothing due.
-        let shortest = header_timeout.min(self.limits.idle_timeout);
+        let shortest = header_timeout
+            .min(self.limits.idle_timeout)
+            .min(self.limits.body_timeout);
         let timer = tokio::time::sleep(shortest);
         let mut timer = std::pin::pin!(timer);
         let mut stop = std::pin::pin!(stop);
@@ -555,12 +593,16 @@ where
                             since,
                             fresh: false,
                         } => Some((since + self.limits.idle_timeout, &counters.idle_closed)),
+                        Phase::ReadingBody { since } => {
+                            Some((since + self.limits.body_timeout, &counters.body_timeouts))
+                        }
                         Phase::Busy => None,
                     };
                     if let Some((deadline, counter)) = deadline
                         && deadline <= now
                     {
-                        // Nothing is in flight: dropping the connection loses no answer.
+                        // Nothing is in flight, or a request whose body never came: dropping
+                        // the connection loses no answer and stores nothing half-read.
                         ConnectionStats::bump(counter);
                         debug!(?current, "closing a connection past its timeout");
                         break;
@@ -697,7 +739,8 @@ impl AsyncWrite for PhaseTracking {
     }
 }
 
-/// A request body that remembers whether reading it failed (the client went away mid-body).
+/// A request body that marks the connection busy once it has arrived in full (the body timeout
+/// stops), and remembers whether reading it failed (the client went away mid-body).
 struct RequestBody {
     body: Incoming,
     progress: Arc<Progress>,
@@ -712,8 +755,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.progress.body_failed.store(true, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => self.progress.body_failed.store(true, Ordering::Relaxed),
+            Poll::Ready(None) => self.progress.body_complete(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.progress.body_complete(),
+            _ => {}
         }
         polled
     }

@@ -17,7 +17,8 @@ use warp::reply::Reply;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// An instance serving `GET /hello`, registered in `agent`, under `limits`.
+/// An instance serving `GET /hello` and `POST /echo` (answers the body's length once read),
+/// registered in `agent`, under `limits`.
 struct Instance {
     addr: SocketAddr,
     id: String,
@@ -35,7 +36,11 @@ impl Instance {
         let hello = warp::path("hello")
             .and(warp::get())
             .map(|| "hello, world\n".into_response());
-        let (stop, task) = common::run_until_stopped(service, hello);
+        let echo = warp::path("echo")
+            .and(warp::post())
+            .and(warp::body::bytes())
+            .map(|body: bytes::Bytes| format!("{} bytes\n", body.len()).into_response());
+        let (stop, task) = common::run_until_stopped(service, hello.or(echo).unify());
         Instance {
             addr,
             id,
@@ -57,6 +62,7 @@ fn limits(header: u64, idle: u64, max: usize) -> ConnectionLimits {
     ConnectionLimits {
         header_timeout: Duration::from_secs(header),
         idle_timeout: Duration::from_secs(idle),
+        body_timeout: Duration::from_secs(30),
         max_connections: max,
     }
 }
@@ -66,6 +72,11 @@ fn limits(header: u64, idle: u64, max: usize) -> ConnectionLimits {
 async fn request(stream: &mut TcpStream, method: &str, path: &str) -> String {
     let head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
+    read_answer(stream, method == "HEAD").await
+}
+
+/// Reads one whole answer (its head only for a `HEAD`), which must say how long its body is.
+async fn read_answer(stream: &mut TcpStream, head_only: bool) -> String {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -84,7 +95,7 @@ async fn request(stream: &mut TcpStream, method: &str, path: &str) -> String {
                         .map(str::to_owned)
                 })
                 .map_or(0, |l| l.trim().parse::<usize>().unwrap());
-            let expected = if method == "HEAD" { 0 } else { length };
+            let expected = if head_only { 0 } else { length };
             if body.len() >= expected {
                 return text;
             }
@@ -139,6 +150,53 @@ async fn a_slow_header_client_is_disconnected_while_another_is_served() {
         "the slow client's connection is closed"
     );
     // Writes fail a little after the close; the claim is the close is within twice the timeout.
+    let answer = request(&mut other, "GET", "/hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    instance.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_client_is_disconnected_while_whole_bodies_are_answered() {
+    let agent = ConsulAgent::start().await;
+    let body_timeout = ConnectionLimits {
+        body_timeout: Duration::from_secs(1),
+        ..limits(30, 30, 100)
+    };
+    let instance = Instance::start(&agent, body_timeout).await;
+
+    let mut slow = TcpStream::connect(instance.addr).await.unwrap();
+    let head = "POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000000\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let dribble = tokio::spawn(async move {
+        // A whole head at once, then one body byte every 100 ms: the body never ends.
+        loop {
+            if slow.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slow
+    });
+    // Another client's whole body, sent at once, is read and answered meanwhile.
+    let mut other = TcpStream::connect(instance.addr).await.unwrap();
+    let post = "POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello";
+    other.write_all(post.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut other, false).await;
+    assert!(answer.ends_with("\r\n\r\n5 bytes\n"), "{answer}");
+
+    let mut slow = tokio::time::timeout(Duration::from_secs(10), dribble)
+        .await
+        .expect("the server closes the slow body's connection, so writing to it fails")
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "the slow client's connection is closed"
+    );
+    let counts = testkit::get_json(&format!("http://{}/status/connections", instance.addr)).await;
+    assert_eq!(counts["body_timeouts"], 1, "{counts}");
+    // The connection that sent a whole body is still served, past the body timeout.
     let answer = request(&mut other, "GET", "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     instance.shut_down().await;
