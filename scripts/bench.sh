@@ -11,9 +11,10 @@ Usage: scripts/bench.sh [--quick]
 
 Builds in release mode, starts a Consul dev agent on free ports, a counting proxy in front of it
 for each service, the ceiling servers and the log, grading and portal services, then measures:
-  - three ceilings, one per shape of request (services/bench, binary ceiling): a GET answered
-    from memory, a text POST answered 201, and a GET answered with one pooled HTTP call to the
-    GET ceiling (two hops); each is measured first and again last, and the mean is used;
+  - four ceilings, one per shape of request (services/bench, binary ceiling): a GET of one
+    student answered from memory, the same for the whole list (grading's seeded list, four
+    times the body), a text POST answered 201, and a GET answered with one pooled HTTP call to
+    the GET ceiling (two hops); each is measured first and again last, and the mean is used;
   - the durable floor: the same text POST answered 201 only once its line is fsync'd, by one
     writer thread sharing each fsync among the appends waiting (ceiling --durable-dir): what
     durable ingest costs on this disk with nothing else done; the log is reported against it too;
@@ -26,7 +27,7 @@ for each service, the ceiling servers and the log, grading and portal services, 
     full blocking-query wait), and the RSS of each service idle and after the loads.
 Prints the table on stdout (progress on stderr) in about 8 minutes after the build.
 Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
-the GET ceiling, the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling. Only
+the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling. Only
 ratios within one run count. Honours CARGO_TARGET_DIR.
 
   --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
@@ -201,6 +202,7 @@ portal_url="http://127.0.0.1:$portal_port"
 two_hop_url="http://127.0.0.1:$two_hop_port"
 floor_url="http://127.0.0.1:$floor_port"
 measure ceiling "$ceiling_url/students/1"
+measure ceiling_list "$ceiling_url/students"
 measure ceiling_post "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop "$two_hop_url/students/1"
 measure floor_post "$floor_url/log" "$work/post-text.lua"
@@ -223,11 +225,13 @@ measure portal_student "$portal_url/students/1"
 # The ceilings again, last: ratios use the mean of both, so a drift during the run shows and
 # weighs on every figure alike.
 measure ceiling_end "$ceiling_url/students/1"
+measure ceiling_list_end "$ceiling_url/students"
 measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop_end "$two_hop_url/students/1"
 measure floor_post_end "$floor_url/log" "$work/post-text.lua"
 declare -A ceiling_of=(
   [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
+  [list]=$(( (rps[ceiling_list] + rps[ceiling_list_end]) / 2 ))
   [post]=$(( (rps[ceiling_post] + rps[ceiling_post_end]) / 2 ))
   [two_hop]=$(( (rps[two_hop] + rps[two_hop_end]) / 2 ))
   [durable]=$(( (rps[floor_post] + rps[floor_post_end]) / 2 ))
@@ -239,6 +243,8 @@ dsync_ms=$(dd if=/dev/zero of="$work/dsync.test" bs=128 count=200 oflag=dsync 2>
   | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") { printf "%.2f", $(i - 1) * 1000 / 200 } }')
 ceiling_bytes=$(curl -s "$ceiling_url/students/1" | wc -c)
 grading_bytes=$(curl -s "$grading_url/students/1" | wc -c)
+ceiling_list_bytes=$(curl -s "$ceiling_url/students" | wc -c)
+grading_list_bytes=$(curl -s "$grading_url/students" | wc -c)
 
 # --- Discovery. ----------------------------------------------------------------------------
 say "discovery: $trials registrations, $kills SIGKILLs"
@@ -252,7 +258,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
 row() { printf '| %-44s | %10s | %8s | %8s | %-7s | %7s | %-14s |\n' "$@"; }
-http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post, two_hop or durable
+http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, post, two_hop or durable
   local key=$1 label=$2 shape=$3 target=$4 mult=${5:-1} value base
   value=$((rps[$key] * mult))
   base=${ceiling_of[$shape]}
@@ -264,14 +270,16 @@ http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, post, tw
 echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
 echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
-echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, durable (floor) ${ceiling_of[durable]} req/s"
-echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, list ${ceiling_of[list]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, durable (floor) ${ceiling_of[durable]} req/s"
+echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B; ceiling list ${ceiling_list_bytes} B, grading /students ${grading_list_bytes} B"
 echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
 echo
 row "figure" "req/s" "p50 ms" "p99 ms" "shape" "x shape" "target"
 row "---" "---:" "---:" "---:" "---" "---:" "---"
 http_row ceiling "1. ceiling GET /students/1 (warp, memory)" get -
 http_row ceiling_end "1. the same, after the other loads" get -
+http_row ceiling_list "1. ceiling GET /students (warp, memory)" list -
+http_row ceiling_list_end "1. the same, after the other loads" list -
 http_row ceiling_post "1. ceiling POST /log text, answered 201" post -
 http_row ceiling_post_end "1. the same, after the other loads" post -
 http_row two_hop "1. ceiling GET via one pooled call to it" two_hop -
@@ -279,7 +287,8 @@ http_row two_hop_end "1. the same, after the other loads" two_hop -
 http_row floor_post "1. floor POST /log text, fsync'd (group commit)" post -
 http_row floor_post_end "1. the same, after the other loads" post -
 http_row grading_one "2. grading GET /students/1" get 0.9
-http_row grading_all "2. grading GET /students" get 0.9
+http_row grading_all "2. grading GET /students" list 0.9
+http_row grading_all "2. the same, against the one-student ceiling" get -
 http_row log_text "3. log POST /log text, fsync'd (records/s)" post 0.7
 http_row log_text "3. the same, against the durable floor" durable 0.7
 http_row log_text_followed "3. the same, 10 readers waiting on ?wait" post -
@@ -289,8 +298,9 @@ http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling ceiling_post two_hop floor_post grading_one grading_all log_text log_text_followed \
-  log_batch portal_index portal_student ceiling_end ceiling_post_end two_hop_end floor_post_end; do
+for key in ceiling ceiling_list ceiling_post two_hop floor_post grading_one grading_all log_text \
+  log_text_followed log_batch portal_index portal_student ceiling_end ceiling_list_end \
+  ceiling_post_end two_hop_end floor_post_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo

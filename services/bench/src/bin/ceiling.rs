@@ -3,6 +3,8 @@
 //! beyond their paths, no database and no serialization per request:
 //! - `GET /students/1` answers a JSON document of the same shape and size as grading's answer for
 //!   the seeded student 1, kept in memory as bytes (the shape of grading's reads);
+//! - `GET /students` answers, the same way, the bytes of grading's whole seeded list (four
+//!   students, four times as large: the shape of grading's list, whose body costs more to write);
 //! - `POST /log` reads a text body and answers 201 (the shape of the log's text ingest, without
 //!   storing anything);
 //! - with `--two-hop-to URL`, the process instead answers `GET /students/1` by making one call
@@ -26,6 +28,9 @@ use warp::http::{Response, StatusCode};
 
 /// What grading answers for the seeded student 1, byte for byte.
 const STUDENT: &str = r#"{"id":1,"firstName":"Tony","lastName":"Stark","average":89.5,"grades":[{"id":1,"title":"Quiz 1","type":"Quiz","score":85.0},{"id":2,"title":"Week 1 Homework","type":"Homework","score":94.0},{"id":3,"title":"Test 1","type":"Test","score":89.5}]}"#;
+
+/// What grading answers for `GET /students` on its seeded database, byte for byte.
+const STUDENTS: &str = r#"[{"id":1,"firstName":"Tony","lastName":"Stark","average":89.5,"grades":[{"id":1,"title":"Quiz 1","type":"Quiz","score":85.0},{"id":2,"title":"Week 1 Homework","type":"Homework","score":94.0},{"id":3,"title":"Test 1","type":"Test","score":89.5}]},{"id":2,"firstName":"Bruce","lastName":"Banner","average":96.33333333333333,"grades":[{"id":4,"title":"Quiz 1","type":"Quiz","score":97.0},{"id":5,"title":"Week 1 Homework","type":"Homework","score":100.0},{"id":6,"title":"Test 1","type":"Test","score":92.0}]},{"id":3,"firstName":"Natasha","lastName":"Romanoff","average":91.33333333333333,"grades":[{"id":7,"title":"Quiz 1","type":"Quiz","score":91.0},{"id":8,"title":"Week 1 Homework","type":"Homework","score":88.0},{"id":9,"title":"Test 1","type":"Test","score":95.0}]},{"id":4,"firstName":"Peter","lastName":"Parker","average":80.83333333333333,"grades":[{"id":10,"title":"Quiz 1","type":"Quiz","score":78.0},{"id":11,"title":"Week 1 Homework","type":"Homework","score":83.5},{"id":12,"title":"Test 1","type":"Test","score":81.0}]}]"#;
 
 /// The largest text body the POST route reads, as the log service's own limit does.
 const MAX_POST_BYTES: u64 = 64 * 1024;
@@ -91,15 +96,21 @@ fn spawn_group_writer(dir: PathBuf) -> mpsc::Sender<Append> {
     appends
 }
 
-/// `GET /students/1` from memory and `POST /log` of a text body answered 201.
+/// `GET /students/1` and `GET /students` from memory, and `POST /log` of a text body answered
+/// 201.
 async fn serve_one_hop(listen: SocketAddr, durable_dir: Option<PathBuf>) {
-    let body = bytes::Bytes::from_static(STUDENT.as_bytes());
-    let student = warp::path!("students" / "1").and(warp::get()).map(move || {
+    let json = |body: &'static str| {
         Response::builder()
             .header("content-type", "application/json")
-            .body(body.clone())
+            .body(bytes::Bytes::from_static(body.as_bytes()))
             .expect("static response")
-    });
+    };
+    let student = warp::path!("students" / "1")
+        .and(warp::get())
+        .map(move || json(STUDENT));
+    let students = warp::path!("students")
+        .and(warp::get())
+        .map(move || json(STUDENTS));
     // The body is read in full (as the log reads a record's); with --durable-dir it is also
     // stored, otherwise thrown away.
     let writer = durable_dir.map(spawn_group_writer);
@@ -135,10 +146,12 @@ async fn serve_one_hop(listen: SocketAddr, durable_dir: Option<PathBuf>) {
             }
         });
     eprintln!(
-        "ceiling: serving {} bytes at http://{listen}/students/1, POST /log answers 201",
+        "ceiling: serving {} bytes at http://{listen}/students/1 and {} at /students, \
+         POST /log answers 201",
         STUDENT.len(),
+        STUDENTS.len(),
     );
-    warp::serve(student.or(post)).run(listen).await;
+    warp::serve(student.or(students).or(post)).run(listen).await;
 }
 
 /// `GET /students/1` answered with the body of one pooled call to `upstream`.
