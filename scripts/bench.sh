@@ -25,7 +25,7 @@ for each service, the ceiling servers and the log, grading and portal services, 
     a request loop (services/bench, discovery-bench);
   - idle cost: requests each service makes to Consul over 300 s when nothing changes (one
     full blocking-query wait), and the RSS of each service idle and after the loads.
-Prints the table on stdout (progress on stderr) in about 8 minutes after the build.
+Prints the table on stdout (progress on stderr) in about 9 minutes after the build.
 Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
 the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling. Only
 ratios within one run count. Honours CARGO_TARGET_DIR.
