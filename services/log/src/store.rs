@@ -287,6 +287,9 @@ pub struct Appended {
 /// The field names that carry a batch's key and size on its last line.
 const KEY_FIELD: &str = "batch_key";
 const KEY_RECORDS_FIELD: &str = "batch_records";
+/// Bytes the key's fields add to a batch's last line besides the key itself: names, quotes and
+/// the count's digits (at most 20).
+const KEY_ROOM: usize = r#","batch_key":"","batch_records":"#.len() + 20;
 
 /// The keys of the most recent keyed batches, with how many records each stored. Only the
 /// writer thread holds it, so checking a key and storing its batch cannot race.
@@ -728,11 +731,11 @@ fn read_recent(file: &File, start: u64, count: usize) -> io::Result<VecDeque<Rec
 /// The records as stored lines; with a key, the last line also carries the key and the
 /// batch's size, so that the batch is remembered when the store opens again.
 fn serialize(records: &[Record], key: Option<&str>) -> serde_json::Result<Vec<u8>> {
-    let mut lines = Vec::with_capacity(records.len() * 160);
+    let key_room = key.map_or(0, |key| KEY_ROOM + key.len());
+    let mut lines =
+        Vec::with_capacity(records.iter().map(Record::line_capacity).sum::<usize>() + key_room);
     for record in records {
-        // Serializing a Record of plain strings cannot fail; the caller maps it anyway.
-        serde_json::to_writer(&mut lines, record)?;
-        lines.push(b'\n');
+        record.write_line(&mut lines);
     }
     if let Some(key) = key {
         // A record is a JSON object: its line ends in `}\n`; the fields go before the brace.
