@@ -107,6 +107,68 @@ fn needs_json_escape(bytes: &[u8]) -> bool {
             .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
+/// `time` as RFC 3339 in UTC with milliseconds, `2026-11-21T16:05:03.123Z`, exactly as
+/// `humantime::format_rfc3339_millis` writes it (a property test compares the two). By hand
+/// because it runs for every record stored, and the `fmt` machinery around humantime's own
+/// formatting cost twice the formatting itself.
+fn format_time(time: SystemTime) -> String {
+    /// 10000-01-01T00:00:00Z: humantime writes four-digit years only.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .filter(|since| since.as_secs() < YEAR_10000);
+    let Some(since_epoch) = since_epoch else {
+        // Not from `validate`, whose times are parsed (years 1970 to 9999) or now: humantime
+        // decides what such a time gives.
+        return humantime::format_rfc3339_millis(time).to_string();
+    };
+    let seconds = since_epoch.as_secs();
+    let (year, month, day) = civil_date(seconds / 86_400);
+    let second_of_day = seconds % 86_400;
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    write_digits(&mut text[0..4], year);
+    write_digits(&mut text[5..7], month);
+    write_digits(&mut text[8..10], day);
+    write_digits(&mut text[11..13], second_of_day / 3600);
+    write_digits(&mut text[14..16], second_of_day / 60 % 60);
+    write_digits(&mut text[17..19], second_of_day % 60);
+    write_digits(&mut text[20..23], u64::from(since_epoch.subsec_millis()));
+    String::from_utf8(text.to_vec()).expect("digits and separators are ASCII")
+}
+
+/// Writes the last `out.len()` decimal digits of `value` into `out`.
+fn write_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// The Gregorian (year, month, day) of the day `days` after 1970-01-01, by Howard Hinnant's
+/// `civil_from_days`: days are counted from 0000-03-01 in 400-year eras, so that a leap day is
+/// the last day of its year.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    const DAYS_0000_03_01_TO_1970: u64 = 719_468;
+    const DAYS_PER_ERA: u64 = 146_097;
+    let days = days + DAYS_0000_03_01_TO_1970;
+    let era = days / DAYS_PER_ERA;
+    let day_of_era = days % DAYS_PER_ERA;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months counted from March: 0 is March, 11 is February.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Severity of a record, ordered from least (`Trace`) to most severe (`Error`).
 /// Serialized lowercase (`"trace"` … `"error"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -244,7 +306,7 @@ impl NewRecord {
             return Err(InvalidRecord::TraceId(echo(id)));
         }
         Ok(Record {
-            time: humantime::format_rfc3339_millis(time).to_string(),
+            time: format_time(time),
             service: self.service,
             level,
             message: self.message,
@@ -404,6 +466,22 @@ mod tests {
         assert_eq!(json, r#"["trace","warn","error"]"#);
         assert_eq!(Level::Warn.to_string(), "warn");
         assert!(Level::Error > Level::Warn && Level::Trace < Level::Debug);
+    }
+
+    #[test]
+    fn times_are_written_as_humantime_writes_them() {
+        let cases = [
+            0,
+            951_782_400_123,     // 2000-02-29
+            4_107_542_400_999,   // 2100-03-01
+            253_402_300_799_999, // 9999-12-31T23:59:59.999Z
+        ];
+        for millis in cases {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_millis(millis);
+            let expected = humantime::format_rfc3339_millis(time).to_string();
+            assert_eq!(format_time(time), expected);
+        }
+        assert_eq!(format_time(now()), "2026-11-21T16:05:03.123Z");
     }
 
     #[test]
@@ -609,6 +687,16 @@ mod tests {
                         prop_assert!(message.chars().count() < 600, "{}", message);
                     }
                 }
+            }
+
+            #[test]
+            fn a_time_is_written_as_humantime_writes_it(
+                seconds in 0..253_402_300_800u64,
+                nanos in 0..1_000_000_000u32,
+            ) {
+                let time = SystemTime::UNIX_EPOCH + std::time::Duration::new(seconds, nanos);
+                let expected = humantime::format_rfc3339_millis(time).to_string();
+                prop_assert_eq!(format_time(time), expected);
             }
 
             #[test]
