@@ -1,5 +1,7 @@
 //! The HTTP API: `POST /log` (a text/plain message, or a JSON batch) and `GET /log`.
 
+use std::convert::Infallible;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -7,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use service_runtime::http::{Object, body_limit, respond};
 use warp::Filter;
 use warp::http::StatusCode;
+use warp::http::header::{CONTENT_TYPE, HeaderValue};
 use warp::reply::Response;
 
 use crate::error::ApiError;
@@ -36,10 +39,48 @@ pub struct Batch {
 }
 
 /// Query of the text form: who is logging, at which level.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 struct TextQuery {
     service: Option<String>,
     level: Option<String>,
+}
+
+impl TextQuery {
+    /// Reads a query with nothing to decode (no `%` or `+`) and no field given twice, as serde
+    /// reads it: other names ignored, a name without `=` an empty value. Anything else is left
+    /// to serde (`None`).
+    fn parse_plain(query: &str) -> Option<TextQuery> {
+        if query.bytes().any(|b| b == b'%' || b == b'+') {
+            return None;
+        }
+        let mut parsed = TextQuery::default();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let field = match name {
+                "service" => &mut parsed.service,
+                "level" => &mut parsed.level,
+                _ => continue,
+            };
+            if field.replace(value.to_owned()).is_some() {
+                return None;
+            }
+        }
+        Some(parsed)
+    }
+}
+
+/// The text form's query: read in place when plain (the common case: serde's general path
+/// cost a tenth of the log's own work per text record), else by `warp::query`, whose answer,
+/// a refusal included, it is in every case.
+fn text_query() -> impl Filter<Extract = (TextQuery,), Error = warp::Rejection> + Clone {
+    let plain = warp::query::raw()
+        // No query at all reads as an empty one.
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|query: String| {
+            std::future::ready(TextQuery::parse_plain(&query).ok_or_else(warp::reject))
+        });
+    plain.or(warp::query::<TextQuery>()).unify()
 }
 
 /// Query of `GET /log`.
@@ -65,6 +106,32 @@ pub struct Stored {
     pub stored: usize,
 }
 
+/// What a POST's `Content-Type` makes of its body: a JSON batch for `application/json` (any
+/// case, parameters allowed), otherwise one text message. Read from the header in place: the
+/// header's text is not copied or lowercased for every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    JsonBatch,
+    Text,
+}
+
+impl FromStr for BodyKind {
+    type Err = Infallible;
+
+    fn from_str(content_type: &str) -> Result<BodyKind, Infallible> {
+        const JSON: &[u8] = b"application/json";
+        let value = content_type.trim_start().as_bytes();
+        let is_json = value
+            .get(..JSON.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(JSON));
+        Ok(if is_json {
+            BodyKind::JsonBatch
+        } else {
+            BodyKind::Text
+        })
+    }
+}
+
 /// The routes below as `/metrics` counts them.
 pub const ROUTE_TEMPLATES: &[&str] = &["/log"];
 
@@ -77,18 +144,18 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(body_limit(MAX_BODY_BYTES))
-        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<BodyKind>("content-type"))
         .and(warp::header::optional::<String>("idempotency-key"))
-        .and(warp::query::<TextQuery>())
+        .and(text_query())
         .and(warp::body::bytes())
         .and(with_store.clone())
         .then(
-            |content_type: Option<String>,
+            |kind: Option<BodyKind>,
              key: Option<String>,
              query: TextQuery,
              body: Bytes,
              store: LogStore| async move {
-                respond(post_log(content_type, key, query, body, store).await)
+                respond(post_log(kind, key, query, body, store).await)
             },
         );
     let get =
@@ -110,25 +177,19 @@ pub fn routes(
 /// answer and stores nothing.
 #[tracing::instrument(level = "debug", skip_all, fields(bytes = body.len()))]
 async fn post_log(
-    content_type: Option<String>,
+    kind: Option<BodyKind>,
     key: Option<String>,
     query: TextQuery,
     body: Bytes,
     store: LogStore,
-) -> Result<impl warp::Reply, ApiError> {
+) -> Result<Response, ApiError> {
     if let Some(key) = &key {
         check_request_key(key)?;
     }
     let now = SystemTime::now();
-    let is_json = content_type.as_deref().is_some_and(|ct| {
-        ct.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/json")
-    });
-    let records = if is_json {
-        parse_batch(&body, now)?
-    } else {
-        vec![parse_text(query, &body, now)?]
+    let records = match kind.unwrap_or(BodyKind::Text) {
+        BodyKind::JsonBatch => parse_batch(&body, now)?,
+        BodyKind::Text => vec![parse_text(query, &body, now)?],
     };
     let appended = store.append_once(records, key.as_deref()).await?;
     if appended.repeat {
@@ -137,12 +198,22 @@ async fn post_log(
             "a batch sent again: stored before, not again"
         );
     }
-    Ok(warp::reply::with_status(
-        warp::reply::json(&Stored {
-            stored: appended.stored,
-        }),
-        StatusCode::CREATED,
-    ))
+    Ok(stored_answer(appended.stored))
+}
+
+/// `201` with [`Stored`] as JSON, the bytes `warp::reply::json` writes for it. A text record's
+/// answer is always the same, so it is not serialized again for each one.
+fn stored_answer(stored: usize) -> Response {
+    let body = match stored {
+        1 => Bytes::from_static(br#"{"stored":1}"#),
+        n => Bytes::from(format!(r#"{{"stored":{n}}}"#)),
+    };
+    let mut response = Response::new(body.into());
+    *response.status_mut() = StatusCode::CREATED;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// An `Idempotency-Key` names one logical request: 1 to [`MAX_REQUEST_KEY_CHARS`] letters,
@@ -355,6 +426,88 @@ mod tests {
             assert!(message.contains(needle), "{body:?} -> {message}");
         }
         assert_eq!(store.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_stored_answer_is_warps_json_of_stored() {
+        for stored in [1, 2, 1000] {
+            let ours = warp::any().map(move || stored_answer(stored));
+            let warps = warp::any().map(move || {
+                warp::reply::with_status(warp::reply::json(&Stored { stored }), StatusCode::CREATED)
+            });
+            let ours = warp::test::request().reply(&ours).await;
+            let warps = warp::test::request().reply(&warps).await;
+            assert_eq!(ours.status(), warps.status());
+            assert_eq!(ours.headers(), warps.headers());
+            assert_eq!(ours.body(), warps.body(), "stored={stored}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_text_query_reads_as_warps_query_filter_reads_it() {
+        for query in [
+            "",
+            "service=bench",
+            "service=bench&level=warn",
+            "&&level=&service&other=1&",
+            "service=a+b&level=%77arn",
+            "serv%69ce=x%zz%E2%82%AC%ff",
+            "service=a&service=b",
+            "level=a&other=1&level=a",
+            "service=a&serv%69ce=b",
+            "=x&service==y",
+        ] {
+            let read = |filter| async move {
+                warp::test::request()
+                    .path(&format!("/log?{query}"))
+                    .filter(&filter)
+                    .await
+                    .ok()
+            };
+            let ours = read(text_query().boxed()).await;
+            let warps = read(warp::query::<TextQuery>().boxed()).await;
+            assert_eq!(ours, warps, "{query:?}");
+            if let Some(plain) = TextQuery::parse_plain(query) {
+                assert_eq!(Some(plain), warps, "{query:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_text_post_without_a_query_is_anonymous_and_a_doubled_field_is_refused() {
+        let (_dir, store) = store();
+        let api = routes(store.clone()).recover(handle_rejection);
+        let post = |path: &'static str| {
+            warp::test::request()
+                .method("POST")
+                .path(path)
+                .body("hello")
+                .reply(&api)
+        };
+        assert_eq!(post("/log").await.status(), 201);
+        assert_eq!(store.recent(None, 1)[0].service, "anonymous");
+        let refused = post("/log?service=a&service=b").await;
+        assert_eq!(refused.status(), 400);
+        assert!(
+            String::from_utf8_lossy(refused.body()).contains("invalid query string"),
+            "{refused:?}"
+        );
+        assert_eq!(store.count(), 1);
+    }
+
+    #[test]
+    fn a_content_type_of_json_in_any_case_makes_a_batch() {
+        for json in ["application/json", " Application/JSON; charset=utf-8"] {
+            assert_eq!(json.parse(), Ok(BodyKind::JsonBatch), "{json:?}");
+        }
+        for text in [
+            "text/plain",
+            "",
+            "application/jso",
+            "text/plain; application/json",
+        ] {
+            assert_eq!(text.parse(), Ok(BodyKind::Text), "{text:?}");
+        }
     }
 
     #[tokio::test]

@@ -41,6 +41,9 @@ pub struct BlockIndex {
     starts: Vec<u64>,
     /// For each service, the blocks holding at least one of its records, in increasing order.
     services: HashMap<String, Vec<u64>>,
+    /// The service and block of the record noted last: a record of the same service in the same
+    /// block (a burst of one service's records) changes nothing, and is not looked up.
+    last_noted: (String, u64),
 }
 
 impl BlockIndex {
@@ -50,6 +53,7 @@ impl BlockIndex {
             block_records,
             starts: Vec::new(),
             services: HashMap::new(),
+            last_noted: (String::new(), u64::MAX),
         }
     }
 
@@ -63,6 +67,14 @@ impl BlockIndex {
     /// Notes that record `seq` is from `service`. Records are noted in order.
     pub fn note_service(&mut self, seq: u64, service: &str) {
         let block = (seq - 1) / self.block_records;
+        let (last_service, last_block) = &mut self.last_noted;
+        if *last_block == block && last_service == service {
+            return;
+        }
+        // Kept in the same buffer: no allocation once it holds the longest name.
+        last_service.clear();
+        last_service.push_str(service);
+        *last_block = block;
         match self.services.get_mut(service) {
             Some(blocks) => {
                 if blocks.last() != Some(&block) {
@@ -125,6 +137,7 @@ impl BlockIndex {
     /// Bytes of memory the index holds, roughly, for the benchmarks' account of what grows.
     pub fn heap_bytes(&self) -> usize {
         self.starts.capacity() * 8
+            + self.last_noted.0.capacity()
             + self
                 .services
                 .iter()

@@ -287,6 +287,9 @@ pub struct Appended {
 /// The field names that carry a batch's key and size on its last line.
 const KEY_FIELD: &str = "batch_key";
 const KEY_RECORDS_FIELD: &str = "batch_records";
+/// Bytes the key's fields add to a batch's last line besides the key itself: names, quotes and
+/// the count's digits (at most 20).
+const KEY_ROOM: usize = r#","batch_key":"","batch_records":"#.len() + 20;
 
 /// The keys of the most recent keyed batches, with how many records each stored. Only the
 /// writer thread holds it, so checking a key and storing its batch cannot race.
@@ -728,11 +731,11 @@ fn read_recent(file: &File, start: u64, count: usize) -> io::Result<VecDeque<Rec
 /// The records as stored lines; with a key, the last line also carries the key and the
 /// batch's size, so that the batch is remembered when the store opens again.
 fn serialize(records: &[Record], key: Option<&str>) -> serde_json::Result<Vec<u8>> {
-    let mut lines = Vec::with_capacity(records.len() * 160);
+    let key_room = key.map_or(0, |key| KEY_ROOM + key.len());
+    let mut lines =
+        Vec::with_capacity(records.iter().map(Record::line_capacity).sum::<usize>() + key_room);
     for record in records {
-        // Serializing a Record of plain strings cannot fail; the caller maps it anyway.
-        serde_json::to_writer(&mut lines, record)?;
-        lines.push(b'\n');
+        record.write_line(&mut lines);
     }
     if let Some(key) = key {
         // A record is a JSON object: its line ends in `}\n`; the fields go before the brace.
@@ -848,17 +851,33 @@ fn run_writer<F: LogFile>(
     queue: mpsc::Receiver<Request>,
     shared: &Shared,
 ) {
+    let mut group = Group::default();
     while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        let mut bytes = group[0].lines.len();
+        let mut bytes = first.lines.len();
+        group.requests.push(first);
         while bytes < MAX_GROUP_BYTES {
             let Ok(next) = queue.try_recv() else { break };
             bytes += next.lines.len();
-            group.push(next);
+            group.requests.push(next);
         }
-        commit_group(&mut writer, shared, &mut keys, group);
+        commit_group(&mut writer, shared, &mut keys, &mut group);
     }
 }
+
+/// The requests of one group commit, and the buffers the writer thread keeps from one group to
+/// the next so that a group allocates nothing of its own (a text POST is often a group of one).
+#[derive(Default)]
+struct Group {
+    /// The requests to commit; empty again once they are answered.
+    requests: Vec<Request>,
+    /// The lines of several requests, joined for one write.
+    joined: Vec<u8>,
+    /// Whom to answer once the group is readable, and how many records each stored.
+    replies: Vec<(oneshot::Sender<Result<Appended, StoreError>>, usize)>,
+}
+
+/// A larger joined buffer is given back after its group, so one burst does not keep its memory.
+const KEPT_JOINED_BYTES: usize = 256 * 1024;
 
 /// Writes a group with one write and one fsync, then answers every request in it. A request
 /// whose key is remembered, or repeats the key of one before it in the group, writes nothing and
@@ -867,21 +886,23 @@ fn commit_group<F: LogFile>(
     writer: &mut Writer<F>,
     shared: &Shared,
     keys: &mut RecentKeys,
-    group: Vec<Request>,
+    group: &mut Group,
 ) {
-    let mut fresh = Vec::with_capacity(group.len());
     let mut repeats = Vec::new();
-    for request in group {
-        match &request.key {
-            Some(key) if keys.get(key).is_some() => repeats.push(request),
-            Some(key) if fresh.iter().any(|r: &Request| r.key.as_ref() == Some(key)) => {
-                repeats.push(request)
+    if group.requests.iter().any(|request| request.key.is_some()) {
+        for request in std::mem::take(&mut group.requests) {
+            let fresh = &group.requests;
+            match &request.key {
+                Some(key) if keys.get(key).is_some() => repeats.push(request),
+                Some(key) if fresh.iter().any(|r| r.key.as_ref() == Some(key)) => {
+                    repeats.push(request)
+                }
+                _ => group.requests.push(request),
             }
-            _ => fresh.push(request),
         }
     }
-    if !fresh.is_empty() {
-        write_group(writer, shared, keys, fresh);
+    if !group.requests.is_empty() {
+        write_group(writer, shared, keys, group);
     }
     for request in repeats {
         let answer = match request.key.as_deref().and_then(|key| keys.get(key)) {
@@ -898,31 +919,36 @@ fn commit_group<F: LogFile>(
     }
 }
 
-/// Writes requests with one write and one fsync, then answers them.
+/// Writes the group's requests with one write and one fsync, then answers them.
 fn write_group<F: LogFile>(
     writer: &mut Writer<F>,
     shared: &Shared,
     keys: &mut RecentKeys,
-    group: Vec<Request>,
+    group: &mut Group,
 ) {
-    let joined;
     let offset = writer.len;
-    let bytes: &[u8] = match group.as_slice() {
+    let bytes: &[u8] = match group.requests.as_slice() {
         [only] => &only.lines,
-        _ => {
-            joined = concat_lines(&group);
-            &joined
+        requests => {
+            group.joined.clear();
+            for request in requests {
+                group.joined.extend_from_slice(&request.lines);
+            }
+            &group.joined
         }
     };
-    let records: usize = group.iter().map(|r| r.records.len()).sum();
+    let records: usize = group.requests.iter().map(|r| r.records.len()).sum();
     let committed = writer.commit(bytes);
+    if group.joined.capacity() > KEPT_JOINED_BYTES {
+        group.joined = Vec::new();
+    }
     if let Ok(fsync) = &committed {
         shared.metrics.fsync.record_duration(*fsync);
         shared.metrics.group_records.record(records as u64);
     }
     if let Err(error) = committed {
         tracing::error!(%error, records, "log store: write failed; records rejected");
-        for request in group {
+        for request in group.requests.drain(..) {
             // The caller may have given up waiting; nothing to do then.
             let _ = request
                 .reply
@@ -932,12 +958,11 @@ fn write_group<F: LogFile>(
     }
 
     shared.syncs.fetch_add(1, Ordering::AcqRel);
-    let mut replies = Vec::with_capacity(group.len());
     {
         let mut recent = shared.lock_recent();
         let mut index = lock_index(&shared.index);
         let mut offset = offset;
-        for request in group {
+        for request in group.requests.drain(..) {
             // Counted and readable before the reply, so a client that got Ok can read its
             // records back.
             let records = request.records.len();
@@ -951,25 +976,28 @@ fn write_group<F: LogFile>(
             if let Some(key) = request.key {
                 keys.insert(key, records);
             }
-            replies.push((request.reply, records));
+            group.replies.push((request.reply, records));
         }
     }
     let count = shared.count.load(Ordering::Acquire);
-    shared.news.send_modify(|news| news.count = count);
-    for (reply, stored) in replies {
+    if shared.news.receiver_count() == 0 {
+        // Waking readers takes eight mutexes (tokio's watch); with none subscribed the count
+        // is only updated. No reader misses these records: a reader subscribes before it reads
+        // the store, so one that read it before they were counted (under the `recent` lock,
+        // above) had subscribed by then and is counted here, and any other reads them.
+        shared.news.send_if_modified(|news| {
+            news.count = count;
+            false
+        });
+    } else {
+        shared.news.send_modify(|news| news.count = count);
+    }
+    for (reply, stored) in group.replies.drain(..) {
         let _ = reply.send(Ok(Appended {
             stored,
             repeat: false,
         }));
     }
-}
-
-fn concat_lines(group: &[Request]) -> Vec<u8> {
-    let mut joined = Vec::with_capacity(group.iter().map(|r| r.lines.len()).sum());
-    for request in group {
-        joined.extend_from_slice(&request.lines);
-    }
-    joined
 }
 
 /// io::Error is not Clone, but every request of a failed group needs its own; keep the OS error
@@ -1523,7 +1551,7 @@ mod tests {
             }),
         };
         let mut answers = Vec::new();
-        let group = (0..3)
+        let requests = (0..3)
             .map(|i| {
                 let records = vec![record("a", &i.to_string())];
                 let (reply, answer) = oneshot::channel();
@@ -1537,7 +1565,11 @@ mod tests {
             })
             .collect();
 
-        commit_group(&mut writer, &shared, &mut RecentKeys::new(10), group);
+        let mut group = Group {
+            requests,
+            ..Group::default()
+        };
+        commit_group(&mut writer, &shared, &mut RecentKeys::new(10), &mut group);
 
         for mut answer in answers {
             match answer.try_recv() {
