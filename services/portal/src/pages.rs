@@ -13,6 +13,7 @@ use warp::reply::{Reply, Response};
 
 use crate::csrf::{CsrfForm, CsrfToken};
 use crate::logs::Cursor;
+use crate::upstream::ListedStudent;
 
 /// The largest form accepted; a real one is a few hundred bytes.
 pub const MAX_FORM_BYTES: u64 = 16 * 1024;
@@ -23,7 +24,7 @@ pub const MAX_FORM_BYTES: u64 = 16 * 1024;
 #[template(path = "students.html")]
 pub struct StudentsPage {
     /// At most the configured `students_per_page`, in id order.
-    pub students: Vec<Student>,
+    pub students: Vec<ListedStudent>,
     /// The address of the next page, when students follow these.
     pub next: Option<String>,
     /// Whether this page starts after the first student (so it links back to the first page).
@@ -566,20 +567,45 @@ pub trait StudentText {
 
 impl StudentText for Student {
     fn full_name(&self) -> String {
-        format!("{} {}", self.first_name, self.last_name)
+        full_name(&self.first_name, &self.last_name)
     }
 
     fn average_text(&self) -> String {
-        match self.average {
-            Some(average) => format!("{average:.1}"),
-            None => "—".to_owned(),
-        }
+        average_text(self.average)
     }
 
     fn failing(&self, passing_score: &u32) -> bool {
-        self.average
-            .is_some_and(|average| average < f64::from(*passing_score))
+        failing(self.average, *passing_score)
     }
+}
+
+impl StudentText for ListedStudent {
+    fn full_name(&self) -> String {
+        full_name(&self.first_name, &self.last_name)
+    }
+
+    fn average_text(&self) -> String {
+        average_text(self.average)
+    }
+
+    fn failing(&self, passing_score: &u32) -> bool {
+        failing(self.average, *passing_score)
+    }
+}
+
+fn full_name(first_name: &str, last_name: &str) -> String {
+    format!("{first_name} {last_name}")
+}
+
+fn average_text(average: Option<f64>) -> String {
+    match average {
+        Some(average) => format!("{average:.1}"),
+        None => "—".to_owned(),
+    }
+}
+
+fn failing(average: Option<f64>, passing_score: u32) -> bool {
+    average.is_some_and(|average| average < f64::from(passing_score))
 }
 
 /// `0.4 s` under a minute, `3m 12s` above: precise where it matters, short where it does not.
@@ -627,7 +653,7 @@ mod tests {
     fn names_and_titles_are_escaped() {
         let page = StudentsPage {
             passing_score: 50,
-            students: vec![student("<script>alert(1)</script>", None)],
+            students: vec![student("<script>alert(1)</script>", None).into()],
             next: None,
             paged: false,
             form: StudentForm {
@@ -665,7 +691,7 @@ mod tests {
         assert_eq!(student("Tony", None).average_text(), "—");
         let html = StudentsPage {
             passing_score: 50,
-            students: vec![student("Tony", Some(87.46))],
+            students: vec![student("Tony", Some(87.46)).into()],
             next: None,
             paged: false,
             form: StudentForm::fresh(),
