@@ -557,8 +557,6 @@ impl StudentsPage {
 
 /// A student as the pages write them.
 pub trait StudentText {
-    /// First and last name, as the pages show it.
-    fn full_name(&self) -> String;
     /// The average with one decimal, or a dash before the first grade.
     fn average_text(&self) -> String;
     /// Whether there is an average and it is below `passing_score`.
@@ -566,10 +564,6 @@ pub trait StudentText {
 }
 
 impl StudentText for Student {
-    fn full_name(&self) -> String {
-        full_name(&self.first_name, &self.last_name)
-    }
-
     fn average_text(&self) -> String {
         average_text(self.average)
     }
@@ -580,10 +574,6 @@ impl StudentText for Student {
 }
 
 impl StudentText for ListedStudent {
-    fn full_name(&self) -> String {
-        full_name(&self.first_name, &self.last_name)
-    }
-
     fn average_text(&self) -> String {
         average_text(self.average)
     }
@@ -591,10 +581,6 @@ impl StudentText for ListedStudent {
     fn failing(&self, passing_score: &u32) -> bool {
         failing(self.average, *passing_score)
     }
-}
-
-fn full_name(first_name: &str, last_name: &str) -> String {
-    format!("{first_name} {last_name}")
 }
 
 fn average_text(average: Option<f64>) -> String {

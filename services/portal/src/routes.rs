@@ -200,7 +200,9 @@ pub const ROUTE_TEMPLATES: &[&str] = &[
 /// largest, and moves that nest once per `or` on every request (a tenth of a page's
 /// instructions were `memcpy`); boxed, only the route taken allocates its handler's state.
 pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
-    let with_portal = warp::any().map(move || portal.clone());
+    // One reference count per request rather than one per handle the portal holds.
+    let portal = Arc::new(portal);
+    let with_portal = warp::any().map(move || Arc::clone(&portal));
     let flash = warp::cookie::optional::<String>(FLASH_COOKIE)
         .map(|code: Option<String>| code.as_deref().and_then(Flash::from_code));
 
@@ -211,7 +213,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(csrf::page_token())
         .and(with_portal.clone())
         .then(
-            |query: String, flash: Option<Flash>, token: CsrfToken, portal: Portal| {
+            |query: String, flash: Option<Flash>, token: CsrfToken, portal: Arc<Portal>| {
                 Box::pin(list_students(query, flash, token, portal))
             },
         )
@@ -220,7 +222,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(csrf::checked(form_body::<StudentForm>()))
         .and(with_portal.clone())
-        .then(|form: StudentForm, portal: Portal| Box::pin(add_student(form, portal)))
+        .then(|form: StudentForm, portal: Arc<Portal>| Box::pin(add_student(form, portal)))
         .map(respond);
     let students_again = warp::path!("students")
         .and(warp::get())
@@ -231,7 +233,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(csrf::page_token())
         .and(with_portal.clone())
         .then(
-            |id: Id, flash: Option<Flash>, token: CsrfToken, portal: Portal| {
+            |id: Id, flash: Option<Flash>, token: CsrfToken, portal: Arc<Portal>| {
                 Box::pin(show_student(id, flash, token, portal))
             },
         )
@@ -240,7 +242,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
-        .then(|id: Id, form: GradeForm, portal: Portal| Box::pin(add_grade(id, form, portal)))
+        .then(|id: Id, form: GradeForm, portal: Arc<Portal>| Box::pin(add_grade(id, form, portal)))
         .map(respond);
     let grades_again = warp::path!("students" / Id / "grades")
         .and(warp::get())
@@ -249,7 +251,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(csrf::page_token())
         .and(with_portal.clone())
-        .then(|id: Id, grade: Id, token: CsrfToken, portal: Portal| {
+        .then(|id: Id, grade: Id, token: CsrfToken, portal: Arc<Portal>| {
             Box::pin(show_grade_form(id, grade, token, portal))
         })
         .map(respond);
@@ -257,7 +259,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(csrf::checked(form_body::<GradeForm>()))
         .and(with_portal.clone())
-        .then(|id: Id, grade: Id, form: GradeForm, portal: Portal| {
+        .then(|id: Id, grade: Id, form: GradeForm, portal: Arc<Portal>| {
             Box::pin(change_grade(id, grade, form, portal))
         })
         .map(respond);
@@ -268,7 +270,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(csrf::page_token())
         .and(with_portal.clone())
-        .then(|id: Id, grade: Id, token: CsrfToken, portal: Portal| {
+        .then(|id: Id, grade: Id, token: CsrfToken, portal: Arc<Portal>| {
             Box::pin(confirm_delete(id, grade, token, portal))
         })
         .map(respond);
@@ -276,14 +278,14 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(csrf::checked(form_body::<DeleteForm>()))
         .and(with_portal.clone())
-        .then(|id: Id, grade: Id, form: DeleteForm, portal: Portal| {
+        .then(|id: Id, grade: Id, form: DeleteForm, portal: Arc<Portal>| {
             Box::pin(delete_grade(id, grade, form, portal))
         })
         .map(respond);
     let status = warp::path!("status")
         .and(warp::get())
         .and(with_portal.clone())
-        .map(|portal: Portal| show_status(&portal));
+        .map(|portal: Arc<Portal>| show_status(&portal));
     let stylesheet = warp::path!("static" / "gradebook.css")
         .and(warp::get())
         .map(stylesheet);
@@ -291,7 +293,7 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(raw_query().map(|raw: String| LogsQuery::parse(&raw)))
         .and(with_portal)
-        .then(|query: LogsQuery, portal: Portal| Box::pin(show_logs(query, portal)))
+        .then(|query: LogsQuery, portal: Arc<Portal>| Box::pin(show_logs(query, portal)))
         .map(respond);
     students
         .or(new_student)
@@ -431,7 +433,7 @@ async fn list_students(
     query: String,
     flash: Option<Flash>,
     token: CsrfToken,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     let query = StudentsQuery::parse(&query)?;
     let form = StudentForm::fresh().carrying(&token);
@@ -442,7 +444,7 @@ async fn list_students(
 
 /// Post, then redirect to the new student's page.
 #[tracing::instrument(level = "debug", skip(form, portal))]
-async fn add_student(mut form: StudentForm, portal: Portal) -> Result<Response, PortalError> {
+async fn add_student(mut form: StudentForm, portal: Arc<Portal>) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.first_name, &form.last_name, &form.request])?;
     request_key(&mut form.request)?;
     let student = NewStudent {
@@ -471,7 +473,7 @@ async fn show_student(
     Id(id): Id,
     flash: Option<Flash>,
     token: CsrfToken,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     let student = portal.grading.student(id).await?;
     let page = StudentPage {
@@ -490,7 +492,7 @@ async fn show_student(
 async fn add_grade(
     Id(id): Id,
     mut form: GradeForm,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.title, &form.kind, &form.score, &form.request])?;
     request_key(&mut form.request)?;
@@ -543,7 +545,7 @@ async fn show_grade_form(
     Id(id): Id,
     Id(grade_id): Id,
     token: CsrfToken,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
     let page = EditGradePage {
@@ -561,7 +563,7 @@ async fn change_grade(
     Id(id): Id,
     Id(grade_id): Id,
     form: GradeForm,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     refuse_mangled(&[&form.title, &form.kind, &form.score])?;
     let verdict = match grade_of(&form) {
@@ -597,7 +599,7 @@ async fn confirm_delete(
     Id(id): Id,
     Id(grade_id): Id,
     token: CsrfToken,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     let (student, grade) = student_and_grade(&portal, id, grade_id).await?;
     let page = DeleteGradePage {
@@ -613,7 +615,7 @@ async fn delete_grade(
     Id(id): Id,
     Id(grade_id): Id,
     _form: DeleteForm,
-    portal: Portal,
+    portal: Arc<Portal>,
 ) -> Result<Response, PortalError> {
     portal.grading.delete_grade(id, grade_id).await?;
     tracing::info!(
@@ -680,7 +682,7 @@ fn show_status(portal: &Portal) -> Response {
 }
 
 #[tracing::instrument(level = "debug", skip(portal))]
-async fn show_logs(query: LogsQuery, portal: Portal) -> Result<Response, PortalError> {
+async fn show_logs(query: LogsQuery, portal: Arc<Portal>) -> Result<Response, PortalError> {
     let service = query
         .service
         .map(|s| s.trim().to_owned())
