@@ -13,7 +13,8 @@
 //!   one place.
 //!
 //! The modules form no cycle: `routes` uses the others; `error` uses `pages`, `csrf` and
-//! `upstream`; `pages` uses `csrf` and `logs`; `upstream`, `logs` and `csrf` use no other.
+//! `upstream`; `pages` uses `csrf`, `logs` and `upstream` (the listed student); `upstream`,
+//! `logs` and `csrf` use no other.
 //! - [`config`]: flags and environment variables.
 //! - [`settings`]: the settings Consul KV changes live (students per page, passing score).
 //! - [`App`]: build (bind, watch the dependencies) then run (register, serve, deregister, drain).

@@ -13,6 +13,7 @@ use warp::reply::{Reply, Response};
 
 use crate::csrf::{CsrfForm, CsrfToken};
 use crate::logs::Cursor;
+use crate::upstream::ListedStudent;
 
 /// The largest form accepted; a real one is a few hundred bytes.
 pub const MAX_FORM_BYTES: u64 = 16 * 1024;
@@ -23,7 +24,7 @@ pub const MAX_FORM_BYTES: u64 = 16 * 1024;
 #[template(path = "students.html")]
 pub struct StudentsPage {
     /// At most the configured `students_per_page`, in id order.
-    pub students: Vec<Student>,
+    pub students: Vec<ListedStudent>,
     /// The address of the next page, when students follow these.
     pub next: Option<String>,
     /// Whether this page starts after the first student (so it links back to the first page).
@@ -556,8 +557,6 @@ impl StudentsPage {
 
 /// A student as the pages write them.
 pub trait StudentText {
-    /// First and last name, as the pages show it.
-    fn full_name(&self) -> String;
     /// The average with one decimal, or a dash before the first grade.
     fn average_text(&self) -> String;
     /// Whether there is an average and it is below `passing_score`.
@@ -565,21 +564,70 @@ pub trait StudentText {
 }
 
 impl StudentText for Student {
-    fn full_name(&self) -> String {
-        format!("{} {}", self.first_name, self.last_name)
-    }
-
     fn average_text(&self) -> String {
-        match self.average {
-            Some(average) => format!("{average:.1}"),
-            None => "—".to_owned(),
-        }
+        average_text(self.average)
     }
 
     fn failing(&self, passing_score: &u32) -> bool {
-        self.average
-            .is_some_and(|average| average < f64::from(*passing_score))
+        failing(self.average, *passing_score)
     }
+}
+
+impl StudentText for ListedStudent {
+    fn average_text(&self) -> String {
+        average_text(self.average)
+    }
+
+    fn failing(&self, passing_score: &u32) -> bool {
+        failing(self.average, *passing_score)
+    }
+}
+
+fn average_text(average: Option<f64>) -> String {
+    match average {
+        Some(average) => one_decimal(average).unwrap_or_else(|| format!("{average:.1}")),
+        None => "—".to_owned(),
+    }
+}
+
+/// What `format!("{value:.1}")` writes, for a value from 0.0005 to 10^15 (every average):
+/// the exact binary value rounded to tenths, ties to even, in integers. The formatter's exact
+/// mode falls back to its slowest algorithm for such values, over 2,000 instructions each, four
+/// times on the home page. `None` outside that range.
+fn one_decimal(value: f64) -> Option<String> {
+    if !(value.is_finite() && value.is_sign_positive() && value < 1e15) {
+        return None;
+    }
+    let bits = value.to_bits();
+    let biased_exponent = i32::try_from((bits >> 52) & 0x7ff).ok()?;
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, exponent) = match biased_exponent {
+        0 => (fraction, -1074),
+        _ => (fraction | 1 << 52, biased_exponent - 1075),
+    };
+    // value = mantissa * 2^exponent, so value * 10 = mantissa * 10 * 2^exponent (below 2^57).
+    let scaled = mantissa * 10;
+    let tenths = if exponent >= 0 {
+        scaled << exponent
+    } else {
+        let shift = exponent.unsigned_abs();
+        if shift >= 64 {
+            return None;
+        }
+        let quotient = scaled >> shift;
+        let remainder = scaled & ((1 << shift) - 1);
+        let half = 1 << (shift - 1);
+        let round_up = remainder > half || (remainder == half && quotient % 2 == 1);
+        quotient + u64::from(round_up)
+    };
+    let mut text = (tenths / 10).to_string();
+    text.push('.');
+    text.push(char::from(b'0' + (tenths % 10) as u8));
+    Some(text)
+}
+
+fn failing(average: Option<f64>, passing_score: u32) -> bool {
+    average.is_some_and(|average| average < f64::from(passing_score))
 }
 
 /// `0.4 s` under a minute, `3m 12s` above: precise where it matters, short where it does not.
@@ -595,7 +643,19 @@ fn format_duration(duration: Duration) -> String {
 /// Rust code; then the answer is a bare 500, logged.
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
-        Ok(html) => warp::reply::with_status(warp::reply::html(html), status).into_response(),
+        Ok(html) => {
+            let mut response = Response::new(warp::hyper::body::Bytes::from(html).into());
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            // Room for what a page's answer gets on its way out (its type, a CSRF and a flash
+            // cookie, the four security headers, `traceparent`), so the map grows only once.
+            headers.reserve(8);
+            headers.insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
         Err(err) => {
             tracing::error!("rendering a page failed: {err}");
             warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR)
@@ -627,7 +687,7 @@ mod tests {
     fn names_and_titles_are_escaped() {
         let page = StudentsPage {
             passing_score: 50,
-            students: vec![student("<script>alert(1)</script>", None)],
+            students: vec![student("<script>alert(1)</script>", None).into()],
             next: None,
             paged: false,
             form: StudentForm {
@@ -659,13 +719,46 @@ mod tests {
     }
 
     #[test]
+    fn one_decimal_writes_what_the_formatter_writes() {
+        let mut values: Vec<f64> = (0..=200_000).map(|i| f64::from(i) / 2000.0).collect();
+        values.extend((0..=3000).map(|i| f64::from(i) / 3.0));
+        values.extend((1..=100).map(|i| f64::from(i) / 7.0 + f64::from(i) / 11.0));
+        values.extend([
+            0.25,
+            0.75,
+            0.35,
+            0.05,
+            0.15,
+            89.45,
+            99.95,
+            2.5,
+            96.33333333333333,
+        ]);
+        values.extend([
+            0.0005,
+            0.000_49,
+            1e-300,
+            2f64.powi(53),
+            999_999_999_999_999.9,
+        ]);
+        for value in values {
+            if let Some(text) = one_decimal(value) {
+                assert_eq!(text, format!("{value:.1}"), "{value:e}");
+            }
+        }
+        assert_eq!(one_decimal(89.5).as_deref(), Some("89.5"));
+        assert_eq!(one_decimal(-0.04), None);
+        assert_eq!(one_decimal(f64::NAN), None);
+    }
+
+    #[test]
     fn averages_have_one_decimal_or_a_dash() {
         assert_eq!(student("Tony", Some(87.25)).average_text(), "87.2");
         assert_eq!(student("Tony", Some(90.0)).average_text(), "90.0");
         assert_eq!(student("Tony", None).average_text(), "—");
         let html = StudentsPage {
             passing_score: 50,
-            students: vec![student("Tony", Some(87.46))],
+            students: vec![student("Tony", Some(87.46)).into()],
             next: None,
             paged: false,
             form: StudentForm::fresh(),

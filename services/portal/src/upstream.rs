@@ -58,9 +58,58 @@ impl<T> Verdict<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StudentPage {
     /// At most the page size asked for, in id order.
-    pub students: Vec<Student>,
+    pub students: Vec<ListedStudent>,
     /// Whether grading has students after the last of these.
     pub more: bool,
+}
+
+/// A student as the list of students shows one: grading's [`Student`] with its grades counted
+/// rather than read. Decoding every grade's strings was most of the home page's cost.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedStudent {
+    pub id: u64,
+    pub first_name: String,
+    pub last_name: String,
+    /// Mean of the scores; `None` before the first grade.
+    #[serde(default)]
+    pub average: Option<f64>,
+    /// How many grades grading listed.
+    #[serde(default, rename = "grades", deserialize_with = "count_items")]
+    pub grade_count: usize,
+}
+
+impl From<Student> for ListedStudent {
+    fn from(student: Student) -> Self {
+        ListedStudent {
+            id: student.id,
+            first_name: student.first_name,
+            last_name: student.last_name,
+            average: student.average,
+            grade_count: student.grades.len(),
+        }
+    }
+}
+
+/// The length of a JSON array, its items skipped unread.
+fn count_items<'de, D: serde::Deserializer<'de>>(items: D) -> Result<usize, D::Error> {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+    items.deserialize_seq(Count)
 }
 
 /// Limits of one call to grading or log, chosen per call (see [`CallLimits`]): what the
@@ -134,7 +183,7 @@ impl Grading {
         };
         let path = page.path();
         let call = Call::get(&path, limits::STUDENT_LIST);
-        let mut students: Vec<Student> = self
+        let mut students: Vec<ListedStudent> = self
             .call(call, |answer| {
                 decode(GRADING, &answer, || {
                     unexpected_status(GRADING, answer.status)
