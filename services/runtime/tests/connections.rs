@@ -119,27 +119,22 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_header_client_is_disconnected_while_another_is_served() {
-    let agent = ConsulAgent::start().await;
-    let instance = Instance::start(&agent, limits(1, 30, 100)).await;
-
-    let mut slow = TcpStream::connect(instance.addr).await.unwrap();
-    let dribble = tokio::spawn(async move {
-        // One byte every 100 ms, forever: the head never ends.
-        for byte in b"GET /hello HTTP/1.1\r\nx-slow: ".iter().cycle() {
-            if slow.write_all(&[*byte]).await.is_err() {
+/// Writes `bytes` over and over on `stream`, one every 100 ms, until the server closes it.
+fn dribble(mut stream: TcpStream, bytes: &'static [u8]) -> JoinHandle<TcpStream> {
+    tokio::spawn(async move {
+        for byte in bytes.iter().cycle() {
+            if stream.write_all(&[*byte]).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        slow
-    });
-    let mut other = TcpStream::connect(instance.addr).await.unwrap();
-    let answer = request(&mut other, "GET", "/hello").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stream
+    })
+}
 
-    let mut slow = tokio::time::timeout(Duration::from_secs(5), dribble)
+/// Waits up to `patience` for the server to close the connection `dribble` writes on.
+async fn assert_closed_by_the_server(dribble: JoinHandle<TcpStream>, patience: Duration) {
+    let mut slow = tokio::time::timeout(patience, dribble)
         .await
         .expect("the server closes the slow connection, so writing to it fails")
         .unwrap();
@@ -149,6 +144,21 @@ async fn a_slow_header_client_is_disconnected_while_another_is_served() {
             .is_some(),
         "the slow client's connection is closed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_header_client_is_disconnected_while_another_is_served() {
+    let agent = ConsulAgent::start().await;
+    let instance = Instance::start(&agent, limits(1, 30, 100)).await;
+
+    let slow = TcpStream::connect(instance.addr).await.unwrap();
+    // The head never ends.
+    let dribble = dribble(slow, b"GET /hello HTTP/1.1\r\nx-slow: ");
+    let mut other = TcpStream::connect(instance.addr).await.unwrap();
+    let answer = request(&mut other, "GET", "/hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    assert_closed_by_the_server(dribble, Duration::from_secs(5)).await;
     // Writes fail a little after the close; the claim is the close is within twice the timeout.
     let answer = request(&mut other, "GET", "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -167,16 +177,8 @@ async fn a_slow_body_client_is_disconnected_while_whole_bodies_are_answered() {
     let mut slow = TcpStream::connect(instance.addr).await.unwrap();
     let head = "POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000000\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
-    let dribble = tokio::spawn(async move {
-        // A whole head at once, then one body byte every 100 ms: the body never ends.
-        loop {
-            if slow.write_all(b"x").await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        slow
-    });
+    // A whole head at once, then a body that never ends.
+    let dribble = dribble(slow, b"x");
     // Another client's whole body, sent at once, is read and answered meanwhile.
     let mut other = TcpStream::connect(instance.addr).await.unwrap();
     let post = "POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello";
@@ -184,16 +186,7 @@ async fn a_slow_body_client_is_disconnected_while_whole_bodies_are_answered() {
     let answer = read_answer(&mut other, false).await;
     assert!(answer.ends_with("\r\n\r\n5 bytes\n"), "{answer}");
 
-    let mut slow = tokio::time::timeout(Duration::from_secs(10), dribble)
-        .await
-        .expect("the server closes the slow body's connection, so writing to it fails")
-        .unwrap();
-    assert!(
-        closed_within(&mut slow, Duration::from_secs(1))
-            .await
-            .is_some(),
-        "the slow client's connection is closed"
-    );
+    assert_closed_by_the_server(dribble, Duration::from_secs(10)).await;
     let counts = testkit::get_json(&format!("http://{}/status/connections", instance.addr)).await;
     assert_eq!(counts["body_timeouts"], 1, "{counts}");
     // The connection that sent a whole body is still served, past the body timeout.
