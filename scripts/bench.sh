@@ -15,6 +15,9 @@ for each service, the ceiling servers and the log, grading and portal services, 
     student answered from memory, the same for the whole list (grading's seeded list, four
     times the body), a text POST answered 201, and a GET answered with one pooled HTTP call to
     the GET ceiling (two hops); each is measured first and again last, and the mean is used;
+  - the page floor: the same two hops, then the answer decoded into the shared student type and
+    rendered as an HTML page with askama (ceiling --page-from): what a portal page costs with
+    no discovery, routing, CSRF cookie, security headers, trace or metrics;
   - the durable floor: the same text POST answered 201 only once its line is fsync'd, by one
     writer thread sharing each fsync among the appends waiting (ceiling --durable-dir): what
     durable ingest costs on this disk with nothing else done; the log is reported against it too;
@@ -27,7 +30,8 @@ for each service, the ceiling servers and the log, grading and portal services, 
     full blocking-query wait), and the RSS of each service idle and after the loads.
 Prints the table on stdout (progress on stderr) in about 9 minutes after the build.
 Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
-the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling. Only
+the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling
+(and to the page floor). Only
 ratios within one run count. Honours CARGO_TARGET_DIR.
 
   --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
@@ -69,10 +73,10 @@ bench_warn_if_busy
 
 bench_workdir bench
 
-read -r -a ports <<<"$("$bin/discovery-bench" free-ports 15)"
+read -r -a ports <<<"$("$bin/discovery-bench" free-ports 16)"
 ceiling_port=${ports[6]} log_port=${ports[7]} grading_port=${ports[8]}
 portal_port=${ports[9]} log_proxy=${ports[10]} grading_proxy=${ports[11]} portal_proxy=${ports[12]}
-two_hop_port=${ports[13]} floor_port=${ports[14]}
+two_hop_port=${ports[13]} floor_port=${ports[14]} page_port=${ports[15]}
 bench_start_consul "$consul" bench "${ports[@]:0:6}"
 other_pids+=("$consul_pid")
 
@@ -87,6 +91,10 @@ ceiling_pid=$!
   2>"$work/two-hop.log" &
 other_pids+=($!)
 two_hop_pid=$!
+"$bin/ceiling" --listen "127.0.0.1:$page_port" --page-from "http://127.0.0.1:$ceiling_port" \
+  2>"$work/page.log" &
+other_pids+=($!)
+page_pid=$!
 "$bin/ceiling" --listen "127.0.0.1:$floor_port" --durable-dir "$work/floor" 2>"$work/floor.log" &
 other_pids+=($!)
 floor_pid=$!
@@ -110,6 +118,7 @@ start portal portal "$portal_port" "$portal_proxy"
 wait_200 "http://127.0.0.1:$portal_port/students/1" 20
 wait_200 "http://127.0.0.1:$ceiling_port/students/1" 10
 wait_200 "http://127.0.0.1:$two_hop_port/students/1" 10
+wait_200 "http://127.0.0.1:$page_port/students/1" 10
 wait_200 "http://127.0.0.1:$floor_port/students/1" 10
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -164,7 +173,7 @@ LUA
 } >"$work/post-batch.lua"
 
 declare -A rps p50 p99 errs cpu_per_request
-declare -A pid_by_name=([ceiling]=$ceiling_pid [two_hop]=$two_hop_pid [floor]=$floor_pid \
+declare -A pid_by_name=([ceiling]=$ceiling_pid [two_hop]=$two_hop_pid [page]=$page_pid [floor]=$floor_pid \
   [grading]=${pid_of[grading]} [log]=${pid_of[log]} [portal]=${pid_of[portal]})
 hz=$(getconf CLK_TCK)
 # CPU time (user + system) a process has used so far, in clock ticks.
@@ -182,7 +191,7 @@ measure() {
   result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
   read -r _ n us l50 l99 e_io e_status <<<"$result"
   cpu_per_request[$key]=""
-  for name in ceiling two_hop floor portal grading log; do
+  for name in ceiling two_hop page floor portal grading log; do
     spent=$(( $(cpu_ticks "${pid_by_name[$name]}") - ticks_before[$name] ))
     # Below 1 % of a core over the run is background (health checks, watches), not this load.
     if (( spent * 100 > duration * hz )); then
@@ -200,6 +209,7 @@ grading_url="http://127.0.0.1:$grading_port"
 log_url="http://127.0.0.1:$log_port"
 portal_url="http://127.0.0.1:$portal_port"
 two_hop_url="http://127.0.0.1:$two_hop_port"
+page_url="http://127.0.0.1:$page_port"
 floor_url="http://127.0.0.1:$floor_port"
 # Each shape's figures right after its ceiling, the reads before any durable POST: fsync-heavy
 # loads leave the kernel writing back for a while, and a read measured then paid for it
@@ -210,6 +220,7 @@ measure ceiling_list "$ceiling_url/students"
 measure grading_one "$grading_url/students/1"
 measure grading_all "$grading_url/students"
 measure two_hop "$two_hop_url/students/1"
+measure page "$page_url/students/1"
 measure portal_index "$portal_url/"
 measure portal_student "$portal_url/students/1"
 measure ceiling_post "$ceiling_url/log" "$work/post-text.lua"
@@ -238,11 +249,13 @@ measure ceiling_end "$ceiling_url/students/1"
 measure ceiling_list_end "$ceiling_url/students"
 measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop_end "$two_hop_url/students/1"
+measure page_end "$page_url/students/1"
 declare -A ceiling_of=(
   [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
   [list]=$(( (rps[ceiling_list] + rps[ceiling_list_end]) / 2 ))
   [post]=$(( (rps[ceiling_post] + rps[ceiling_post_end]) / 2 ))
   [two_hop]=$(( (rps[two_hop] + rps[two_hop_end]) / 2 ))
+  [page]=$(( (rps[page] + rps[page_end]) / 2 ))
   [durable]=$(( (rps[floor_post] + rps[floor_post_end]) / 2 ))
 )
 declare -A rss_load
@@ -253,6 +266,8 @@ dsync_ms=$(dd if=/dev/zero of="$work/dsync.test" bs=128 count=200 oflag=dsync 2>
 ceiling_bytes=$(curl -s "$ceiling_url/students/1" | wc -c)
 grading_bytes=$(curl -s "$grading_url/students/1" | wc -c)
 ceiling_list_bytes=$(curl -s "$ceiling_url/students" | wc -c)
+page_bytes=$(curl -s "$page_url/students/1" | wc -c)
+portal_page_bytes=$(curl -s "$portal_url/students/1" | wc -c)
 grading_list_bytes=$(curl -s "$grading_url/students" | wc -c)
 
 # --- Discovery. ----------------------------------------------------------------------------
@@ -267,7 +282,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
 row() { printf '| %-44s | %10s | %8s | %8s | %-7s | %7s | %-14s |\n' "$@"; }
-http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, post, two_hop or durable
+http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, post, two_hop, page or durable
   local key=$1 label=$2 shape=$3 target=$4 mult=${5:-1} value base
   value=$((rps[$key] * mult))
   base=${ceiling_of[$shape]}
@@ -279,8 +294,8 @@ http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, po
 echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
 echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
-echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, list ${ceiling_of[list]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, durable (floor) ${ceiling_of[durable]} req/s"
-echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B; ceiling list ${ceiling_list_bytes} B, grading /students ${grading_list_bytes} B"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, list ${ceiling_of[list]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, page ${ceiling_of[page]}, durable (floor) ${ceiling_of[durable]} req/s"
+echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B; ceiling list ${ceiling_list_bytes} B, grading /students ${grading_list_bytes} B; page floor ${page_bytes} B, portal /students/1 ${portal_page_bytes} B"
 echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
 echo
 row "figure" "req/s" "p50 ms" "p99 ms" "shape" "x shape" "target"
@@ -293,6 +308,8 @@ http_row ceiling_post "1. ceiling POST /log text, answered 201" post -
 http_row ceiling_post_end "1. the same, after the other loads" post -
 http_row two_hop "1. ceiling GET via one pooled call to it" two_hop -
 http_row two_hop_end "1. the same, after the other loads" two_hop -
+http_row page "1. floor: the same call, decoded and rendered" page -
+http_row page_end "1. the same, after the other loads" page -
 http_row floor_post "1. floor POST /log text, fsync'd (group commit)" post -
 http_row floor_post_end "1. the same, after the other loads" post -
 http_row grading_one "2. grading GET /students/1" get 0.9
@@ -304,12 +321,14 @@ http_row log_text_followed "3. the same, 10 readers waiting on ?wait" post -
 http_row log_batch "3. log POST /log batch of $batch_records (records/s)" post 0.7 "$batch_records"
 http_row portal_index "4. portal / (via discovery)" two_hop 0.9
 http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
+http_row portal_index "4. portal /, against the page floor" page -
+http_row portal_student "4. portal /students/1, against the page floor" page -
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling ceiling_list ceiling_post two_hop floor_post grading_one grading_all log_text \
-  log_text_followed log_batch portal_index portal_student ceiling_end ceiling_list_end \
-  ceiling_post_end two_hop_end floor_post_end; do
+for key in ceiling ceiling_list ceiling_post two_hop page floor_post grading_one grading_all \
+  log_text log_text_followed log_batch portal_index portal_student ceiling_end ceiling_list_end \
+  ceiling_post_end two_hop_end page_end floor_post_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo

@@ -11,6 +11,10 @@
 //!   to `URL/students/1` (another `ceiling`) over a pooled keep-alive client and answering with
 //!   its body: the shape of a portal page, two HTTP exchanges, with no discovery, no JSON parse
 //!   and no rendering.
+//! - with `--page-from URL`, the same call, and then what a page does with the answer: decode it
+//!   into the shared `contracts` student type and render it as an HTML page with askama (name,
+//!   average, a table of grades with links, a form): the floor of a portal page, without the
+//!   portal's discovery, routing, CSRF cookie, security headers, trace or metrics.
 //! - with `--durable-dir DIR`, `POST /log` also appends its body as one line to `DIR/floor.log`
 //!   and answers only once the line is fsync'd, through one writer thread that shares an fsync
 //!   among the appends waiting for it (group commit): the floor of the log's durable ingest, with
@@ -44,8 +48,13 @@ struct Args {
 
     /// Serve the two-hop ceiling instead: answer `GET /students/1` with the body of one call to
     /// this base URL's `/students/1` (e.g. `http://127.0.0.1:7000`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "page_from")]
     two_hop_to: Option<String>,
+
+    /// Serve the page floor instead: answer `GET /students/1` by one call to this base URL's
+    /// `/students/1`, decoded and rendered as an HTML page.
+    #[arg(long, value_name = "URL")]
+    page_from: Option<String>,
 
     /// Make `POST /log` durable: append each body to DIR/floor.log and answer after its fsync.
     #[arg(long, value_name = "DIR")]
@@ -58,9 +67,10 @@ type Append = (bytes::Bytes, tokio::sync::oneshot::Sender<bool>);
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    match args.two_hop_to {
-        Some(upstream) => serve_two_hop(args.listen, upstream).await,
-        None => serve_one_hop(args.listen, args.durable_dir).await,
+    match (args.two_hop_to, args.page_from) {
+        (Some(upstream), _) => serve_two_hop(args.listen, upstream, Hop::Forward).await,
+        (None, Some(upstream)) => serve_two_hop(args.listen, upstream, Hop::Render).await,
+        (None, None) => serve_one_hop(args.listen, args.durable_dir).await,
     }
 }
 
@@ -154,8 +164,51 @@ async fn serve_one_hop(listen: SocketAddr, durable_dir: Option<PathBuf>) {
     warp::serve(student.or(students).or(post)).run(listen).await;
 }
 
-/// `GET /students/1` answered with the body of one pooled call to `upstream`.
-async fn serve_two_hop(listen: SocketAddr, upstream: String) {
+/// What the two-hop servers do with the upstream's answer.
+#[derive(Clone, Copy)]
+enum Hop {
+    /// Answer with its bytes.
+    Forward,
+    /// Decode it and render it as a page.
+    Render,
+}
+
+/// A student's page, as small as a page of the same shape can be.
+#[derive(askama::Template)]
+#[template(
+    ext = "html",
+    source = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ student.first_name }} {{ student.last_name }}</title>
+<link rel="stylesheet" href="/static/gradebook.css"></head>
+<body><main>
+<h1>{{ student.first_name }} {{ student.last_name }}</h1>
+<p>Average: <strong>{% if let Some(average) = student.average %}{{ average }}{% else %}-{% endif %}</strong></p>
+<table><thead><tr><th>Title</th><th>Type</th><th>Score</th><th></th></tr></thead><tbody>
+{% for grade in student.grades %}<tr><td>{{ grade.title }}</td><td>{{ grade.kind }}</td><td>{{ grade.score }}</td>
+<td><a href="/students/{{ student.id }}/grades/{{ grade.id }}/edit">Edit</a> <a href="/students/{{ student.id }}/grades/{{ grade.id }}/delete">Delete</a></td></tr>
+{% endfor %}</tbody></table>
+<form method="post" action="/students/{{ student.id }}/grades"><input name="title"><input name="score"><button type="submit">Add grade</button></form>
+</main></body></html>"#
+)]
+struct StudentPage {
+    student: contracts::grading::Student,
+}
+
+/// The page of the student in `json`, or why there is none.
+fn render_page(json: &[u8]) -> Result<Response<bytes::Bytes>, String> {
+    use askama::Template;
+    let student = serde_json::from_slice(json).map_err(|err| err.to_string())?;
+    let html = StudentPage { student }
+        .render()
+        .map_err(|err| err.to_string())?;
+    Ok(Response::builder()
+        .header("content-type", "text/html; charset=utf-8")
+        .body(bytes::Bytes::from(html))
+        .expect("static response"))
+}
+
+/// `GET /students/1` answered from one pooled call to `upstream`: its body as it is, or rendered.
+async fn serve_two_hop(listen: SocketAddr, upstream: String, hop: Hop) {
     // The services' client settings (discovery's `runtime::http_client`): pooled keep-alive
     // connections, no proxy, Nagle off.
     let client = reqwest::Client::builder()
@@ -173,21 +226,28 @@ async fn serve_two_hop(listen: SocketAddr, upstream: String) {
             let call = client.get(&url).send();
             async move {
                 let answer = match call.await {
-                    Ok(response) => response.bytes().await,
-                    Err(err) => Err(err),
+                    Ok(response) => response.bytes().await.map_err(|err| err.to_string()),
+                    Err(err) => Err(err.to_string()),
                 };
-                Ok::<_, std::convert::Infallible>(match answer {
-                    Ok(body) => Response::builder()
+                let page = answer.and_then(|body| match hop {
+                    Hop::Forward => Ok(Response::builder()
                         .header("content-type", "application/json")
                         .body(body)
-                        .expect("static response"),
-                    Err(err) => Response::builder()
+                        .expect("static response")),
+                    Hop::Render => render_page(&body),
+                });
+                Ok::<_, std::convert::Infallible>(page.unwrap_or_else(|err| {
+                    Response::builder()
                         .status(StatusCode::BAD_GATEWAY)
-                        .body(bytes::Bytes::from(err.to_string()))
-                        .expect("static response"),
-                })
+                        .body(bytes::Bytes::from(err))
+                        .expect("static response")
+                }))
             }
         });
-    eprintln!("ceiling: two hops at http://{listen}/students/1 through {upstream}");
+    let what = match hop {
+        Hop::Forward => "two hops",
+        Hop::Render => "a rendered page",
+    };
+    eprintln!("ceiling: {what} at http://{listen}/students/1 through {upstream}");
     warp::serve(student).run(listen).await;
 }
