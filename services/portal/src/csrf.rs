@@ -41,14 +41,7 @@ impl CsrfToken {
         let mut bytes = [0u8; 16];
         // The OS source fails only on a system without one, where nothing else could run.
         getrandom::fill(&mut bytes).expect("the operating system's random source");
-        // Hex by hand: a `format!` per byte was 6 % of a page's instructions.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = String::with_capacity(2 * bytes.len());
-        for byte in bytes {
-            text.push(char::from(HEX[usize::from(byte >> 4)]));
-            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        CsrfToken(text)
+        CsrfToken(service_runtime::trace::lower_hex(&bytes))
     }
 
     /// A token as sent back, if it has the form of one.

@@ -70,14 +70,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// A fresh key for [`Call::post_json_once`]: 128 random bits in hex. It names a request (it is
 /// no secret), so a fast non-cryptographic generator will do.
 pub fn new_idempotency_key() -> String {
-    // Hex by hand: `format!("{:032x}")` cost a portal page some 800 instructions.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut key = String::with_capacity(32);
-    for byte in fastrand::u128(..).to_be_bytes() {
-        key.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        key.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    key
+    crate::trace::lower_hex(&fastrand::u128(..).to_be_bytes())
 }
 
 /// What one attempt of a call may take: its time until the whole answer is in, and the most

@@ -116,11 +116,7 @@ impl TraceContext {
     /// The trace-id as 32 lowercase hex digits, as records carry it (the log stores one with
     /// every text record: no `format!`, whose padded hex cost 900 instructions).
     pub fn trace_id(&self) -> String {
-        let mut digits = [0u8; 32];
-        write_hex(&mut digits, &self.trace_id.to_be_bytes());
-        std::str::from_utf8(&digits)
-            .expect("hex digits are ASCII")
-            .to_owned()
+        lower_hex(&self.trace_id.to_be_bytes())
     }
 
     /// This span as a `traceparent` value.
@@ -181,6 +177,14 @@ fn hex(digits: &[u8]) -> Result<u128, InvalidTraceparent> {
 }
 
 /// `bytes` as lowercase hex into `out`, two digits a byte (on every answer: no `format!`).
+/// `bytes` as lowercase hex digits, two per byte: ids and tokens, written without `format!`
+/// (its padded hex cost a portal page hundreds of instructions per id).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    let mut digits = vec![0; 2 * bytes.len()];
+    write_hex(&mut digits, bytes);
+    String::from_utf8(digits).expect("hex digits are ASCII")
+}
+
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
