@@ -15,9 +15,11 @@ for each service, the ceiling servers and the log, grading and portal services, 
     student answered from memory, the same for the whole list (grading's seeded list, four
     times the body), a text POST answered 201, and a GET answered with one pooled HTTP call to
     the GET ceiling (two hops); each is measured first and again last, and the mean is used;
-  - the page floor: the same two hops, then the answer decoded into the shared student type and
-    rendered as an HTML page with askama (ceiling --page-from): what a portal page costs with
-    no discovery, routing, CSRF cookie, security headers, trace or metrics;
+  - the page floors: one pooled call to the grading instance the portal calls (same answer,
+    headers and all), the answer decoded and rendered with askama as the portal's student page
+    (GET /students/1) or home page (GET /), same markup and size (ceiling --page-from): what a
+    portal page costs with no discovery, routing, CSRF cookie, security headers, trace or
+    metrics;
   - the durable floor: the same text POST answered 201 only once its line is fsync'd, by one
     writer thread sharing each fsync among the appends waiting (ceiling --durable-dir): what
     durable ingest costs on this disk with nothing else done; the log is reported against it too;
@@ -30,9 +32,9 @@ for each service, the ceiling servers and the log, grading and portal services, 
     full blocking-query wait), and the RSS of each service idle and after the loads.
 Prints the table on stdout (progress on stderr) in about 9 minutes after the build.
 Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
-the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling, portal pages to the two-hop ceiling
-(and to the page floor). Only
-ratios within one run count. Honours CARGO_TARGET_DIR.
+the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling (and to the
+durable floor), portal pages to the two-hop ceiling (and to their page floors). Only ratios
+within one run count. Honours CARGO_TARGET_DIR.
 
   --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
 TXT
@@ -91,7 +93,9 @@ ceiling_pid=$!
   2>"$work/two-hop.log" &
 other_pids+=($!)
 two_hop_pid=$!
-"$bin/ceiling" --listen "127.0.0.1:$page_port" --page-from "http://127.0.0.1:$ceiling_port" \
+# The page floor calls the grading instance the portal calls: both parse the same answer, headers
+# and all, so the floor differs from the portal only by what the portal does on top.
+"$bin/ceiling" --listen "127.0.0.1:$page_port" --page-from "http://127.0.0.1:$grading_port" \
   2>"$work/page.log" &
 other_pids+=($!)
 page_pid=$!
@@ -221,6 +225,7 @@ measure grading_one "$grading_url/students/1"
 measure grading_all "$grading_url/students"
 measure two_hop "$two_hop_url/students/1"
 measure page "$page_url/students/1"
+measure page_home "$page_url/"
 measure portal_index "$portal_url/"
 measure portal_student "$portal_url/students/1"
 measure ceiling_post "$ceiling_url/log" "$work/post-text.lua"
@@ -250,12 +255,14 @@ measure ceiling_list_end "$ceiling_url/students"
 measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop_end "$two_hop_url/students/1"
 measure page_end "$page_url/students/1"
+measure page_home_end "$page_url/"
 declare -A ceiling_of=(
   [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
   [list]=$(( (rps[ceiling_list] + rps[ceiling_list_end]) / 2 ))
   [post]=$(( (rps[ceiling_post] + rps[ceiling_post_end]) / 2 ))
   [two_hop]=$(( (rps[two_hop] + rps[two_hop_end]) / 2 ))
   [page]=$(( (rps[page] + rps[page_end]) / 2 ))
+  [page_home]=$(( (rps[page_home] + rps[page_home_end]) / 2 ))
   [durable]=$(( (rps[floor_post] + rps[floor_post_end]) / 2 ))
 )
 declare -A rss_load
@@ -267,6 +274,8 @@ ceiling_bytes=$(curl -s "$ceiling_url/students/1" | wc -c)
 grading_bytes=$(curl -s "$grading_url/students/1" | wc -c)
 ceiling_list_bytes=$(curl -s "$ceiling_url/students" | wc -c)
 page_bytes=$(curl -s "$page_url/students/1" | wc -c)
+page_home_bytes=$(curl -s "$page_url/" | wc -c)
+portal_home_bytes=$(curl -s "$portal_url/" | wc -c)
 portal_page_bytes=$(curl -s "$portal_url/students/1" | wc -c)
 grading_list_bytes=$(curl -s "$grading_url/students" | wc -c)
 
@@ -282,7 +291,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (a / b >= t ? "met" : "missed") }'; }
 row() { printf '| %-44s | %10s | %8s | %8s | %-7s | %7s | %-14s |\n' "$@"; }
-http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, post, two_hop, page or durable
+http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, post, two_hop, page, page_home or durable
   local key=$1 label=$2 shape=$3 target=$4 mult=${5:-1} value base
   value=$((rps[$key] * mult))
   base=${ceiling_of[$shape]}
@@ -294,8 +303,8 @@ http_row() { # KEY LABEL SHAPE TARGET_RATIO [MULTIPLIER]; SHAPE is get, list, po
 echo "gradebook bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), Linux $(uname -r); wrk on the same cores"
 echo "load average before: $load_start, after: $load_end; other compiler processes at start: $busy; Consul: $("$consul" version | head -n 1)"
-echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, list ${ceiling_of[list]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, page ${ceiling_of[page]}, durable (floor) ${ceiling_of[durable]} req/s"
-echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B; ceiling list ${ceiling_list_bytes} B, grading /students ${grading_list_bytes} B; page floor ${page_bytes} B, portal /students/1 ${portal_page_bytes} B"
+echo "wrk -t$threads -c$connections -d${duration}s --latency, loopback; ratios to the mean ceiling of each figure's shape: get ${ceiling_of[get]}, list ${ceiling_of[list]}, post ${ceiling_of[post]}, two-hop ${ceiling_of[two_hop]}, page ${ceiling_of[page]}, home page ${ceiling_of[page_home]}, durable (floor) ${ceiling_of[durable]} req/s"
+echo "ceiling body ${ceiling_bytes} B, grading /students/1 body ${grading_bytes} B; ceiling list ${ceiling_list_bytes} B, grading /students ${grading_list_bytes} B; page floor ${page_bytes} B, portal /students/1 ${portal_page_bytes} B; home page floor ${page_home_bytes} B, portal / ${portal_home_bytes} B"
 echo "disk: one 128-byte O_DSYNC append takes ${dsync_ms:-?} ms on average (dd, 200 writes), the floor of a durable acknowledgement"
 echo
 row "figure" "req/s" "p50 ms" "p99 ms" "shape" "x shape" "target"
@@ -310,6 +319,8 @@ http_row two_hop "1. ceiling GET via one pooled call to it" two_hop -
 http_row two_hop_end "1. the same, after the other loads" two_hop -
 http_row page "1. floor: the same call, decoded and rendered" page -
 http_row page_end "1. the same, after the other loads" page -
+http_row page_home "1. floor: the home page, the same way" page_home -
+http_row page_home_end "1. the same, after the other loads" page_home -
 http_row floor_post "1. floor POST /log text, fsync'd (group commit)" post -
 http_row floor_post_end "1. the same, after the other loads" post -
 http_row grading_one "2. grading GET /students/1" get 0.9
@@ -321,14 +332,14 @@ http_row log_text_followed "3. the same, 10 readers waiting on ?wait" post -
 http_row log_batch "3. log POST /log batch of $batch_records (records/s)" post 0.7 "$batch_records"
 http_row portal_index "4. portal / (via discovery)" two_hop 0.9
 http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
-http_row portal_index "4. portal /, against the page floor" page -
-http_row portal_student "4. portal /students/1, against the page floor" page -
+http_row portal_index "4. portal /, against its page floor" page_home 0.9
+http_row portal_student "4. portal /students/1, against its page floor" page 0.9
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
-for key in ceiling ceiling_list ceiling_post two_hop page floor_post grading_one grading_all \
-  log_text log_text_followed log_batch portal_index portal_student ceiling_end ceiling_list_end \
-  ceiling_post_end two_hop_end page_end floor_post_end; do
+for key in ceiling ceiling_list ceiling_post two_hop page page_home floor_post grading_one \
+  grading_all log_text log_text_followed log_batch portal_index portal_student ceiling_end \
+  ceiling_list_end ceiling_post_end two_hop_end page_end page_home_end floor_post_end; do
   printf '  %-15s %s\n' "$key" "${cpu_per_request[$key]}"
 done
 echo

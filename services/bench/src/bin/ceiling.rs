@@ -11,10 +11,11 @@
 //!   to `URL/students/1` (another `ceiling`) over a pooled keep-alive client and answering with
 //!   its body: the shape of a portal page, two HTTP exchanges, with no discovery, no JSON parse
 //!   and no rendering.
-//! - with `--page-from URL`, the same call, and then what a page does with the answer: decode it
-//!   into the shared `contracts` student type and render it as an HTML page with askama (name,
-//!   average, a table of grades with links, a form): the floor of a portal page, without the
-//!   portal's discovery, routing, CSRF cookie, security headers, trace or metrics.
+//! - with `--page-from URL` (a grading instance), the same call, and then what a page does with
+//!   the answer: decode it and render, with askama, the same HTML page as the portal's student
+//!   page (same markup, same size); `GET /` likewise renders the portal's home page from one call
+//!   for the list: the floors of a portal page, without the portal's discovery, routing, CSRF
+//!   cookie, security headers, trace or metrics.
 //! - with `--durable-dir DIR`, `POST /log` also appends its body as one line to `DIR/floor.log`
 //!   and answers only once the line is fsync'd, through one writer thread that shares an fsync
 //!   among the appends waiting for it (group commit): the floor of the log's durable ingest, with
@@ -51,8 +52,9 @@ struct Args {
     #[arg(long, value_name = "URL", conflicts_with = "page_from")]
     two_hop_to: Option<String>,
 
-    /// Serve the page floor instead: answer `GET /students/1` by one call to this base URL's
-    /// `/students/1`, decoded and rendered as an HTML page.
+    /// Serve the page floors instead: answer `GET /students/1` by one call to this grading
+    /// base URL's `/students/1`, and `GET /` by one to its `/students?limit=51`, each decoded and
+    /// rendered as the portal renders that page.
     #[arg(long, value_name = "URL")]
     page_from: Option<String>,
 
@@ -173,41 +175,78 @@ enum Hop {
     Render,
 }
 
-/// A student's page, as small as a page of the same shape can be.
+/// A student's page: the markup of the portal's student page (its layout, the grades table and
+/// the add-grade form with its two hidden tokens), so that both write the same bytes, written by
+/// the least code that can: no flash, no refused form, no failing mark.
 #[derive(askama::Template)]
-#[template(
-    ext = "html",
-    source = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ student.first_name }} {{ student.last_name }}</title>
-<link rel="stylesheet" href="/static/gradebook.css"></head>
-<body><main>
-<h1>{{ student.first_name }} {{ student.last_name }}</h1>
-<p>Average: <strong>{% if let Some(average) = student.average %}{{ average }}{% else %}-{% endif %}</strong></p>
-<table><thead><tr><th>Title</th><th>Type</th><th>Score</th><th></th></tr></thead><tbody>
-{% for grade in student.grades %}<tr><td>{{ grade.title }}</td><td>{{ grade.kind }}</td><td>{{ grade.score }}</td>
-<td><a href="/students/{{ student.id }}/grades/{{ grade.id }}/edit">Edit</a> <a href="/students/{{ student.id }}/grades/{{ grade.id }}/delete">Delete</a></td></tr>
-{% endfor %}</tbody></table>
-<form method="post" action="/students/{{ student.id }}/grades"><input name="title"><input name="score"><button type="submit">Add grade</button></form>
-</main></body></html>"#
-)]
+#[template(path = "student.html")]
 struct StudentPage {
     student: contracts::grading::Student,
+    /// The form's two hidden tokens (the portal's request key and CSRF token): random per page.
+    request: u128,
+    csrf: u128,
 }
 
-/// The page of the student in `json`, or why there is none.
-fn render_page(json: &[u8]) -> Result<Response<bytes::Bytes>, String> {
-    use askama::Template;
-    let student = serde_json::from_slice(json).map_err(|err| err.to_string())?;
-    let html = StudentPage { student }
-        .render()
-        .map_err(|err| err.to_string())?;
+/// The home page: the markup of the portal's list of students, in the same way.
+#[derive(askama::Template)]
+#[template(path = "students.html")]
+struct StudentsPage {
+    students: Vec<ListedStudent>,
+    request: u128,
+    csrf: u128,
+}
+
+/// A student as the list shows it: the grades are counted, not kept.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedStudent {
+    id: u64,
+    first_name: String,
+    last_name: String,
+    average: Option<f64>,
+    grades: Vec<serde::de::IgnoredAny>,
+}
+
+/// The page for the answer `json`, or why there is none.
+fn render<T: serde::de::DeserializeOwned>(
+    json: &[u8],
+    page: impl FnOnce(T, u128, u128) -> Result<String, askama::Error>,
+) -> Result<Response<bytes::Bytes>, String> {
+    let answer = serde_json::from_slice(json).map_err(|err| err.to_string())?;
+    let html =
+        page(answer, fastrand::u128(..), fastrand::u128(..)).map_err(|err| err.to_string())?;
     Ok(Response::builder()
         .header("content-type", "text/html; charset=utf-8")
         .body(bytes::Bytes::from(html))
         .expect("static response"))
 }
 
-/// `GET /students/1` answered from one pooled call to `upstream`: its body as it is, or rendered.
+fn student_page(json: bytes::Bytes) -> Result<Response<bytes::Bytes>, String> {
+    use askama::Template;
+    render(&json, |student, request, csrf| {
+        StudentPage {
+            student,
+            request,
+            csrf,
+        }
+        .render()
+    })
+}
+
+fn students_page(json: bytes::Bytes) -> Result<Response<bytes::Bytes>, String> {
+    use askama::Template;
+    render(&json, |students, request, csrf| {
+        StudentsPage {
+            students,
+            request,
+            csrf,
+        }
+        .render()
+    })
+}
+
+/// `GET /students/1` answered from one pooled call to `upstream`: its body as it is, or rendered
+/// as the student's page; rendering, `GET /` is also the home page from one call for the list.
 async fn serve_two_hop(listen: SocketAddr, upstream: String, hop: Hop) {
     // The services' client settings (discovery's `runtime::http_client`): pooled keep-alive
     // connections, no proxy, Nagle off.
@@ -219,35 +258,57 @@ async fn serve_two_hop(listen: SocketAddr, upstream: String, hop: Hop) {
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
         .expect("a plain HTTP client without TLS always builds");
-    let url = format!("{}/students/1", upstream.trim_end_matches('/'));
+    let upstream = upstream.trim_end_matches('/').to_owned();
+    let (student_url, make_student): (_, Make) = match hop {
+        Hop::Forward => (format!("{upstream}/students/1"), forward),
+        Hop::Render => (format!("{upstream}/students/1"), student_page),
+    };
+    let student_client = client.clone();
     let student = warp::path!("students" / "1")
         .and(warp::get())
-        .and_then(move || {
-            let call = client.get(&url).send();
-            async move {
-                let answer = match call.await {
-                    Ok(response) => response.bytes().await.map_err(|err| err.to_string()),
-                    Err(err) => Err(err.to_string()),
-                };
-                let page = answer.and_then(|body| match hop {
-                    Hop::Forward => Ok(Response::builder()
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .expect("static response")),
-                    Hop::Render => render_page(&body),
-                });
-                Ok::<_, std::convert::Infallible>(page.unwrap_or_else(|err| {
-                    Response::builder()
-                        .status(StatusCode::BAD_GATEWAY)
-                        .body(bytes::Bytes::from(err))
-                        .expect("static response")
-                }))
-            }
-        });
-    let what = match hop {
-        Hop::Forward => "two hops",
-        Hop::Render => "a rendered page",
+        .and_then(move || answer(student_client.get(&student_url).send(), make_student));
+    // What the portal asks for with its default page size (50): one more, to know of a next page.
+    let list_url = format!("{upstream}/students?limit=51");
+    let home = warp::path::end()
+        .and(warp::get())
+        .and_then(move || answer(client.get(&list_url).send(), students_page));
+    match hop {
+        Hop::Forward => {
+            eprintln!("ceiling: two hops at http://{listen}/students/1 through {upstream}");
+            warp::serve(student).run(listen).await;
+        }
+        Hop::Render => {
+            eprintln!(
+                "ceiling: rendered pages at http://{listen}/students/1 and http://{listen}/ through {upstream}"
+            );
+            warp::serve(student.or(home)).run(listen).await;
+        }
+    }
+}
+
+/// What a two-hop server makes of the upstream's answer.
+type Make = fn(bytes::Bytes) -> Result<Response<bytes::Bytes>, String>;
+
+fn forward(body: bytes::Bytes) -> Result<Response<bytes::Bytes>, String> {
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("static response"))
+}
+
+/// The answer `make` gives for the body of `call`; 502 when the call or `make` fails.
+async fn answer(
+    call: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    make: Make,
+) -> Result<Response<bytes::Bytes>, std::convert::Infallible> {
+    let body = match call.await {
+        Ok(response) => response.bytes().await.map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
     };
-    eprintln!("ceiling: {what} at http://{listen}/students/1 through {upstream}");
-    warp::serve(student).run(listen).await;
+    Ok(body.and_then(make).unwrap_or_else(|err| {
+        Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(bytes::Bytes::from(err))
+            .expect("static response")
+    }))
 }
