@@ -295,12 +295,14 @@ pub fn routes(portal: Portal) -> BoxedFilter<(Response,)> {
         .and(with_portal)
         .then(|query: LogsQuery, portal: Arc<Portal>| Box::pin(show_logs(query, portal)))
         .map(respond);
-    students
+    // The pages opened most come first: each alternative tried before the match costs a little
+    // (the paths are disjoint, so the order changes nothing else).
+    student
+        .or(students)
+        .unify()
         .or(new_student)
         .unify()
         .or(students_again)
-        .unify()
-        .or(student)
         .unify()
         .or(new_grade)
         .unify()
