@@ -179,7 +179,7 @@ enum Hop {
 /// the add-grade form with its two hidden tokens), so that both write the same bytes, written by
 /// the least code that can: no flash, no refused form, no failing mark.
 #[derive(askama::Template)]
-#[template(path = "student.html")]
+#[template(path = "floor_student.html")]
 struct StudentPage {
     student: contracts::grading::Student,
     /// The form's two hidden tokens (the portal's request key and CSRF token): random per page.
@@ -189,7 +189,7 @@ struct StudentPage {
 
 /// The home page: the markup of the portal's list of students, in the same way.
 #[derive(askama::Template)]
-#[template(path = "students.html")]
+#[template(path = "floor_students.html")]
 struct StudentsPage {
     students: Vec<ListedStudent>,
     request: u128,
@@ -207,14 +207,15 @@ struct ListedStudent {
     grades: Vec<serde::de::IgnoredAny>,
 }
 
-/// The page for the answer `json`, or why there is none.
-fn render<T: serde::de::DeserializeOwned>(
+/// The page `page` makes of the answer `json` and the form's two tokens, or why there is none.
+fn render<T: serde::de::DeserializeOwned, P: askama::Template>(
     json: &[u8],
-    page: impl FnOnce(T, u128, u128) -> Result<String, askama::Error>,
+    page: fn(T, u128, u128) -> P,
 ) -> Result<Response<bytes::Bytes>, String> {
     let answer = serde_json::from_slice(json).map_err(|err| err.to_string())?;
-    let html =
-        page(answer, fastrand::u128(..), fastrand::u128(..)).map_err(|err| err.to_string())?;
+    let html = page(answer, fastrand::u128(..), fastrand::u128(..))
+        .render()
+        .map_err(|err| err.to_string())?;
     Ok(Response::builder()
         .header("content-type", "text/html; charset=utf-8")
         .body(bytes::Bytes::from(html))
@@ -222,26 +223,18 @@ fn render<T: serde::de::DeserializeOwned>(
 }
 
 fn student_page(json: bytes::Bytes) -> Result<Response<bytes::Bytes>, String> {
-    use askama::Template;
-    render(&json, |student, request, csrf| {
-        StudentPage {
-            student,
-            request,
-            csrf,
-        }
-        .render()
+    render(&json, |student, request, csrf| StudentPage {
+        student,
+        request,
+        csrf,
     })
 }
 
 fn students_page(json: bytes::Bytes) -> Result<Response<bytes::Bytes>, String> {
-    use askama::Template;
-    render(&json, |students, request, csrf| {
-        StudentsPage {
-            students,
-            request,
-            csrf,
-        }
-        .render()
+    render(&json, |students, request, csrf| StudentsPage {
+        students,
+        request,
+        csrf,
     })
 }
 
