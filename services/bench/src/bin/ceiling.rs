@@ -252,9 +252,10 @@ async fn serve_two_hop(listen: SocketAddr, upstream: String, hop: Hop) {
         .build()
         .expect("a plain HTTP client without TLS always builds");
     let upstream = upstream.trim_end_matches('/').to_owned();
-    let (student_url, make_student): (_, Make) = match hop {
-        Hop::Forward => (format!("{upstream}/students/1"), forward),
-        Hop::Render => (format!("{upstream}/students/1"), student_page),
+    let student_url = format!("{upstream}/students/1");
+    let make_student: Make = match hop {
+        Hop::Forward => forward,
+        Hop::Render => student_page,
     };
     let student_client = client.clone();
     let student = warp::path!("students" / "1")
