@@ -176,7 +176,6 @@ fn hex(digits: &[u8]) -> Result<u128, InvalidTraceparent> {
     })
 }
 
-/// `bytes` as lowercase hex into `out`, two digits a byte (on every answer: no `format!`).
 /// `bytes` as lowercase hex digits, two per byte: ids and tokens, written without `format!`
 /// (its padded hex cost a portal page hundreds of instructions per id).
 pub fn lower_hex(bytes: &[u8]) -> String {
@@ -185,6 +184,7 @@ pub fn lower_hex(bytes: &[u8]) -> String {
     String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
+/// `bytes` as lowercase hex into `out`, two digits a byte (on every answer: no `format!`).
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
