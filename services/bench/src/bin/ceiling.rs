@@ -183,8 +183,8 @@ enum Hop {
 struct StudentPage {
     student: contracts::grading::Student,
     /// The form's two hidden tokens (the portal's request key and CSRF token): random per page.
-    request: u128,
-    csrf: u128,
+    request: String,
+    csrf: String,
 }
 
 /// The home page: the markup of the portal's list of students, in the same way.
@@ -192,8 +192,8 @@ struct StudentPage {
 #[template(path = "floor_students.html")]
 struct StudentsPage {
     students: Vec<ListedStudent>,
-    request: u128,
-    csrf: u128,
+    request: String,
+    csrf: String,
 }
 
 /// A student as the list shows it: the grades are counted, not kept.
@@ -210,10 +210,11 @@ struct ListedStudent {
 /// The page `page` makes of the answer `json` and the form's two tokens, or why there is none.
 fn render<T: serde::de::DeserializeOwned, P: askama::Template>(
     json: &[u8],
-    page: fn(T, u128, u128) -> P,
+    page: fn(T, String, String) -> P,
 ) -> Result<Response<bytes::Bytes>, String> {
     let answer = serde_json::from_slice(json).map_err(|err| err.to_string())?;
-    let html = page(answer, fastrand::u128(..), fastrand::u128(..))
+    let token = || service_runtime::trace::lower_hex(&fastrand::u128(..).to_be_bytes());
+    let html = page(answer, token(), token())
         .render()
         .map_err(|err| err.to_string())?;
     Ok(Response::builder()
