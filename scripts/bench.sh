@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures the gradebook on this machine and prints one table: ceilings of each request shape
-# (minimal warp servers), grading, log and portal under wrk, each against the ceiling of its shape, discovery latencies against a real Consul agent, the idle
-# cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing fails on a
+# Measures the gradebook on this machine and prints its tables: ceilings of each request shape
+# (minimal warp servers), grading, log and portal under wrk, each against the ceiling of its
+# shape (the targets again in paired rounds), discovery latencies against a real Consul agent,
+# the idle cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing fails on a
 # number. Everything runs on loopback and every load is bounded in time.
 set -euo pipefail
 
@@ -26,17 +27,22 @@ for each service, the ceiling servers and the log, grading and portal services, 
   - each HTTP figure with wrk (Debian's package, installed if missing): 2 threads,
     32 connections, 10 s per figure after a 1 s warm-up, latency percentiles from wrk, and
     the CPU each process spent per request (from /proc/<pid>/stat);
+  - each target figure again in paired rounds against its shape's ceiling or floor: base,
+    figure, base, figure, base, figure, base, 5 s each; each round's ratio is to the mean of the
+    two base runs beside it, and the target is judged on the median of the three, so a slow
+    spell of a shared machine weighs on both sides of a ratio alike;
   - discovery: 60 registrations seen by 4 watchers, and 10 SIGKILLs of a grading instance under
     a request loop (services/bench, discovery-bench);
   - idle cost: requests each service makes to Consul over 300 s when nothing changes (one
     full blocking-query wait), and the RSS of each service idle and after the loads.
-Prints the table on stdout (progress on stderr) in about 9 minutes after the build.
+Prints the tables on stdout (progress on stderr) in about 12 minutes after the build.
 Each figure's ratio is to the ceiling of its shape measured in the same run: grading's reads to
 the GET ceiling (the list to the list ceiling), the log's POSTs to the POST ceiling (and to the
 durable floor), portal pages to the two-hop ceiling (and to their page floors). Only ratios
 within one run count. Honours CARGO_TARGET_DIR.
 
-  --quick   2 s loads, a 15 s idle window, 10 registrations, 2 kills: to try the script out.
+  --quick   2 s loads, one paired round, a 15 s idle window, 10 registrations, 2 kills: to
+            try the script out.
 TXT
 }
 
@@ -49,9 +55,9 @@ case "${1:-}" in
 esac
 
 if $quick; then
-  duration=2; idle_window=15; trials=10; kills=2
+  duration=2; idle_window=15; trials=10; kills=2; pair_rounds=1; pair_duration=2
 else
-  duration=10; idle_window=300; trials=60; kills=10
+  duration=10; idle_window=300; trials=60; kills=10; pair_rounds=3; pair_duration=5
 fi
 threads=2
 connections=32
@@ -256,6 +262,40 @@ measure ceiling_post_end "$ceiling_url/log" "$work/post-text.lua"
 measure two_hop_end "$two_hop_url/students/1"
 measure page_end "$page_url/students/1"
 measure page_home_end "$page_url/"
+
+# rate URL SCRIPT: the req/s of one wrk run of pair_duration seconds.
+rate() {
+  local out result
+  out=$(wrk -t"$threads" -c"$connections" -d"${pair_duration}s" -s "$2" "$1" 2>&1) \
+    || die "wrk failed on $1: $out"
+  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $1: $out"
+  awk '{ printf "%.0f", $2 / ($3 / 1e6) }' <<<"$result"
+}
+# paired KEY URL BASE_URL [SCRIPT]: pair_rounds rounds of URL, each between two runs of BASE_URL
+# (base, figure, base, figure, ..., base); fills pair_ratios[KEY] with each round's ratio to its
+# two bases' mean, and pair_median[KEY]. One 10 s run drifts with the machine (the same ceiling
+# reads 0.9x and 1.1x of itself first and last); a ratio of neighbours does not.
+declare -A pair_ratios pair_median
+paired() {
+  local key=$1 url=$2 base_url=$3 script=${4:-$work/report.lua} before after figure ratios=()
+  say "paired rounds: $key ($url against $base_url)"
+  before=$(rate "$base_url" "$script")
+  for _ in $(seq "$pair_rounds"); do
+    figure=$(rate "$url" "$script")
+    after=$(rate "$base_url" "$script")
+    ratios+=("$(awk -v f="$figure" -v a="$before" -v b="$after" 'BEGIN { printf "%.2f", 2 * f / (a + b) }')")
+    before=$after
+  done
+  pair_ratios[$key]="${ratios[*]}"
+  pair_median[$key]=$(printf '%s\n' "${ratios[@]}" | sort -n \
+    | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+}
+paired grading_one "$grading_url/students/1" "$ceiling_url/students/1"
+paired grading_all "$grading_url/students" "$ceiling_url/students"
+paired portal_student "$portal_url/students/1" "$page_url/students/1"
+paired portal_index "$portal_url/" "$page_url/"
+settle
+paired log_text "$log_url/log?service=bench" "$floor_url/log" "$work/post-text.lua"
 declare -A ceiling_of=(
   [get]=$(( (rps[ceiling] + rps[ceiling_end]) / 2 ))
   [list]=$(( (rps[ceiling_list] + rps[ceiling_list_end]) / 2 ))
@@ -334,6 +374,19 @@ http_row portal_index "4. portal / (via discovery)" two_hop 0.9
 http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
 http_row portal_index "4. portal /, against its page floor" page_home 0.9
 http_row portal_student "4. portal /students/1, against its page floor" page 0.9
+echo
+prow() { printf '| %-44s | %-20s | %-16s | %6s | %-14s |\n' "$@"; }
+pair_row() { # KEY LABEL AGAINST TARGET
+  prow "$2" "$3" "${pair_ratios[$1]}" "${pair_median[$1]}x" \
+    ">= ${4}x: $(awk -v m="${pair_median[$1]}" -v t="$4" 'BEGIN { print (m >= t ? "met" : "missed") }')"
+}
+prow "target figure, paired rounds (${pair_duration}s each)" "against" "round ratios" "median" "target"
+prow "---" "---" "---" "---:" "---"
+pair_row grading_one "2. grading GET /students/1" "GET ceiling" 0.9
+pair_row grading_all "2. grading GET /students" "list ceiling" 0.9
+pair_row log_text "3. log POST /log text, fsync'd" "durable floor" 0.7
+pair_row portal_index "4. portal /" "home page floor" 0.9
+pair_row portal_student "4. portal /students/1" "student page floor" 0.9
 echo
 echo "CPU per request in us (user + system of each process, /proc/<pid>/stat over the measured run;"
 echo "wrk's own share is not counted; per record for the log figures divide by records per request):"
