@@ -79,8 +79,8 @@ impl TraceContext {
         if &value[..2] != b"00" {
             return Err(InvalidTraceparent::Version);
         }
-        let trace_id = hex(&value[3..35])?;
-        let span_id = hex(&value[36..52])? as u64;
+        let trace_id = u128::from(hex(&value[3..19])?) << 64 | u128::from(hex(&value[19..35])?);
+        let span_id = hex(&value[36..52])?;
         let flags = hex(&value[53..55])? as u8;
         if trace_id == 0 {
             return Err(InvalidTraceparent::ZeroTraceId);
@@ -164,17 +164,44 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(|context| *context).ok()
 }
 
-/// Lowercase hex only, as the spec requires (uppercase is invalid, not merely unusual).
-fn hex(digits: &[u8]) -> Result<u128, InvalidTraceparent> {
-    digits.iter().try_fold(0u128, |value, &digit| {
-        let nibble = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => return Err(InvalidTraceparent::Hex),
-        };
-        Ok(value << 4 | u128::from(nibble))
-    })
+/// The value of at most 16 hex digits, lowercase only, as the spec requires (uppercase is
+/// invalid, not merely unusual). Every traced request parses 50 of them: a table lookup per
+/// digit and one check at the end, on `u64`s, parse a header in 423 instructions where a match
+/// and a `u128` shift per digit took 658 (callgrind, grading's `GET /students/1`).
+fn hex(digits: &[u8]) -> Result<u64, InvalidTraceparent> {
+    debug_assert!(digits.len() <= 16, "a u64 holds 16 hex digits");
+    let mut value = 0u64;
+    let mut seen = 0u8;
+    for &digit in digits {
+        let nibble = NIBBLE[usize::from(digit)];
+        seen |= nibble;
+        value = value << 4 | u64::from(nibble & 0x0f);
+    }
+    // A byte that is not a lowercase hex digit sets the high bits, which no digit has.
+    if seen & NOT_HEX_DIGIT != 0 {
+        return Err(InvalidTraceparent::Hex);
+    }
+    Ok(value)
 }
+
+/// Marks a byte that is not a lowercase hex digit in [`NIBBLE`].
+const NOT_HEX_DIGIT: u8 = 0xf0;
+
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX_DIGIT`].
+const NIBBLE: [u8; 256] = {
+    let mut table = [NOT_HEX_DIGIT; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        let ascii = if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        };
+        table[ascii as usize] = digit;
+        digit += 1;
+    }
+    table
+};
 
 /// `bytes` as lowercase hex digits, two per byte: ids and tokens, written without `format!`
 /// (its padded hex cost a portal page hundreds of instructions per id).
@@ -247,6 +274,10 @@ mod tests {
             ),
             (
                 "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+                Hex,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba9:2b7-01",
                 Hex,
             ),
             (
