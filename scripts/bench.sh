@@ -2,8 +2,8 @@
 # Measures the gradebook on this machine and prints its tables: ceilings of each request shape
 # (minimal warp servers), grading, log and portal under wrk, each against the ceiling of its
 # shape (the targets again in paired rounds), discovery latencies against a real Consul agent,
-# the idle cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing fails on a
-# number. Everything runs on loopback and every load is bounded in time.
+# the idle cost of each service (calls to Consul, memory). Benchmarks are not tests: nothing
+# fails on a number. Everything runs on loopback and every load is bounded in time.
 set -euo pipefail
 
 usage() {
@@ -274,7 +274,7 @@ rate() {
 # paired KEY URL BASE_URL [SCRIPT]: pair_rounds rounds of URL, each between two runs of BASE_URL
 # (base, figure, base, figure, ..., base); fills pair_ratios[KEY] with each round's ratio to its
 # two bases' mean, and pair_median[KEY]. One 10 s run drifts with the machine (the same ceiling
-# reads 0.9x and 1.1x of itself first and last); a ratio of neighbours does not.
+# reads 0.9x and 1.1x of itself first and last); a ratio of neighbours drifts much less.
 declare -A pair_ratios pair_median
 paired() {
   local key=$1 url=$2 base_url=$3 script=${4:-$work/report.lua} before after figure ratios=()
