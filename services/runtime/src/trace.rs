@@ -190,18 +190,16 @@ const NOT_HEX_DIGIT: u8 = 0xf0;
 /// Each byte's value as a lowercase hex digit, or [`NOT_HEX_DIGIT`].
 const NIBBLE: [u8; 256] = {
     let mut table = [NOT_HEX_DIGIT; 256];
-    let mut digit = 0;
-    while digit < 16 {
-        let ascii = if digit < 10 {
-            b'0' + digit
-        } else {
-            b'a' + digit - 10
-        };
-        table[ascii as usize] = digit;
-        digit += 1;
+    let mut value = 0;
+    while value < DIGITS.len() {
+        table[DIGITS[value] as usize] = value as u8;
+        value += 1;
     }
     table
 };
+
+/// The lowercase hex digits, in order of value.
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// `bytes` as lowercase hex digits, two per byte: ids and tokens, written without `format!`
 /// (its padded hex cost a portal page hundreds of instructions per id).
@@ -213,7 +211,6 @@ pub fn lower_hex(bytes: &[u8]) -> String {
 
 /// `bytes` as lowercase hex into `out`, two digits a byte (on every answer: no `format!`).
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(byte >> 4)];
         pair[1] = DIGITS[usize::from(byte & 0xf)];
