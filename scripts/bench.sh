@@ -190,15 +190,21 @@ hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # measure KEY URL [SCRIPT]: warm-up, then the measured run; fills rps/p50/p99/errs[KEY], and
 # cpu_per_request[KEY] with the CPU each process busy during the run spent per request.
+# wrk_result SECONDS URL SCRIPT: one wrk run's RESULT line (see report.lua), or the end of the
+# script with wrk's output.
+wrk_result() {
+  local out
+  out=$(wrk -t"$threads" -c"$connections" -d"$1s" --latency -s "$3" "$2" 2>&1) \
+    || die "wrk failed on $2: $out"
+  grep '^RESULT ' <<<"$out" || die "no result from wrk on $2: $out"
+}
 measure() {
-  local key=$1 url=$2 script=${3:-$work/report.lua} out result name spent
+  local key=$1 url=$2 script=${3:-$work/report.lua} result name spent
   local -A ticks_before
   say "wrk: $key ($url)"
   wrk -t"$threads" -c"$connections" -d1s -s "$script" "$url" >/dev/null 2>&1 || true
   for name in "${!pid_by_name[@]}"; do ticks_before[$name]=$(cpu_ticks "${pid_by_name[$name]}"); done
-  out=$(wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s "$script" "$url" 2>&1) \
-    || die "wrk failed on $url: $out"
-  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $url: $out"
+  result=$(wrk_result "$duration" "$url" "$script")
   read -r _ n us l50 l99 e_io e_status <<<"$result"
   cpu_per_request[$key]=""
   for name in ceiling two_hop page floor portal grading log; do
@@ -265,10 +271,8 @@ measure page_home_end "$page_url/"
 
 # rate URL SCRIPT: the req/s of one wrk run of pair_duration seconds.
 rate() {
-  local out result
-  out=$(wrk -t"$threads" -c"$connections" -d"${pair_duration}s" -s "$2" "$1" 2>&1) \
-    || die "wrk failed on $1: $out"
-  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk on $1: $out"
+  local result
+  result=$(wrk_result "$pair_duration" "$1" "$2")
   awk '{ printf "%.0f", $2 / ($3 / 1e6) }' <<<"$result"
 }
 # paired KEY URL BASE_URL [SCRIPT]: pair_rounds rounds of URL, each between two runs of BASE_URL
