@@ -63,38 +63,40 @@ pub fn routes(store: Store) -> impl Filter<Extract = (Response,), Error = Reject
 }
 
 /// `GET /students`, `POST /students` (with an optional `Idempotency-Key`), `GET /students/{id}`.
+///
+/// The handlers capture the store and the cache themselves rather than take them from a
+/// `warp::any().map(..)` filter: each such filter is one more level of warp's nested futures on
+/// every request.
 fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let with_store = warp::any().map(move || store.clone());
     let cache = JsonCache::default();
-    let with_cache = warp::any().map(move || cache.clone());
-    let list = warp::path!("students")
-        .and(warp::get())
-        .and(warp::query::<ListQuery>())
-        .and(with_store.clone())
-        .and(with_cache.clone())
-        .then(
-            |query: ListQuery, store: Store, cache: JsonCache| async move {
-                respond(list_students(query, store, cache).await)
-            },
-        );
-    let create = warp::path!("students")
-        .and(warp::post())
-        .and(warp::header::optional::<String>(
-            contracts::request_key::HEADER,
-        ))
-        .and(json_body())
-        .and(with_store.clone())
-        .then(
-            |key: Option<String>, body: wire::NewStudent, store: Store| async move {
-                respond(create_student(key, body, store).await)
-            },
-        );
+    let list = {
+        let (store, cache) = (store.clone(), cache.clone());
+        warp::path!("students")
+            .and(warp::get())
+            .and(warp::query::<ListQuery>())
+            .then(move |query: ListQuery| {
+                let (store, cache) = (store.clone(), cache.clone());
+                async move { respond(list_students(query, store, cache).await) }
+            })
+    };
+    let create = {
+        let store = store.clone();
+        warp::path!("students")
+            .and(warp::post())
+            .and(warp::header::optional::<String>(
+                contracts::request_key::HEADER,
+            ))
+            .and(json_body())
+            .then(move |key: Option<String>, body: wire::NewStudent| {
+                let store = store.clone();
+                async move { respond(create_student(key, body, store).await) }
+            })
+    };
     let one = warp::path!("students" / String)
         .and(warp::get())
-        .and(with_store)
-        .and(with_cache)
-        .then(|id: String, store: Store, cache: JsonCache| async move {
-            respond(get_student(id, store, cache).await)
+        .then(move |id: String| {
+            let (store, cache) = (store.clone(), cache.clone());
+            async move { respond(get_student(id, store, cache).await) }
         });
     list.or(one).unify().or(create.boxed()).unify()
 }
@@ -102,39 +104,45 @@ fn student_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Re
 /// `POST /students/{id}/grades` (with an optional `Idempotency-Key`), and
 /// `GET`, `PUT` and `DELETE` of `/students/{id}/grades/{gradeId}`.
 fn grade_routes(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let with_store = warp::any().map(move || store.clone());
-    let add = warp::path!("students" / String / "grades")
-        .and(warp::post())
-        .and(warp::header::optional::<String>(
-            contracts::request_key::HEADER,
-        ))
-        .and(json_body())
-        .and(with_store.clone())
-        .then(
-            |id: String, key: Option<String>, body: wire::NewGrade, store: Store| async move {
-                respond(add_grade(id, key, body, store).await)
-            },
-        );
-    let one = warp::path!("students" / String / "grades" / String)
-        .and(warp::get())
-        .and(with_store.clone())
-        .then(|id: String, grade: String, store: Store| async move {
-            respond(get_grade(id, grade, store).await)
-        });
-    let replace = warp::path!("students" / String / "grades" / String)
-        .and(warp::put())
-        .and(json_body())
-        .and(with_store.clone())
-        .then(
-            |id: String, grade: String, body: wire::NewGrade, store: Store| async move {
-                respond(replace_grade(id, grade, body, store).await)
-            },
-        );
+    let add = {
+        let store = store.clone();
+        warp::path!("students" / String / "grades")
+            .and(warp::post())
+            .and(warp::header::optional::<String>(
+                contracts::request_key::HEADER,
+            ))
+            .and(json_body())
+            .then(
+                move |id: String, key: Option<String>, body: wire::NewGrade| {
+                    let store = store.clone();
+                    async move { respond(add_grade(id, key, body, store).await) }
+                },
+            )
+    };
+    let one = {
+        let store = store.clone();
+        warp::path!("students" / String / "grades" / String)
+            .and(warp::get())
+            .then(move |id: String, grade: String| {
+                let store = store.clone();
+                async move { respond(get_grade(id, grade, store).await) }
+            })
+    };
+    let replace = {
+        let store = store.clone();
+        warp::path!("students" / String / "grades" / String)
+            .and(warp::put())
+            .and(json_body())
+            .then(move |id: String, grade: String, body: wire::NewGrade| {
+                let store = store.clone();
+                async move { respond(replace_grade(id, grade, body, store).await) }
+            })
+    };
     let delete = warp::path!("students" / String / "grades" / String)
         .and(warp::delete())
-        .and(with_store)
-        .then(|id: String, grade: String, store: Store| async move {
-            respond(delete_grade(id, grade, store).await)
+        .then(move |id: String, grade: String| {
+            let store = store.clone();
+            async move { respond(delete_grade(id, grade, store).await) }
         });
     add.or(one).unify().or(replace).unify().or(delete).unify()
 }

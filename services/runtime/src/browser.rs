@@ -2,17 +2,15 @@
 //! its own host names are served (a DNS-rebinding page reaches us under its own name), and every
 //! answer carries headers that forbid framing, sniffing, inline script and leaking the address.
 //!
+//! The check and the headers are applied to every request by `crate::front`.
+//!
 //! Every service gets this, not just the portal: grading and log listen on addresses a browser
 //! on a hostile page can reach just as well once that page's name resolves to them.
 
 use std::sync::Arc;
 
+use warp::http::HeaderMap;
 use warp::http::header::{self, HeaderValue};
-use warp::http::{HeaderMap, StatusCode};
-use warp::reply::Response;
-use warp::{Filter, Rejection};
-
-use crate::http::json_error;
 
 /// The flag (and environment variable) naming the host names a service answers to besides the
 /// loopback ones and its advertised address. Flattened into each service's configuration.
@@ -36,24 +34,52 @@ pub struct AllowedHostsArgs {
 pub struct HostAllowList {
     names: Arc<[String]>,
     any: bool,
+    /// `Host` values allowed as they are, compared first: the advertised `host:port`, which is
+    /// what Consul's check and every caller found through Consul send.
+    exact: Arc<[String]>,
 }
 
 impl HostAllowList {
     /// Loopback names (`localhost`, `*.localhost`, 127.0.0.0/8, `::1`), `advertised_host` (what
     /// Consul's health check and other services put in `Host`) and the `extra` names given.
     pub fn new(advertised_host: &str, extra: &[String]) -> HostAllowList {
+        HostAllowList::with_exact(advertised_host, extra, Vec::new())
+    }
+
+    /// As [`HostAllowList::new`], with the `Host` value the service is reached by most often
+    /// (`host:port` as advertised) checked first, as a whole string.
+    pub fn advertised(
+        advertised_host: &str,
+        advertised_port: u16,
+        extra: &[String],
+    ) -> HostAllowList {
+        let exact = match advertised_host.contains(':') {
+            true => format!("[{advertised_host}]:{advertised_port}"),
+            false => format!("{advertised_host}:{advertised_port}"),
+        };
+        HostAllowList::with_exact(advertised_host, extra, vec![exact])
+    }
+
+    fn with_exact(advertised_host: &str, extra: &[String], exact: Vec<String>) -> HostAllowList {
         let any = extra.iter().any(|name| name.trim() == "*");
         let names = std::iter::once(advertised_host)
             .chain(extra.iter().map(String::as_str))
             .map(normalize)
             .filter(|name| !name.is_empty() && name != "*")
             .collect();
-        HostAllowList { names, any }
+        HostAllowList {
+            names,
+            any,
+            exact: exact.into(),
+        }
     }
 
     /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) names this service. Runs on
     /// every request, so it compares in place, without allocating.
     pub fn allows(&self, host: &str) -> bool {
+        if self.exact.iter().any(|exact| exact == host) {
+            return true;
+        }
         let name = trim(strip_port(host));
         if name.is_empty() {
             return false;
@@ -108,50 +134,6 @@ fn is_loopback_name(name: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A request whose `Host` is not one of ours.
-#[derive(Debug)]
-struct ForeignHost;
-
-impl warp::reject::Reject for ForeignHost {}
-
-/// Serves `app` only to requests whose `Host` is allowed; others get a 421 without `app` seeing
-/// them. Every answer, refusals included, carries [`add_security_headers`]'s headers.
-///
-/// 421 Misdirected Request (RFC 9110, 15.5.20) says exactly this: the request reached a server
-/// that does not answer for that name. A 400 would say the request itself was malformed, which
-/// a rebinding page's request is not.
-pub fn guard<F>(
-    allowed: HostAllowList,
-    app: F,
-) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone
-where
-    F: Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone + Send + Sync,
-{
-    // The header's value is shared with the request (no copy), and checked in place. A request
-    // without one is refused like a foreign one.
-    let ours = warp::header::value("host")
-        .and_then(move |host: HeaderValue| {
-            let ours = host.to_str().is_ok_and(|host| allowed.allows(host));
-            std::future::ready(match ours {
-                true => Ok(()),
-                false => Err(warp::reject::custom(ForeignHost)),
-            })
-        })
-        .untuple_one();
-    ours.and(app)
-        .recover(|_: Rejection| async {
-            Ok::<_, std::convert::Infallible>(json_error(
-                StatusCode::MISDIRECTED_REQUEST,
-                "this server does not answer for that Host; see --allowed-host",
-            ))
-        })
-        .unify()
-        .map(|mut response: Response| {
-            add_security_headers(response.headers_mut());
-            response
-        })
-}
-
 /// What every answer tells the browser: no script, style or image from anywhere but here and no
 /// inline script (CSP), no framing by another site, no guessing a type other than the one sent,
 /// no address of ours in the `Referer` of a link followed elsewhere.
@@ -181,7 +163,7 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
             const { HeaderValue::from_static("same-origin") },
         ),
     ];
-    // One more for the `traceparent` the server adds after these (see crate::server::answer).
+    // One more for the `traceparent` the server adds after these (see crate::front).
     headers.reserve(set.len() + 1);
     for (name, value) in set {
         headers.insert(name, value);
@@ -191,16 +173,6 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn app() -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
-        let list = HostAllowList::new("10.0.0.7", &["gradebook.example".to_owned()]);
-        guard(
-            list,
-            warp::any().map(|| warp::reply::html("hello").into_response()),
-        )
-    }
-
-    use warp::Reply;
 
     #[test]
     fn loopback_names_the_advertised_host_and_the_listed_ones_are_allowed() {
@@ -233,26 +205,21 @@ mod tests {
         assert!(HostAllowList::new("h", &["*".to_owned()]).allows("evil.example"));
     }
 
-    #[tokio::test]
-    async fn a_foreign_host_gets_421_and_every_answer_carries_the_security_headers() {
-        let served = warp::test::request()
-            .header("host", "localhost:5000")
-            .reply(&app())
-            .await;
-        assert_eq!(served.status(), 200);
-        assert_eq!(served.body().as_ref(), b"hello");
-        let refused = warp::test::request()
-            .header("host", "rebound.evil.example:5000")
-            .reply(&app())
-            .await;
-        assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
-        for response in [&served, &refused] {
-            let headers = response.headers();
-            assert_eq!(headers["x-content-type-options"], "nosniff");
-            assert_eq!(headers["referrer-policy"], "same-origin");
-            let csp = headers["content-security-policy"].to_str().unwrap();
-            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-            assert!(!csp.contains("unsafe-inline"), "{csp}");
+    #[test]
+    fn the_advertised_address_is_allowed_with_any_port_and_nothing_else_is_added() {
+        let v4 = HostAllowList::advertised("10.0.0.7", 6100, &[]);
+        let v6 = HostAllowList::advertised("fd00::7", 6100, &[]);
+        for (list, host) in [
+            (&v4, "10.0.0.7:6100"),
+            (&v4, "10.0.0.7:1"),
+            (&v4, "localhost:6100"),
+            (&v6, "[fd00::7]:6100"),
+            (&v6, "[FD00::7]:80"),
+        ] {
+            assert!(list.allows(host), "{host}");
+        }
+        for host in ["10.0.0.8:6100", "evil.example:6100", "6100", ""] {
+            assert!(!v4.allows(host), "{host}");
         }
     }
 }

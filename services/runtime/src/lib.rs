@@ -11,6 +11,8 @@
 //! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
 //!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`browser`]: the Host allow-list and the security headers on every answer.
+//! - `front`: what every request passes through, whatever its route: the Host check, the trace,
+//!   the security headers, the count at `/metrics`.
 //! - [`live_config`]: settings that change while a service runs, from Consul KV over its flags,
 //!   with `GET /status/config`.
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format: requests by route template and
@@ -23,6 +25,7 @@
 
 pub mod args;
 pub mod browser;
+mod front;
 pub mod http;
 pub mod live_config;
 pub mod metrics;

@@ -16,9 +16,11 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use warp::Filter;
-use warp::reply::{Reply, Response};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
 
 use crate::browser::HostAllowList;
+use crate::front::Front;
 use crate::http::handle_rejection;
 use crate::live_config::{ConfigStatus, ConfigSummary, Effective, LiveConfig, Origins, Settings};
 use crate::metrics::{Exposition, Registry, Source};
@@ -320,10 +322,15 @@ impl Service {
             std::mem::take(&mut self.metric_sources),
         ));
         let requests = metrics.requests();
-        let allowed = HostAllowList::new(&self.advertised_host, &self.definition.allowed_hosts);
+        let allowed = HostAllowList::advertised(
+            &self.advertised_host,
+            self.advertised_port,
+            &self.definition.allowed_hosts,
+        );
         // The runtime's routes before the service's: a service may answer every other path
         // itself (the portal renders its own 404 page), and /health must reach Consul's check.
-        // One look at the first segment keeps the service's requests from trying each of them.
+        // The front sends only paths under the runtime's first segments this way; the others go
+        // to the service's routes alone.
         let runtime_routes = health
             .or(crate::server::status_route(self.connection_stats.clone()))
             .unify()
@@ -331,21 +338,18 @@ impl Service {
             .unify()
             .or(crate::metrics::route(metrics))
             .unify();
-        let app = runtime_paths()
-            .and(runtime_routes)
-            .or(routes)
-            .unify()
-            .recover(handle_rejection)
-            .unify();
-        let app = crate::browser::guard(allowed, app)
-            .with(warp::log::custom(move |info| {
-                log_request(&info);
-                requests.record(info.method(), info.path(), info.status(), info.elapsed());
-            }))
-            .map(Reply::into_response)
-            // hyper's service adapter clones the whole filter for every request, and with it
-            // every handle the routes captured; boxed, that is one reference count.
-            .boxed();
+        // hyper's service adapter clones the whole filter for every request, and with it every
+        // handle the routes captured; boxed, that is one reference count.
+        let finish = |routes: BoxedFilter<(Response,)>| {
+            warp::service(routes.recover(handle_rejection).unify().boxed())
+        };
+        let routes = routes.boxed();
+        let front = Front::new(
+            finish(runtime_routes.or(routes.clone()).unify().boxed()),
+            finish(routes),
+            allowed,
+            requests,
+        );
         let shipper = self.shipping.take().map(|shipping| {
             let destination = self.pool(shipping.destination());
             shipping.start(destination)
@@ -358,7 +362,7 @@ impl Service {
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::server::serve(
             self.listener,
-            app,
+            front,
             self.connection_limits,
             self.connection_stats.clone(),
             async {
@@ -393,34 +397,6 @@ impl Service {
             }
         }
     }
-}
-
-/// Passes the requests whose first path segment is one of the runtime's routes' (`/health`,
-/// `/status/...`, `/metrics`); rejects the others as not found, for the service's routes to take.
-fn runtime_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::path::peek()
-        .and_then(|path: warp::path::Peek| {
-            let ours = matches!(
-                path.segments().next(),
-                Some("health" | "status" | "metrics")
-            );
-            std::future::ready(match ours {
-                true => Ok(()),
-                false => Err(warp::reject::not_found()),
-            })
-        })
-        .untuple_one()
-}
-
-/// One debug line per request: cheap when filtered out, there when asked for with RUST_LOG.
-fn log_request(info: &warp::log::Info<'_>) {
-    tracing::debug!(
-        method = %info.method(),
-        path = info.path(),
-        status = info.status().as_u16(),
-        micros = info.elapsed().as_micros() as u64,
-        "request"
-    );
 }
 
 /// The client every outgoing call uses: pooled keep-alive connections, no proxy, bounded time.

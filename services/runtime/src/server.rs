@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,10 +26,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use warp::Filter;
-use warp::http::{Method, Request, StatusCode, header};
+use warp::http::Request;
 use warp::reply::Reply;
 
-use crate::trace::TraceContext;
+use crate::front::{Admission, Front};
 
 /// How long a client may take from the first byte of a request head to its end, and how long a
 /// fresh connection may stay silent. Ten seconds is far beyond what any client on a working link
@@ -193,21 +192,17 @@ pub fn status_route(
 
 /// Serves `filter` on `listener` under `limits` until `shutdown` resolves; then stops accepting,
 /// lets open connections finish their current request, and returns once all are closed.
-pub async fn serve<F>(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
-    filter: F,
+    front: Front<S>,
     limits: ConnectionLimits,
     stats: ConnectionStats,
     shutdown: impl Future<Output = ()>,
 ) where
-    F: Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Routes,
 {
     check_fd_limit(limits.max_connections);
-    let service = TowerToHyperService::new(warp::service(filter));
+    let front = Arc::new(front);
     let served = Arc::new(Semaphore::new(limits.max_connections));
     let shed = Arc::new(Semaphore::new(SHED_SLOTS));
     // One stop signal per connection; dropping a sender tells its connection to finish.
@@ -242,9 +237,9 @@ pub async fn serve<F>(
         };
         ConnectionStats::bump(&stats.0.accepted);
         let (permit, mode) = match served.clone().try_acquire_owned() {
-            Ok(permit) => (permit, Mode::Serve),
+            Ok(permit) => (permit, Admission::Serve),
             Err(_) => match shed.clone().try_acquire_owned() {
-                Ok(permit) => (permit, Mode::Shed),
+                Ok(permit) => (permit, Admission::Shed),
                 Err(_) => {
                     ConnectionStats::bump(&stats.0.refused);
                     continue; // dropping the stream closes it
@@ -252,7 +247,7 @@ pub async fn serve<F>(
             },
         };
         let connection = Connection {
-            service: service.clone(),
+            front: front.clone(),
             limits,
             stats: stats.clone(),
             mode,
@@ -366,37 +361,31 @@ fn check_fd_limit(max_connections: usize) {
     }
 }
 
-/// The service's routes, as hyper calls them.
-trait Routes:
-    hyper::service::Service<
+/// The routes (warp's service of a filter), as [`Front`] calls them.
+pub(crate) trait Routes:
+    tower_service::Service<
         Request<RequestBody>,
         Response = warp::reply::Response,
         Error = std::convert::Infallible,
-        Future: Send,
+        Future: Send + 'static,
     > + Clone
     + Send
+    + Sync
     + 'static
 {
 }
 
 impl<S> Routes for S where
-    S: hyper::service::Service<
+    S: tower_service::Service<
             Request<RequestBody>,
             Response = warp::reply::Response,
             Error = std::convert::Infallible,
-            Future: Send,
+            Future: Send + 'static,
         > + Clone
         + Send
+        + Sync
         + 'static
 {
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Under the cap: every request is served, on a keep-alive connection.
-    Serve,
-    /// Over the cap: one request, `/health` served and anything else answered 503.
-    Shed,
 }
 
 /// Where a connection is in its request cycle, for the timeouts.
@@ -500,10 +489,10 @@ impl Progress {
 }
 
 struct Connection<S> {
-    service: S,
+    front: Arc<Front<S>>,
     limits: ConnectionLimits,
     stats: ConnectionStats,
-    mode: Mode,
+    mode: Admission,
 }
 
 impl<S> Connection<S>
@@ -513,7 +502,7 @@ where
     async fn run(self, stream: TcpStream, stop: oneshot::Receiver<()>) {
         let counters = &self.stats.0;
         counters.open.fetch_add(1, Ordering::Relaxed);
-        if self.mode == Mode::Shed {
+        if self.mode == Admission::Shed {
             ConnectionStats::bump(&counters.shed);
         }
         let _ = stream.set_nodelay(true);
@@ -523,7 +512,7 @@ where
             progress: progress.clone(),
         });
         let mode = self.mode;
-        let service = self.service.clone();
+        let front = self.front.clone();
         let request_progress = progress.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             request_progress.head_complete(!request.body().is_end_stream());
@@ -531,7 +520,7 @@ where
                 body,
                 progress: request_progress.clone(),
             });
-            let answer = answer(&service, mode, request);
+            let answer = front.answer(mode, request);
             let progress = request_progress.clone();
             async move {
                 let response = answer.await;
@@ -542,12 +531,12 @@ where
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.keep_alive(mode == Mode::Serve);
+        builder.keep_alive(mode == Admission::Serve);
         let conn = builder.serve_connection(io, handler);
         let mut conn = std::pin::pin!(conn);
         let header_timeout = match mode {
-            Mode::Serve => self.limits.header_timeout,
-            Mode::Shed => SHED_HEADER_TIMEOUT.min(self.limits.header_timeout),
+            Admission::Serve => self.limits.header_timeout,
+            Admission::Shed => SHED_HEADER_TIMEOUT.min(self.limits.header_timeout),
         };
         // The timer is not moved on each request. It wakes at the current phase's deadline or
         // `shortest` from now, whichever is sooner: any later phase begins after now and lasts
@@ -617,78 +606,6 @@ where
     }
 }
 
-/// The answer to one request: HEAD as GET (hyper sends the headers without the body), served in
-/// its trace context (see [`crate::trace`]), and on a shed connection a 503 for anything but
-/// `/health`.
-fn answer<S: Routes>(
-    service: &S,
-    mode: Mode,
-    mut request: Request<RequestBody>,
-) -> impl Future<Output = warp::reply::Response> + Send + use<S> {
-    let shed = mode == Mode::Shed && request.uri().path() != "/health";
-    if request.method() == Method::HEAD {
-        *request.method_mut() = Method::GET;
-    }
-    let trace = TraceContext::for_request(request.headers());
-    let routed = (!shed).then(|| {
-        // Whatever the routes do on the call itself, before the first poll, is in the trace too.
-        // Boxed: the routes' future is warp's nest of every route's, kilobytes large, and this
-        // one is moved into hyper's dispatcher and polled through two more layers; one
-        // allocation costs less than the copies (callgrind). Boxed inside the scope, so the
-        // future is not copied once more on its way out of it.
-        crate::trace::sync_scope(trace, || {
-            Box::pin(hyper::service::Service::call(service, request))
-        })
-    });
-    Traced { trace, routed }
-}
-
-pin_project_lite::pin_project! {
-    /// The routes' answer (none when shed), polled in the request's trace context, with a
-    /// `traceparent` added so the caller (a curl user too) learns the trace id and the span it
-    /// was served in. A future of its own rather than an async block around a task-local scope:
-    /// that moved the routes' large future twice more per request (about 500 instructions of
-    /// memcpy on grading's `GET /students/1`).
-    struct Traced<F> {
-        trace: TraceContext,
-        #[pin]
-        routed: Option<F>,
-    }
-}
-
-impl<F> Future for Traced<F>
-where
-    F: Future<Output = Result<warp::reply::Response, std::convert::Infallible>>,
-{
-    type Output = warp::reply::Response;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let trace = *this.trace;
-        let mut response = match this.routed.as_pin_mut() {
-            Some(routed) => match crate::trace::sync_scope(trace, || routed.poll(cx)) {
-                Poll::Ready(Ok(response)) => response,
-                Poll::Ready(Err(never)) => match never {},
-                Poll::Pending => return Poll::Pending,
-            },
-            None => {
-                let mut response = crate::http::json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many connections; try again shortly",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                response
-            }
-        };
-        response
-            .headers_mut()
-            .insert(crate::trace::TRACEPARENT, trace.header_value());
-        Poll::Ready(response)
-    }
-}
-
 /// The socket, noting when a request's first byte arrives so the header timeout starts then.
 struct PhaseTracking {
     stream: TcpStream,
@@ -742,7 +659,7 @@ impl AsyncWrite for PhaseTracking {
 
 /// A request body that marks the connection busy once it has arrived in full (the body timeout
 /// stops), and remembers whether reading it failed (the client went away mid-body).
-struct RequestBody {
+pub(crate) struct RequestBody {
     body: Incoming,
     progress: Arc<Progress>,
 }
