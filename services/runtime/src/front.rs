@@ -95,16 +95,14 @@ impl<S> Front<S> {
                 true => &self.runtime,
                 false => &self.app,
             };
-            // Whatever the routes do on the call itself, before the first poll, is in the trace
-            // too. Boxed: the routes' future is warp's nest of every route's, and this one is
-            // moved into hyper's dispatcher and polled through two more layers; one allocation
-            // costs less than the copies (callgrind). Boxed inside the scope, so the future is
-            // not copied once more on its way out of it.
+            // Boxed: the routes' future is warp's nest of every route's, and this one is moved
+            // into hyper's dispatcher and polled through two more layers; one allocation costs
+            // less than the copies (callgrind). The call itself runs outside the trace: it only
+            // builds warp's futures (and matches the first route's path); handlers run when
+            // polled, in the trace.
             // `call` takes `&mut self`; the routes are boxed, so the clone is a reference count.
             let mut routes = routes.clone();
-            Routed::Routes(crate::trace::sync_scope(trace, || {
-                Box::pin(routes.call(request))
-            }))
+            Routed::Routes(Box::pin(routes.call(request)))
         };
         Answer {
             trace,

@@ -7,12 +7,12 @@
 //! - [`args`]: the flags every service takes (listen, advertise, Consul, allowed hosts,
 //!   connection limits), flattened once into each binary's configuration.
 //! - [`server`]: the accept loop: header and idle timeouts, a connection cap that sheds but keeps
-//!   `/health` answered, client errors counted, `HEAD` as `GET`.
+//!   `/health` answered, client errors counted.
 //! - [`pool`]: spreads requests over a watched set, ejects instances that fail or misbehave (with
 //!   half-open probes), fails over where safe, caps every answer and times every call.
 //! - [`browser`]: the Host allow-list and the security headers on every answer.
-//! - `front`: what every request passes through, whatever its route: the Host check, the trace,
-//!   the security headers, the count at `/metrics`.
+//! - `front`: what every request passes through, whatever its route: the Host check, `HEAD` as
+//!   `GET`, the trace, the security headers, the count at `/metrics`.
 //! - [`live_config`]: settings that change while a service runs, from Consul KV over its flags,
 //!   with `GET /status/config`.
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format: requests by route template and

@@ -43,7 +43,7 @@ const OTHER_ROUTE: &str = "other";
 const MAX_SEGMENTS: usize = 8;
 
 /// The method labels; any other method counts as `other`. `HEAD` is served as `GET` (see
-/// [`crate::server`]) and counts as one.
+/// `crate::front`) and counts as one.
 const METHODS: [(Method, &str); 5] = [
     (Method::GET, "GET"),
     (Method::POST, "POST"),

@@ -6,7 +6,8 @@
 //! byte a second cannot hold a connection (and a slot under the cap) for as long as it likes.
 //! Client-side connection failures (aborted, malformed, timed out) are counted and logged at
 //! debug: a script opening thousands of them must not become thousands of shipped ERROR records.
-//! `HEAD` is answered wherever `GET` is, here once rather than per route.
+//! What each request passes through besides (the `Host` check, `HEAD` as `GET`, the trace, the
+//! security headers, metrics) is `crate::front`'s.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,7 +47,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once. Each costs a file descriptor and a few kilobytes of buffers; 1024
 /// is far above what the callers' pools open, and leaves room under the usual 4096+ descriptor
-/// limit of containers (and a warning at start when the limit is lower, see [`check_fd_limit`]).
+/// limit of containers (and a warning at start when the limit is lower, see `check_fd_limit`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Connections beyond the cap that are still read, one request each, to answer `/health` and a
 /// 503 to the rest. Past these, new connections are closed at once.

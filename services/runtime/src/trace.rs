@@ -153,8 +153,8 @@ pub fn scope<F: Future>(context: TraceContext, future: F) -> impl Future<Output 
     CURRENT.scope(context, future)
 }
 
-/// Runs `work` with `context` as the [`current`] one: for what a request does before its future
-/// is first polled.
+/// Runs `work` with `context` as the [`current`] one: for each poll of a request's answer, which
+/// a task-local scope around the whole future would copy twice more (see `crate::front`).
 pub fn sync_scope<R>(context: TraceContext, work: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(context, work)
 }
