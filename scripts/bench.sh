@@ -269,27 +269,35 @@ measure two_hop_end "$two_hop_url/students/1"
 measure page_end "$page_url/students/1"
 measure page_home_end "$page_url/"
 
-# rate URL SCRIPT: the req/s of one wrk run of pair_duration seconds.
+# rate URL SCRIPT: the req/s of one wrk run of pair_duration seconds, counting only the answers
+# that were not errors, then the number of errors (socket errors and non-2xx/3xx answers): a
+# figure answering 503s fast must not read as a figure serving fast.
 rate() {
   local result
   result=$(wrk_result "$pair_duration" "$1" "$2")
-  awk '{ printf "%.0f", $2 / ($3 / 1e6) }' <<<"$result"
+  awk '{ printf "%.0f %d", ($2 - $7) / ($3 / 1e6), $6 + $7 }' <<<"$result"
 }
 # paired KEY URL BASE_URL [SCRIPT]: pair_rounds rounds of URL, each between two runs of BASE_URL
 # (base, figure, base, figure, ..., base); fills pair_ratios[KEY] with each round's ratio to its
-# two bases' mean, and pair_median[KEY]. One 10 s run drifts with the machine (the same ceiling
-# reads 0.9x and 1.1x of itself first and last); a ratio of neighbours drifts much less.
-declare -A pair_ratios pair_median
+# two bases' mean, pair_median[KEY], and pair_errors[KEY], the errors of all its runs. One 10 s
+# run drifts with the machine (the same ceiling reads 0.9x and 1.1x of itself first and last); a
+# ratio of neighbours drifts much less.
+declare -A pair_ratios pair_median pair_errors
 paired() {
   local key=$1 url=$2 base_url=$3 script=${4:-$work/report.lua} before after figure ratios=()
+  local errors=0 e
   say "paired rounds: $key ($url against $base_url)"
-  before=$(rate "$base_url" "$script")
+  read -r before e <<<"$(rate "$base_url" "$script")"
+  errors=$((errors + e))
   for _ in $(seq "$pair_rounds"); do
-    figure=$(rate "$url" "$script")
-    after=$(rate "$base_url" "$script")
+    read -r figure e <<<"$(rate "$url" "$script")"
+    errors=$((errors + e))
+    read -r after e <<<"$(rate "$base_url" "$script")"
+    errors=$((errors + e))
     ratios+=("$(awk -v f="$figure" -v a="$before" -v b="$after" 'BEGIN { printf "%.2f", 2 * f / (a + b) }')")
     before=$after
   done
+  pair_errors[$key]=$errors
   pair_ratios[$key]="${ratios[*]}"
   pair_median[$key]=$(printf '%s\n' "${ratios[@]}" | sort -n \
     | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
@@ -379,13 +387,16 @@ http_row portal_student "4. portal /students/1 (via discovery)" two_hop 0.9
 http_row portal_index "4. portal /, against its page floor" page_home 0.9
 http_row portal_student "4. portal /students/1, against its page floor" page 0.9
 echo
-prow() { printf '| %-44s | %-20s | %-16s | %6s | %-14s |\n' "$@"; }
+prow() { printf '| %-44s | %-20s | %-16s | %6s | %6s | %-14s |\n' "$@"; }
 pair_row() { # KEY LABEL AGAINST TARGET
-  prow "$2" "$3" "${pair_ratios[$1]}" "${pair_median[$1]}x" \
-    ">= ${4}x: $(awk -v m="${pair_median[$1]}" -v t="$4" 'BEGIN { print (m >= t ? "met" : "missed") }')"
+  local verdict
+  verdict=$(awk -v m="${pair_median[$1]}" -v t="$4" 'BEGIN { print (m >= t ? "met" : "missed") }')
+  # Errors in any run of the rounds make the ratios unsound, whichever side answered them.
+  (( pair_errors[$1] == 0 )) || verdict="not judged (errors)"
+  prow "$2" "$3" "${pair_ratios[$1]}" "${pair_median[$1]}x" "${pair_errors[$1]}" ">= ${4}x: $verdict"
 }
-prow "target figure, paired rounds (${pair_duration}s each)" "against" "round ratios" "median" "target"
-prow "---" "---" "---" "---:" "---"
+prow "target figure, paired rounds (${pair_duration}s each)" "against" "round ratios" "median" "errors" "target"
+prow "---" "---" "---" "---:" "---:" "---"
 pair_row grading_one "2. grading GET /students/1" "GET ceiling" 0.9
 pair_row grading_all "2. grading GET /students" "list ceiling" 0.9
 pair_row log_text "3. log POST /log text, fsync'd" "durable floor" 0.7
