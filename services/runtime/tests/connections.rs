@@ -231,10 +231,9 @@ async fn with_the_cap_reached_extra_connections_are_shed_but_health_and_the_chec
     let mut extra = TcpStream::connect(instance.addr).await.unwrap();
     let answer = request(&mut extra, "GET", "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("retry-after: 1"),
-        "{answer}"
-    );
+    let lowercase = answer.to_ascii_lowercase();
+    assert!(lowercase.contains("retry-after: 1"), "{answer}");
+    assert!(lowercase.contains("x-frame-options: deny"), "{answer}");
     assert!(
         closed_within(&mut extra, Duration::from_secs(5))
             .await
@@ -251,9 +250,16 @@ async fn with_the_cap_reached_extra_connections_are_shed_but_health_and_the_chec
         agent.check_status(&instance.id).await.as_deref(),
         Some("passing")
     );
-    // The held connections are still served.
+    // The held connections are still served, and the shed answer was counted.
     let answer = request(&mut held[0], "GET", "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = request(&mut held[1], "GET", "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"gradebook_http_requests_total{route="other",method="GET",status="503"} 1"#
+        ),
+        "{metrics}"
+    );
     drop(held);
     instance.shut_down().await;
 }
