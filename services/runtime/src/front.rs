@@ -39,12 +39,13 @@ pub(crate) struct Front<S> {
     requests: Arc<RequestMetrics>,
 }
 
-/// How a request is to be answered besides by the routes.
+/// Whether a request's connection is under the server's cap (see `crate::server`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
-    /// Served by the routes (if its `Host` is ours).
+    /// Under the cap: every request is served by the routes (if its `Host` is ours), on a
+    /// keep-alive connection.
     Serve,
-    /// On a connection over the cap: `/health` served, anything else a 503.
+    /// Over the cap: one request, `/health` served and anything else answered 503.
     Shed,
 }
 
@@ -95,12 +96,11 @@ impl<S> Front<S> {
                 true => &self.runtime,
                 false => &self.app,
             };
-            // Boxed: the routes' future is warp's nest of every route's, and this one is moved
-            // into hyper's dispatcher and polled through two more layers; one allocation costs
-            // less than the copies (callgrind). The call itself runs outside the trace: it only
-            // builds warp's futures (and matches the first route's path); handlers run when
-            // polled, in the trace.
             // `call` takes `&mut self`; the routes are boxed, so the clone is a reference count.
+            // Their future is boxed too: it is warp's nest of every route's, moved into hyper's
+            // dispatcher and polled through two more layers, and one allocation costs less than
+            // the copies (callgrind). The call runs outside the trace: it only builds warp's
+            // futures (and matches the first route's path); handlers run when polled, in it.
             let mut routes = routes.clone();
             Routed::Routes(Box::pin(routes.call(request)))
         };

@@ -338,8 +338,9 @@ impl Service {
             .unify()
             .or(crate::metrics::route(metrics))
             .unify();
-        // hyper's service adapter clones the whole filter for every request, and with it every
-        // handle the routes captured; boxed, that is one reference count.
+        // The front clones the routes' service for every request (warp's `call` takes
+        // `&mut self`), and with it every handle the routes captured; boxed, that is one
+        // reference count.
         let finish = |routes: BoxedFilter<(Response,)>| {
             warp::service(routes.recover(handle_rejection).unify().boxed())
         };

@@ -191,7 +191,7 @@ pub fn status_route(
         .map(move || warp::reply::json(&stats.counts()).into_response())
 }
 
-/// Serves `filter` on `listener` under `limits` until `shutdown` resolves; then stops accepting,
+/// Serves `front` (and the routes behind it) on `listener` under `limits` until `shutdown` resolves; then stops accepting,
 /// lets open connections finish their current request, and returns once all are closed.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
