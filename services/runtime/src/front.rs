@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tower_service::Service;
+use tracing::level_filters::LevelFilter;
 use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
 use warp::reply::Response;
@@ -24,6 +25,11 @@ use crate::browser::{HostAllowList, add_security_headers};
 use crate::http::json_error;
 use crate::metrics::{RequestMetrics, RequestRow};
 use crate::trace::TraceContext;
+
+/// The target of the one debug line per request: where it has always been logged from, so that
+/// `RUST_LOG=info,service_runtime::runtime=debug` (the system tests count requests by it) still
+/// shows it.
+const REQUEST_LOG_TARGET: &str = "service_runtime::runtime";
 
 /// The first path segments of the runtime's own routes (`/health`, `/status/...`, `/metrics`).
 const RUNTIME_SEGMENTS: [&str; 3] = ["health", "status", "metrics"];
@@ -82,7 +88,10 @@ impl<S> Front<S> {
         let path = request.uri().path();
         let row = self.requests.row(request.method(), path);
         let trace = TraceContext::for_request(request.headers());
-        let logged = tracing::enabled!(tracing::Level::DEBUG)
+        // Not `tracing::enabled!`: with per-layer filters (stderr's and shipping's) it leaves a
+        // layer's "disabled" mark behind when no event follows, and the next event on this
+        // thread (the handler's "grade added") was then not shipped (tracing issue 2519).
+        let logged = (LevelFilter::current() >= LevelFilter::DEBUG)
             .then(|| Box::new((request.method().clone(), request.uri().clone())));
         let routed = if admission == Admission::Shed && path != "/health" {
             Routed::Ready(Some(Box::new(shed())))
@@ -196,6 +205,7 @@ where
         if let Some(logged) = &this.logged {
             let (method, uri) = &**logged;
             tracing::debug!(
+                target: REQUEST_LOG_TARGET,
                 %method,
                 path = uri.path(),
                 status = response.status().as_u16(),
