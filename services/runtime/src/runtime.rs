@@ -340,14 +340,10 @@ impl Service {
             .unify();
         // The front clones the routes' service for every request (warp's `call` takes
         // `&mut self`), and with it every handle the routes captured; boxed, that is one
-        // reference count.
-        let finish = |routes: BoxedFilter<(Response,)>| {
-            warp::service(routes.recover(handle_rejection).unify().boxed())
-        };
-        let routes = routes.boxed();
+        // reference count, and both services are of one type.
         let front = Front::new(
-            finish(runtime_routes.or(routes.clone()).unify().boxed()),
-            finish(routes),
+            warp::service(with_errors(runtime_routes.or(routes.clone()).unify())),
+            warp::service(with_errors(routes)),
             allowed,
             requests,
         );
@@ -398,6 +394,15 @@ impl Service {
             }
         }
     }
+}
+
+/// `routes` with warp's rejections mapped to the shared error answers, boxed once: each box is
+/// an allocation and a copy of the routes' future on every request.
+fn with_errors<F>(routes: F) -> BoxedFilter<(Response,)>
+where
+    F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+{
+    routes.recover(handle_rejection).unify().boxed()
 }
 
 /// The client every outgoing call uses: pooled keep-alive connections, no proxy, bounded time.
