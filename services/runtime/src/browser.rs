@@ -34,16 +34,26 @@ pub struct AllowedHostsArgs {
 pub struct HostAllowList {
     names: Arc<[String]>,
     any: bool,
-    /// `Host` values allowed as they are, compared first: the advertised `host:port`, which is
-    /// what Consul's check and every caller found through Consul send.
-    exact: Arc<[String]>,
+    /// The advertised `host:port`, allowed as it is and compared first: what Consul's check and
+    /// every caller found through Consul send.
+    exact: Option<Arc<str>>,
 }
 
 impl HostAllowList {
     /// Loopback names (`localhost`, `*.localhost`, 127.0.0.0/8, `::1`), `advertised_host` (what
     /// Consul's health check and other services put in `Host`) and the `extra` names given.
     pub fn new(advertised_host: &str, extra: &[String]) -> HostAllowList {
-        HostAllowList::with_exact(advertised_host, extra, Vec::new())
+        let any = extra.iter().any(|name| name.trim() == "*");
+        let names = std::iter::once(advertised_host)
+            .chain(extra.iter().map(String::as_str))
+            .map(normalize)
+            .filter(|name| !name.is_empty() && name != "*")
+            .collect();
+        HostAllowList {
+            names,
+            any,
+            exact: None,
+        }
     }
 
     /// As [`HostAllowList::new`], with the `Host` value the service is reached by most often
@@ -57,27 +67,16 @@ impl HostAllowList {
             true => format!("[{advertised_host}]:{advertised_port}"),
             false => format!("{advertised_host}:{advertised_port}"),
         };
-        HostAllowList::with_exact(advertised_host, extra, vec![exact])
-    }
-
-    fn with_exact(advertised_host: &str, extra: &[String], exact: Vec<String>) -> HostAllowList {
-        let any = extra.iter().any(|name| name.trim() == "*");
-        let names = std::iter::once(advertised_host)
-            .chain(extra.iter().map(String::as_str))
-            .map(normalize)
-            .filter(|name| !name.is_empty() && name != "*")
-            .collect();
         HostAllowList {
-            names,
-            any,
-            exact: exact.into(),
+            exact: Some(exact.into()),
+            ..HostAllowList::new(advertised_host, extra)
         }
     }
 
     /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) names this service. Runs on
     /// every request, so it compares in place, without allocating.
     pub fn allows(&self, host: &str) -> bool {
-        if self.exact.iter().any(|exact| exact == host) {
+        if self.exact.as_deref() == Some(host) {
             return true;
         }
         let name = trim(strip_port(host));
